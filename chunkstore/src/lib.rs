@@ -1,0 +1,21 @@
+//! SlayerFS blocks and where they are kept.
+//!
+//! Owns block ids (sha256 of the plain bytes), the block codec (zstd, with the
+//! digest checked on every decode), the [`BlockStore`] trait with a local
+//! directory and an S3 implementation, and [`BlockWriter`], which hashes,
+//! compresses and uploads blocks in parallel. It knows nothing of inodes,
+//! files, layers or containerd: to this crate a block is an opaque run of at
+//! most [`MAX_BLOCK_SIZE`] bytes.
+
+mod codec;
+mod id;
+mod store;
+mod writer;
+
+pub use codec::{decode_block, encode_block, CodecError, MAX_BLOCK_SIZE};
+pub use id::{BlockId, IndexDigest, ParseDigestError};
+pub use store::{
+    fetch_block, fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey,
+    PutOutcome, S3Store, StoreError,
+};
+pub use writer::{BlockSeq, BlockWriter, WriteError, WriteReport, WriterOptions};

@@ -1,0 +1,154 @@
+//! The [`BlockStore`] trait, its object keys and the verified fetch helpers.
+
+mod local;
+mod s3;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use slayerfs_config::{Config, StoreLocation};
+
+use crate::codec::{decode_block, CodecError};
+use crate::id::{BlockId, IndexDigest};
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+/// What a store keeps: blocks and layer index blobs, both content-addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKey {
+    /// `blocks/<first 2 hex>/<hex>`: a zstd-compressed block.
+    Block(BlockId),
+    /// `indexes/<hex>`: a layer index blob.
+    Index(IndexDigest),
+}
+
+impl ObjectKey {
+    /// The key relative to the store root; always two or three `/`-separated
+    /// hex components, so it can never leave the root.
+    pub fn relative_path(&self) -> String {
+        match self {
+            ObjectKey::Block(id) => {
+                let h = id.to_hex();
+                format!("blocks/{}/{}", &h[..2], h)
+            }
+            ObjectKey::Index(d) => format!("indexes/{}", d.to_hex()),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.relative_path())
+    }
+}
+
+/// What `put` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Written,
+    /// The object was there already; nothing was uploaded.
+    AlreadyPresent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store}: {key} not found")]
+    NotFound { store: String, key: ObjectKey },
+    #[error("{store}: {op} {key}: {source}")]
+    Io {
+        store: String,
+        op: &'static str,
+        key: ObjectKey,
+        source: std::io::Error,
+    },
+    #[error("{store}: {op} {key}: {message}")]
+    S3 {
+        store: String,
+        op: &'static str,
+        key: ObjectKey,
+        message: String,
+    },
+    #[error("cannot open store {store}: {message}")]
+    Open { store: String, message: String },
+}
+
+/// A content-addressed object store. Every key names its content, so a put
+/// of a key that exists is skipped and concurrent puts of one key are safe.
+#[async_trait]
+pub trait BlockStore: Send + Sync + fmt::Debug {
+    /// The stored bytes of `key`, unverified (see [`fetch_block`]).
+    async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError>;
+    async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError>;
+    /// Stores `data` under `key` unless the key exists. A reader never sees a
+    /// partly written object.
+    async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError>;
+    /// Where this store is, for messages (`/dir` or `s3://bucket/prefix`).
+    fn location(&self) -> String;
+}
+
+/// A fetch that did not produce verified bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{store}: {source}")]
+    Block { store: String, source: CodecError },
+    #[error("{store}: index {expected} hashes to sha256:{actual}")]
+    IndexDigest {
+        store: String,
+        expected: IndexDigest,
+        actual: String,
+    },
+}
+
+/// Fetches a block and returns its plain bytes, verified against `id`.
+pub async fn fetch_block(store: &dyn BlockStore, id: &BlockId) -> Result<Vec<u8>, FetchError> {
+    let stored = store.get(&ObjectKey::Block(*id)).await?;
+    let id = *id;
+    // Decompression and hashing are CPU work; keep them off the reactor.
+    let decoded = tokio::task::spawn_blocking(move || decode_block(&id, &stored))
+        .await
+        .map_err(|e| FetchError::Block {
+            store: store.location(),
+            source: CodecError::Corrupt {
+                id,
+                reason: format!("decoder task failed: {e}"),
+            },
+        })?;
+    decoded.map_err(|source| FetchError::Block {
+        store: store.location(),
+        source,
+    })
+}
+
+/// Fetches a layer index blob, verified against its digest.
+pub async fn fetch_index(
+    store: &dyn BlockStore,
+    digest: &IndexDigest,
+) -> Result<Vec<u8>, FetchError> {
+    let blob = store.get(&ObjectKey::Index(*digest)).await?;
+    let actual = IndexDigest::of(&blob);
+    if actual != *digest {
+        return Err(FetchError::IndexDigest {
+            store: store.location(),
+            expected: *digest,
+            actual: actual.to_hex(),
+        });
+    }
+    Ok(blob)
+}
+
+/// Opens the store at `location`, with S3 settings from `config`.
+pub async fn open_store(
+    location: &StoreLocation,
+    config: &Config,
+) -> Result<Arc<dyn BlockStore>, StoreError> {
+    Ok(match location {
+        StoreLocation::Local(dir) => Arc::new(LocalStore::open(dir)?),
+        StoreLocation::S3 { bucket, prefix } => {
+            Arc::new(S3Store::open(bucket, prefix, &config.store.s3).await?)
+        }
+    })
+}

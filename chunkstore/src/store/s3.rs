@@ -1,0 +1,180 @@
+//! A block store in an S3 bucket (any S3-compatible endpoint, path-style).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use slayerfs_config::S3Config;
+
+use super::{BlockStore, ObjectKey, PutOutcome, StoreError};
+
+/// Objects under `s3://bucket/prefix/`. Retries with exponential backoff and
+/// per-attempt timeouts come from the SDK, bounded by the config.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+/// Credentials from the config, else the standard AWS environment variables;
+/// none at all means anonymous requests (public buckets).
+fn credentials(cfg: &S3Config) -> Option<Credentials> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (id, secret, token) = match (&cfg.access_key_id, &cfg.secret_access_key) {
+        (Some(id), Some(secret)) => (id.clone(), secret.clone(), cfg.session_token.clone()),
+        _ => (
+            env("AWS_ACCESS_KEY_ID")?,
+            env("AWS_SECRET_ACCESS_KEY")?,
+            env("AWS_SESSION_TOKEN"),
+        ),
+    };
+    Some(Credentials::new(id, secret, token, None, "slayerfs"))
+}
+
+fn region(cfg: &S3Config) -> String {
+    std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| cfg.region.clone())
+}
+
+impl S3Store {
+    /// Builds a client for `bucket`; no request is made until first use.
+    pub async fn open(bucket: &str, prefix: &str, cfg: &S3Config) -> Result<Self, StoreError> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut b = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(region(cfg)))
+            .force_path_style(true)
+            // Blocks carry their own sha256; per-request CRCs would only
+            // cost CPU (and not every S3-compatible server supports them).
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(cfg.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(cfg.initial_backoff_ms)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+                    .operation_attempt_timeout(Duration::from_millis(cfg.operation_timeout_ms))
+                    .build(),
+            );
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        match credentials(cfg) {
+            Some(c) => b = b.credentials_provider(c),
+            None => {
+                tracing::warn!(
+                    bucket,
+                    "no S3 credentials configured; sending anonymous requests"
+                );
+                b = b.allow_no_auth();
+            }
+        }
+        Ok(S3Store {
+            client: Client::from_conf(b.build()),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    fn object_key(&self, key: &ObjectKey) -> String {
+        if self.prefix.is_empty() {
+            key.relative_path()
+        } else {
+            format!("{}/{}", self.prefix, key.relative_path())
+        }
+    }
+
+    fn err(&self, op: &'static str, key: &ObjectKey, e: impl std::error::Error) -> StoreError {
+        StoreError::S3 {
+            store: self.location(),
+            op,
+            key: *key,
+            message: DisplayErrorContext(e).to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl BlockStore for S3Store {
+    async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StoreError::NotFound {
+                    store: self.location(),
+                    key: *key,
+                })
+            }
+            Err(e) => return Err(self.err("GET", key, e)),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.err("GET body", key, e))?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(self.err("HEAD", key, e)),
+        }
+    }
+
+    async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        if self.exists(key).await? {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.err("PUT", key, e))?;
+        Ok(PutOutcome::Written)
+    }
+
+    fn location(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}

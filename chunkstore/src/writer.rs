@@ -1,0 +1,312 @@
+//! Parallel block writing: hash, deduplicate, compress and upload blocks on
+//! several cores while the producer (a tar reader) keeps streaming.
+//!
+//! Memory stays bounded: the queue holds a few blocks and at most
+//! `2 × workers` are in flight, whatever the size of the input.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::codec::{encode_block, MAX_BLOCK_SIZE};
+use crate::id::BlockId;
+use crate::store::{BlockStore, ObjectKey, PutOutcome, StoreError};
+
+/// How blocks are written.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Blocks hashed and compressed at the same time (CPU threads).
+    pub workers: usize,
+    pub zstd_level: i32,
+}
+
+/// The position of a submitted block; resolved to its id by [`WriteReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockSeq(pub u32);
+
+/// What a finished writer did.
+#[derive(Debug, Clone, Default)]
+pub struct WriteReport {
+    /// Block id of each submitted block, by [`BlockSeq`].
+    pub ids: Vec<BlockId>,
+    /// Blocks uploaded by this writer.
+    pub written: u64,
+    /// Blocks that were in the store already, or submitted twice.
+    pub present: u64,
+    /// Plain bytes submitted.
+    pub plain_bytes: u64,
+    /// Compressed bytes uploaded.
+    pub stored_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("block {seq}: {message}")]
+    Block { seq: u32, message: String },
+    #[error("block writer stopped")]
+    Closed,
+}
+
+enum Outcome {
+    Written { stored: u64 },
+    Present,
+}
+
+/// Writes blocks to a store in parallel. Submit with [`BlockWriter::submit`]
+/// (async) or [`BlockWriter::submit_blocking`] (from a blocking thread), then
+/// [`BlockWriter::finish`] to wait for every upload and learn the ids.
+pub struct BlockWriter {
+    tx: mpsc::Sender<(BlockSeq, Vec<u8>)>,
+    next: u32,
+    plain_bytes: u64,
+    task: tokio::task::JoinHandle<Result<WriteReport, WriteError>>,
+}
+
+impl BlockWriter {
+    /// Starts a writer on the current tokio runtime.
+    pub fn start(store: Arc<dyn BlockStore>, opts: WriterOptions) -> Self {
+        let workers = opts.workers.max(1);
+        let (tx, rx) = mpsc::channel(workers);
+        let task = tokio::spawn(dispatch(store, opts.zstd_level, workers, rx));
+        BlockWriter {
+            tx,
+            next: 0,
+            plain_bytes: 0,
+            task,
+        }
+    }
+
+    /// Reserves the next position for a block submitted later with
+    /// [`BlockWriter::submit_reserved_blocking`]; every reserved position must
+    /// be submitted before [`BlockWriter::finish`].
+    pub fn reserve(&mut self) -> BlockSeq {
+        let seq = BlockSeq(self.next);
+        self.next += 1;
+        seq
+    }
+
+    fn check(&mut self, seq: BlockSeq, data: &[u8]) -> Result<(), WriteError> {
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(WriteError::Block {
+                seq: seq.0,
+                message: format!("{} bytes exceed the block size", data.len()),
+            });
+        }
+        self.plain_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Queues a block at a reserved position, waiting while the queue is
+    /// full. Must not be called from an async context.
+    pub fn submit_reserved_blocking(
+        &mut self,
+        seq: BlockSeq,
+        data: Vec<u8>,
+    ) -> Result<(), WriteError> {
+        self.check(seq, &data)?;
+        self.tx
+            .blocking_send((seq, data))
+            .map_err(|_| WriteError::Closed)
+    }
+
+    /// Queues a block, waiting while the queue is full. Must not be called
+    /// from an async context.
+    pub fn submit_blocking(&mut self, data: Vec<u8>) -> Result<BlockSeq, WriteError> {
+        let seq = self.reserve();
+        self.submit_reserved_blocking(seq, data)?;
+        Ok(seq)
+    }
+
+    /// Queues a block, waiting while the queue is full.
+    pub async fn submit(&mut self, data: Vec<u8>) -> Result<BlockSeq, WriteError> {
+        let seq = self.reserve();
+        self.check(seq, &data)?;
+        self.tx
+            .send((seq, data))
+            .await
+            .map_err(|_| WriteError::Closed)?;
+        Ok(seq)
+    }
+
+    /// Waits for every queued block to be stored. The first failure is the
+    /// error, whichever block it hit.
+    pub async fn finish(self) -> Result<WriteReport, WriteError> {
+        drop(self.tx);
+        let mut report = self.task.await.map_err(|e| WriteError::Block {
+            seq: 0,
+            message: format!("writer task failed: {e}"),
+        })??;
+        if report.ids.len() != self.next as usize {
+            return Err(WriteError::Block {
+                seq: report.ids.len() as u32,
+                message: format!("{} blocks reserved, {} stored", self.next, report.ids.len()),
+            });
+        }
+        report.plain_bytes = self.plain_bytes;
+        Ok(report)
+    }
+}
+
+async fn dispatch(
+    store: Arc<dyn BlockStore>,
+    level: i32,
+    workers: usize,
+    mut rx: mpsc::Receiver<(BlockSeq, Vec<u8>)>,
+) -> Result<WriteReport, WriteError> {
+    let cpu = Arc::new(Semaphore::new(workers));
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let mut ids: Vec<Option<BlockId>> = Vec::new();
+    let mut report = WriteReport::default();
+    let mut jobs = JoinSet::new();
+    let mut record =
+        |res: Result<Result<(BlockSeq, BlockId, Outcome), WriteError>, tokio::task::JoinError>,
+         report: &mut WriteReport|
+         -> Result<(), WriteError> {
+            let (seq, id, outcome) = res.map_err(|e| WriteError::Block {
+                seq: 0,
+                message: e.to_string(),
+            })??;
+            let slot = seq.0 as usize;
+            if ids.len() <= slot {
+                ids.resize(slot + 1, None);
+            }
+            ids[slot] = Some(id);
+            match outcome {
+                Outcome::Written { stored } => {
+                    report.written += 1;
+                    report.stored_bytes += stored;
+                }
+                Outcome::Present => report.present += 1,
+            }
+            Ok(())
+        };
+    loop {
+        while jobs.len() >= workers * 2 {
+            if let Some(res) = jobs.join_next().await {
+                record(res, &mut report)?;
+            }
+        }
+        let Some((seq, data)) = rx.recv().await else {
+            break;
+        };
+        jobs.spawn(write_one(
+            store.clone(),
+            cpu.clone(),
+            seen.clone(),
+            level,
+            seq,
+            data,
+        ));
+    }
+    while let Some(res) = jobs.join_next().await {
+        record(res, &mut report)?;
+    }
+    report.ids = ids
+        .into_iter()
+        .enumerate()
+        .map(|(seq, id)| {
+            id.ok_or(WriteError::Block {
+                seq: seq as u32,
+                message: "never completed".into(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(report)
+}
+
+async fn write_one(
+    store: Arc<dyn BlockStore>,
+    cpu: Arc<Semaphore>,
+    seen: Arc<Mutex<HashSet<BlockId>>>,
+    level: i32,
+    seq: BlockSeq,
+    data: Vec<u8>,
+) -> Result<(BlockSeq, BlockId, Outcome), WriteError> {
+    let fail = |message: String| WriteError::Block {
+        seq: seq.0,
+        message,
+    };
+    let permit = cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
+    let (id, data) = tokio::task::spawn_blocking(move || (BlockId::of(&data), data))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    drop(permit);
+    let first = seen.lock().map_err(|e| fail(e.to_string()))?.insert(id);
+    let key = ObjectKey::Block(id);
+    if !first || store.exists(&key).await? {
+        return Ok((seq, id, Outcome::Present));
+    }
+    let permit = cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
+    let (_, stored) = tokio::task::spawn_blocking(move || encode_block(&data, level))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    drop(permit);
+    let len = stored.len() as u64;
+    let outcome = match store.put(&key, stored).await? {
+        PutOutcome::Written => Outcome::Written { stored: len },
+        PutOutcome::AlreadyPresent => Outcome::Present,
+    };
+    Ok((seq, id, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{fetch_block, LocalStore};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_verifies_and_deduplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let opts = WriterOptions {
+            workers: 2,
+            zstd_level: 3,
+        };
+        let blocks: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| vec![i % 7; 100_000 + i as usize])
+            .collect();
+        let mut w = BlockWriter::start(store.clone(), opts);
+        for b in &blocks {
+            w.submit(b.clone()).await.unwrap();
+        }
+        let r = w.finish().await.unwrap();
+        assert_eq!(r.ids.len(), 20);
+        assert_eq!(r.written + r.present, 20);
+        assert_eq!(r.written, 20, "every block differs in length");
+        for (b, id) in blocks.iter().zip(&r.ids) {
+            assert_eq!(&fetch_block(store.as_ref(), id).await.unwrap(), b);
+        }
+        // The same blocks again: nothing new is written.
+        let mut w = BlockWriter::start(store.clone(), opts);
+        for b in blocks.iter().chain(blocks.iter()) {
+            w.submit(b.clone()).await.unwrap();
+        }
+        let r2 = w.finish().await.unwrap();
+        assert_eq!((r2.written, r2.present), (0, 40));
+        assert_eq!(&r2.ids[..20], &r.ids[..]);
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_is_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&root).unwrap());
+        // A file where the blocks directory should be makes every write fail.
+        std::fs::write(root.join("blocks"), b"").unwrap();
+        let mut w = BlockWriter::start(
+            store,
+            WriterOptions {
+                workers: 1,
+                zstd_level: 1,
+            },
+        );
+        let _ = w.submit(vec![1; 10]).await;
+        let err = w.finish().await.unwrap_err().to_string();
+        assert!(err.contains("blocks/"), "{err}");
+    }
+}

@@ -1,0 +1,350 @@
+//! SlayerFS configuration.
+//!
+//! Owns the TOML file (`/etc/slayerfs/config.toml` unless `--config` names
+//! another), the defaults that make an embedded single-node setup work with no
+//! file at all, and validation that names the offending key. It knows nothing
+//! about how the values are used.
+//!
+//! ```toml
+//! # Everything SlayerFS keeps on this node (sled database, local blocks).
+//! state_dir = "/var/lib/slayerfs"
+//!
+//! [store]
+//! # Where blocks and layer indexes live: a directory, or s3://BUCKET[/PREFIX].
+//! # Default: "<state_dir>/store".
+//! url = "s3://images/slayerfs"
+//!
+//! [store.s3]
+//! endpoint = "http://127.0.0.1:9000"   # any S3-compatible endpoint, path-style
+//! region = "us-east-1"
+//! # Credentials; when absent, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+//! # AWS_SESSION_TOKEN from the environment are used.
+//! access_key_id = "..."
+//! secret_access_key = "..."
+//! max_attempts = 4          # per request, first try included
+//! initial_backoff_ms = 100  # doubled after each failed attempt, with jitter
+//! connect_timeout_ms = 3000
+//! operation_timeout_ms = 30000
+//!
+//! [convert]
+//! zstd_level = 3   # 1..=19
+//! workers = 0      # threads hashing and compressing blocks; 0 = one per core
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration is read from when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/slayerfs/config.toml";
+/// Where node state lives when the configuration does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/slayerfs";
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node state: sled database and, by default, the local block store.
+    pub state_dir: PathBuf,
+    pub store: StoreConfig,
+    pub convert: ConvertConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            store: StoreConfig::default(),
+            convert: ConvertConfig::default(),
+        }
+    }
+}
+
+/// `[store]`: where blocks and layer indexes are kept.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// A directory path or `s3://BUCKET[/PREFIX]`; `<state_dir>/store` if unset.
+    pub url: Option<String>,
+    pub s3: S3Config,
+}
+
+/// `[store.s3]`: how to reach an S3-compatible service.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`; AWS's own when unset.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub operation_timeout_ms: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            max_attempts: 4,
+            initial_backoff_ms: 100,
+            connect_timeout_ms: 3_000,
+            operation_timeout_ms: 30_000,
+        }
+    }
+}
+
+// Secrets stay out of logs and error messages.
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_attempts", &self.max_attempts)
+            .field("initial_backoff_ms", &self.initial_backoff_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("operation_timeout_ms", &self.operation_timeout_ms)
+            .finish()
+    }
+}
+
+/// `[convert]`: how `slayerfs convert` cuts and compresses blocks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvertConfig {
+    pub zstd_level: i32,
+    /// Threads hashing and compressing blocks; 0 means one per core.
+    pub workers: usize,
+}
+
+impl Default for ConvertConfig {
+    fn default() -> Self {
+        ConvertConfig {
+            zstd_level: 3,
+            workers: 0,
+        }
+    }
+}
+
+/// A parsed block store location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A directory on this node.
+    Local(PathBuf),
+    /// A bucket, with a key prefix (no leading or trailing `/`, may be empty).
+    S3 { bucket: String, prefix: String },
+}
+
+impl StoreLocation {
+    /// Parses `s3://BUCKET[/PREFIX]` or a directory path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            validate_bucket(bucket)?;
+            let prefix = prefix.trim_matches('/');
+            if prefix
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+                && !prefix.is_empty()
+            {
+                return Err(format!(
+                    "S3 prefix `{prefix}` has an empty, `.` or `..` component"
+                ));
+            }
+            return Ok(StoreLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
+        if s.contains("://") {
+            return Err(format!(
+                "`{s}` is neither a directory path nor an s3:// URL"
+            ));
+        }
+        if s.is_empty() {
+            return Err("the store location is empty".into());
+        }
+        Ok(StoreLocation::Local(PathBuf::from(s)))
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Local(p) => write!(f, "{}", p.display()),
+            StoreLocation::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            StoreLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+fn validate_bucket(bucket: &str) -> Result<(), String> {
+    let ok_chars = bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !(3..=63).contains(&bucket.len()) || !ok_chars {
+        return Err(format!(
+            "`{bucket}` is not a valid S3 bucket name (3 to 63 characters of a-z, 0-9, `-`, `.`)"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads the configuration. With `path` given the file must exist; without
+    /// it, [`DEFAULT_CONFIG_PATH`] is read if present and defaults apply
+    /// otherwise.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_toml(&text).map_err(|e| match e {
+                ConfigError::Parse { message, .. } => ConfigError::Parse { path, message },
+                other => other,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value, naming the first key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        if let Some(url) = &self.store.url {
+            StoreLocation::parse(url).map_err(|r| invalid("store.url", r))?;
+        }
+        let s3 = &self.store.s3;
+        if let Some(ep) = &s3.endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(invalid(
+                    "store.s3.endpoint",
+                    format!("`{ep}` must start with http:// or https://"),
+                ));
+            }
+        }
+        if s3.region.is_empty() {
+            return Err(invalid("store.s3.region", "must not be empty"));
+        }
+        if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+            return Err(invalid(
+                "store.s3.secret_access_key",
+                "access_key_id and secret_access_key must be given together",
+            ));
+        }
+        if !(1..=10).contains(&s3.max_attempts) {
+            return Err(invalid(
+                "store.s3.max_attempts",
+                format!("{} is outside 1..=10", s3.max_attempts),
+            ));
+        }
+        if s3.initial_backoff_ms > 60_000 {
+            return Err(invalid(
+                "store.s3.initial_backoff_ms",
+                "must be at most 60000",
+            ));
+        }
+        if s3.connect_timeout_ms == 0 || s3.operation_timeout_ms == 0 {
+            let key = if s3.connect_timeout_ms == 0 {
+                "store.s3.connect_timeout_ms"
+            } else {
+                "store.s3.operation_timeout_ms"
+            };
+            return Err(invalid(key, "must be greater than 0"));
+        }
+        if !(1..=19).contains(&self.convert.zstd_level) {
+            return Err(invalid(
+                "convert.zstd_level",
+                format!("{} is outside 1..=19", self.convert.zstd_level),
+            ));
+        }
+        if self.convert.workers > 256 {
+            return Err(invalid("convert.workers", "must be at most 256"));
+        }
+        Ok(())
+    }
+
+    /// The block store location: `store.url`, or `<state_dir>/store`.
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.store.url {
+            // Validated in `validate`; an invalid value cannot reach here
+            // through `load`, and falls back to the default otherwise.
+            Some(url) => StoreLocation::parse(url).unwrap_or_else(|_| self.default_store()),
+            None => self.default_store(),
+        }
+    }
+
+    fn default_store(&self) -> StoreLocation {
+        StoreLocation::Local(self.state_dir.join("store"))
+    }
+
+    /// The sled database directory.
+    pub fn db_dir(&self) -> PathBuf {
+        self.state_dir.join("db")
+    }
+
+    /// Worker threads for conversion, `0` resolved to the number of cores.
+    pub fn convert_workers(&self) -> usize {
+        match self.convert.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,398 @@
+//! The sled layer store: the inodes, names and slices of every imported
+//! layer, which the read path works from.
+//!
+//! Trees and keys (all integers big-endian, so keys sort numerically):
+//! - `layers`:   index digest string        → `LayerRecord`
+//! - `inodes`:   layer id ‖ ino             → `InodeRecord`
+//! - `dentries`: layer id ‖ parent ino ‖ name → `DentryRecord`
+//! - `slices`:   layer id ‖ ino ‖ chunk     → `ChunkSlices`
+//!
+//! Loading is crash-safe: a layer's record is written first as not ready,
+//! then its data, then the record as ready, with a flush between; a layer
+//! found not ready is wiped and loaded again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use slayerfs_chunkstore::{BlockId, IndexDigest};
+use slayerfs_proto::index::{Dentry, Inode, InodeKind, LayerIndex, Slice};
+use slayerfs_proto::store::{ChunkSlices, DentryRecord, InodeRecord, LayerRecord, StoredSlice};
+use slayerfs_proto::Message;
+
+use crate::geometry::Ino;
+use crate::read::SliceView;
+
+/// Short id of an imported layer, the key prefix of its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LayerId(pub u64);
+
+impl fmt::Display for LayerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "layer {}", self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree `{tree}`: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+}
+
+/// A loaded layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    pub id: LayerId,
+    pub record: LayerRecord,
+}
+
+/// Layers in sled.
+pub struct LayerDb {
+    db: sled::Db,
+    layers: sled::Tree,
+    inodes: sled::Tree,
+    dentries: sled::Tree,
+    slices: sled::Tree,
+    load_lock: Mutex<()>,
+}
+
+fn key2(layer: LayerId, ino: Ino) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&layer.0.to_be_bytes());
+    k[8..].copy_from_slice(&ino.0.to_be_bytes());
+    k
+}
+
+fn key3(layer: LayerId, ino: Ino, tail: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + tail.len());
+    k.extend_from_slice(&key2(layer, ino));
+    k.extend_from_slice(tail);
+    k
+}
+
+fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, DbError> {
+    M::decode(bytes).map_err(|e| DbError::Corrupt {
+        tree,
+        reason: e.to_string(),
+    })
+}
+
+impl LayerDb {
+    /// Opens (creating) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, DbError> {
+        Self::from_db(sled::open(dir)?)
+    }
+
+    /// Uses an already open database (shared with other owners of trees).
+    pub fn from_db(db: sled::Db) -> Result<Self, DbError> {
+        Ok(LayerDb {
+            layers: db.open_tree("layers")?,
+            inodes: db.open_tree("inodes")?,
+            dentries: db.open_tree("dentries")?,
+            slices: db.open_tree("slices")?,
+            db,
+            load_lock: Mutex::new(()),
+        })
+    }
+
+    /// The layer loaded from index `digest`, if it is loaded completely.
+    pub fn layer(&self, digest: &IndexDigest) -> Result<Option<Layer>, DbError> {
+        let Some(bytes) = self.layers.get(digest.to_string())? else {
+            return Ok(None);
+        };
+        let record: LayerRecord = decode("layers", &bytes)?;
+        Ok(record.ready.then_some(Layer {
+            id: LayerId(record.id),
+            record,
+        }))
+    }
+
+    /// Loads a validated index under its digest; loading a layer that is
+    /// already there returns it unchanged.
+    pub fn load_index(&self, digest: &IndexDigest, index: &LayerIndex) -> Result<Layer, DbError> {
+        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let key = digest.to_string();
+        if let Some(bytes) = self.layers.get(&key)? {
+            let old: LayerRecord = decode("layers", &bytes)?;
+            if old.ready {
+                return Ok(Layer {
+                    id: LayerId(old.id),
+                    record: old,
+                });
+            }
+            self.wipe(LayerId(old.id))?;
+        }
+        let id = LayerId(self.db.generate_id()? + 1);
+        let mut record = LayerRecord {
+            id: id.0,
+            index_digest: key.clone(),
+            source_digest: index.source_digest.clone(),
+            inode_count: index.inodes.len() as u64,
+            chunk_size: index.chunk_size,
+            block_size: index.block_size,
+            ready: false,
+        };
+        self.layers.insert(&key, record.encode_to_vec())?;
+        self.db.flush()?;
+
+        let nlink = link_counts(index);
+        let mut inodes = sled::Batch::default();
+        let mut dentries = sled::Batch::default();
+        let mut slices = sled::Batch::default();
+        for (i, inode) in index.inodes.iter().enumerate() {
+            let ino = Ino(i as u64 + 1);
+            inodes.insert(
+                &key2(id, ino),
+                inode_record(inode, nlink[i]).encode_to_vec(),
+            );
+            for d in &inode.children {
+                let rec = DentryRecord {
+                    ino: d.ino,
+                    whiteout: d.whiteout,
+                };
+                dentries.insert(key3(id, ino, &d.name), rec.encode_to_vec());
+            }
+            let mut by_chunk: HashMap<u64, Vec<StoredSlice>> = HashMap::new();
+            for s in &inode.slices {
+                by_chunk
+                    .entry(s.chunk_index)
+                    .or_default()
+                    .push(StoredSlice {
+                        offset_in_chunk: s.offset_in_chunk,
+                        length: s.length,
+                        block_id: index.blocks[s.block as usize].clone(),
+                        offset_in_block: s.offset_in_block,
+                    });
+            }
+            for (chunk, list) in by_chunk {
+                let value = ChunkSlices { slices: list }.encode_to_vec();
+                slices.insert(key3(id, ino, &chunk.to_be_bytes()), value);
+            }
+        }
+        self.inodes.apply_batch(inodes)?;
+        self.dentries.apply_batch(dentries)?;
+        self.slices.apply_batch(slices)?;
+        self.db.flush()?;
+        record.ready = true;
+        self.layers.insert(&key, record.encode_to_vec())?;
+        self.db.flush()?;
+        Ok(Layer { id, record })
+    }
+
+    /// Removes every record of a layer but its `layers` entry.
+    fn wipe(&self, id: LayerId) -> Result<(), DbError> {
+        let prefix = id.0.to_be_bytes();
+        for tree in [&self.inodes, &self.dentries, &self.slices] {
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix(prefix).keys() {
+                batch.remove(key?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes or undoes loads a crash interrupted: their partial records
+    /// are removed (the next load starts afresh). Returns how many.
+    pub fn recover(&self) -> Result<usize, DbError> {
+        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for item in self.layers.iter() {
+            let (key, bytes) = item?;
+            let record: LayerRecord = decode("layers", &bytes)?;
+            if !record.ready {
+                self.wipe(LayerId(record.id))?;
+                self.layers.remove(key)?;
+                n += 1;
+            }
+        }
+        self.db.flush()?;
+        Ok(n)
+    }
+
+    pub fn inode(&self, layer: LayerId, ino: Ino) -> Result<Option<InodeRecord>, DbError> {
+        self.inodes
+            .get(key2(layer, ino))?
+            .map(|b| decode("inodes", &b))
+            .transpose()
+    }
+
+    pub fn lookup(
+        &self,
+        layer: LayerId,
+        dir: Ino,
+        name: &[u8],
+    ) -> Result<Option<DentryRecord>, DbError> {
+        self.dentries
+            .get(key3(layer, dir, name))?
+            .map(|b| decode("dentries", &b))
+            .transpose()
+    }
+
+    /// The entries of a directory in name order, whiteouts included.
+    pub fn children(
+        &self,
+        layer: LayerId,
+        dir: Ino,
+    ) -> Result<Vec<(Vec<u8>, DentryRecord)>, DbError> {
+        let prefix = key2(layer, dir);
+        self.dentries
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k[16..].to_vec(), decode("dentries", &v)?))
+            })
+            .collect()
+    }
+
+    /// The slices of one chunk of a file, oldest first.
+    pub fn chunk_slices(
+        &self,
+        layer: LayerId,
+        ino: Ino,
+        chunk: u64,
+    ) -> Result<Vec<SliceView>, DbError> {
+        let Some(bytes) = self.slices.get(key3(layer, ino, &chunk.to_be_bytes()))? else {
+            return Ok(Vec::new());
+        };
+        let list: ChunkSlices = decode("slices", &bytes)?;
+        list.slices
+            .into_iter()
+            .map(|s| {
+                let block = BlockId::from_slice(&s.block_id).ok_or(DbError::Corrupt {
+                    tree: "slices",
+                    reason: format!("block id of {} bytes", s.block_id.len()),
+                })?;
+                Ok(SliceView {
+                    offset_in_chunk: s.offset_in_chunk,
+                    length: s.length,
+                    block,
+                    offset_in_block: s.offset_in_block,
+                })
+            })
+            .collect()
+    }
+
+    /// Rebuilds the index a layer was loaded from, from sled alone (used to
+    /// check that loading loses nothing).
+    pub fn export_index(&self, layer: &Layer) -> Result<LayerIndex, DbError> {
+        let id = layer.id;
+        let mut blocks: Vec<Vec<u8>> = Vec::new();
+        let mut position: HashMap<BlockId, u32> = HashMap::new();
+        let mut inodes = Vec::with_capacity(layer.record.inode_count as usize);
+        for n in 1..=layer.record.inode_count {
+            let ino = Ino(n);
+            let rec = self.inode(id, ino)?.ok_or(DbError::Corrupt {
+                tree: "inodes",
+                reason: format!("{id} has no inode {n}"),
+            })?;
+            let children = self
+                .children(id, ino)?
+                .into_iter()
+                .map(|(name, d)| Dentry {
+                    name,
+                    ino: d.ino,
+                    whiteout: d.whiteout,
+                })
+                .collect();
+            let mut slices = Vec::new();
+            let mut chunk_keys: Vec<u64> = Vec::new();
+            for k in self.slices.scan_prefix(key2(id, ino)).keys() {
+                let k = k?;
+                let tail: [u8; 8] = k[16..].try_into().map_err(|_| DbError::Corrupt {
+                    tree: "slices",
+                    reason: "key of the wrong length".into(),
+                })?;
+                chunk_keys.push(u64::from_be_bytes(tail));
+            }
+            for chunk in chunk_keys {
+                for s in self.chunk_slices(id, ino, chunk)? {
+                    let block = *position.entry(s.block).or_insert_with(|| {
+                        blocks.push(s.block.as_bytes().to_vec());
+                        (blocks.len() - 1) as u32
+                    });
+                    slices.push(Slice {
+                        chunk_index: chunk,
+                        offset_in_chunk: s.offset_in_chunk,
+                        length: s.length,
+                        block,
+                        offset_in_block: s.offset_in_block,
+                    });
+                }
+            }
+            inodes.push(Inode {
+                kind: rec.kind,
+                mode: rec.mode,
+                uid: rec.uid,
+                gid: rec.gid,
+                mtime_sec: rec.mtime_sec,
+                mtime_nsec: rec.mtime_nsec,
+                size: rec.size,
+                symlink_target: rec.symlink_target,
+                rdev_major: rec.rdev_major,
+                rdev_minor: rec.rdev_minor,
+                xattrs: rec.xattrs,
+                slices,
+                children,
+                opaque: rec.opaque,
+                implicit: rec.implicit,
+            });
+        }
+        Ok(LayerIndex {
+            version: slayerfs_proto::index::VERSION,
+            chunk_size: layer.record.chunk_size,
+            block_size: layer.record.block_size,
+            source_digest: layer.record.source_digest.clone(),
+            blocks,
+            inodes,
+        })
+    }
+}
+
+/// Names per inode: directories 2 + subdirectories, others their names.
+fn link_counts(index: &LayerIndex) -> Vec<u32> {
+    let mut n: Vec<u32> = index
+        .inodes
+        .iter()
+        .map(|i| {
+            if i.kind == InodeKind::Directory as i32 {
+                2
+            } else {
+                0
+            }
+        })
+        .collect();
+    for (i, inode) in index.inodes.iter().enumerate() {
+        for d in inode.children.iter().filter(|d| !d.whiteout) {
+            let child = (d.ino - 1) as usize;
+            if index.inodes[child].kind == InodeKind::Directory as i32 {
+                n[i] += 1;
+            } else {
+                n[child] += 1;
+            }
+        }
+    }
+    n
+}
+
+fn inode_record(inode: &Inode, nlink: u32) -> InodeRecord {
+    InodeRecord {
+        kind: inode.kind,
+        mode: inode.mode,
+        uid: inode.uid,
+        gid: inode.gid,
+        mtime_sec: inode.mtime_sec,
+        mtime_nsec: inode.mtime_nsec,
+        size: inode.size,
+        symlink_target: inode.symlink_target.clone(),
+        rdev_major: inode.rdev_major,
+        rdev_minor: inode.rdev_minor,
+        xattrs: inode.xattrs.clone(),
+        opaque: inode.opaque,
+        implicit: inode.implicit,
+        nlink,
+    }
+}

@@ -1,0 +1,328 @@
+//! The layer index codec: building a [`LayerIndex`] from an imported tree,
+//! encoding it (protobuf, then zstd), and decoding an index from outside with
+//! every field checked before anything trusts it.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use slayerfs_chunkstore::{BlockId, BlockSeq, IndexDigest};
+use slayerfs_proto::index::{Dentry, Inode, InodeKind, LayerIndex, Slice, Xattr, VERSION};
+use slayerfs_proto::Message;
+
+use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
+use crate::tree::{Child, LayerTree, NodeKind};
+
+/// The largest decompressed index accepted (a layer of millions of files
+/// stays far below this).
+pub const MAX_INDEX_BYTES: u64 = 512 << 20;
+/// The longest name a directory entry may have (Linux NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index is not a zstd stream or is truncated: {0}")]
+    Decompress(std::io::Error),
+    #[error("index is larger than {MAX_INDEX_BYTES} bytes uncompressed")]
+    TooLarge,
+    #[error("index is not a valid protobuf message: {0}")]
+    Decode(#[from] slayerfs_proto::DecodeError),
+    #[error("index version {0} is not supported (this build reads version {VERSION})")]
+    Version(u32),
+    #[error("index: {0}")]
+    Invalid(String),
+    #[error("block {0} of the tree was never written")]
+    MissingBlock(u32),
+}
+
+fn invalid(msg: impl Into<String>) -> IndexError {
+    IndexError::Invalid(msg.into())
+}
+
+/// Turns an imported tree into an index: reachable inodes renumbered in tree
+/// order (root = 1), block sequence numbers resolved to ids (`ids[seq]`) and
+/// listed once each.
+pub fn build_index(
+    tree: &LayerTree,
+    ids: &[BlockId],
+    source_digest: &str,
+) -> Result<LayerIndex, IndexError> {
+    let order = tree.walk_order();
+    let number: HashMap<Ino, u64> = order
+        .iter()
+        .enumerate()
+        .map(|(i, ino)| (*ino, i as u64 + 1))
+        .collect();
+    let mut table: Vec<Vec<u8>> = Vec::new();
+    let mut position: HashMap<BlockId, u32> = HashMap::new();
+    let mut block_of = |seq: BlockSeq| -> Result<u32, IndexError> {
+        let id = *ids
+            .get(seq.0 as usize)
+            .ok_or(IndexError::MissingBlock(seq.0))?;
+        Ok(*position.entry(id).or_insert_with(|| {
+            table.push(id.as_bytes().to_vec());
+            (table.len() - 1) as u32
+        }))
+    };
+    let mut inodes = Vec::with_capacity(order.len());
+    for ino in &order {
+        let node = tree.node(*ino);
+        let mut out = Inode {
+            kind: InodeKind::Directory as i32,
+            mode: node.attrs.mode,
+            uid: node.attrs.uid,
+            gid: node.attrs.gid,
+            mtime_sec: node.attrs.mtime_sec,
+            mtime_nsec: node.attrs.mtime_nsec,
+            xattrs: node
+                .attrs
+                .xattrs
+                .iter()
+                .map(|(name, value)| Xattr {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            opaque: node.opaque,
+            implicit: node.implicit,
+            ..Default::default()
+        };
+        let kind = match &node.kind {
+            NodeKind::Directory => InodeKind::Directory,
+            NodeKind::Regular => InodeKind::Regular,
+            NodeKind::Symlink(target) => {
+                out.symlink_target = target.clone();
+                InodeKind::Symlink
+            }
+            NodeKind::CharDevice { major, minor } | NodeKind::BlockDevice { major, minor } => {
+                out.rdev_major = *major;
+                out.rdev_minor = *minor;
+                if matches!(node.kind, NodeKind::CharDevice { .. }) {
+                    InodeKind::CharDevice
+                } else {
+                    InodeKind::BlockDevice
+                }
+            }
+            NodeKind::Fifo => InodeKind::Fifo,
+        };
+        out.kind = kind as i32;
+        if kind == InodeKind::Regular {
+            out.size = node.size;
+            for s in &node.slices {
+                out.slices.push(Slice {
+                    chunk_index: s.chunk_index,
+                    offset_in_chunk: s.offset_in_chunk,
+                    length: s.length,
+                    block: block_of(s.block)?,
+                    offset_in_block: s.offset_in_block,
+                });
+            }
+        }
+        for (name, child) in &node.children {
+            out.children.push(match child {
+                Child::Entry(c) => Dentry {
+                    name: name.clone(),
+                    ino: number[c],
+                    whiteout: false,
+                },
+                Child::Whiteout => Dentry {
+                    name: name.clone(),
+                    ino: 0,
+                    whiteout: true,
+                },
+            });
+        }
+        inodes.push(out);
+    }
+    Ok(LayerIndex {
+        version: VERSION,
+        chunk_size: CHUNK_SIZE,
+        block_size: BLOCK_SIZE as u64,
+        source_digest: source_digest.to_string(),
+        blocks: table,
+        inodes,
+    })
+}
+
+/// Serializes and compresses an index; returns its digest and blob.
+pub fn encode_index(
+    index: &LayerIndex,
+    zstd_level: i32,
+) -> std::io::Result<(IndexDigest, Vec<u8>)> {
+    let plain = index.encode_to_vec();
+    let blob = zstd::bulk::compress(&plain, zstd_level)?;
+    Ok((IndexDigest::of(&blob), blob))
+}
+
+/// Decompresses, decodes and validates an index blob from outside. The
+/// caller checks the blob's digest (see `chunkstore::fetch_index`).
+pub fn decode_index(blob: &[u8]) -> Result<LayerIndex, IndexError> {
+    let decoder = zstd::stream::read::Decoder::new(blob).map_err(IndexError::Decompress)?;
+    let mut plain = Vec::new();
+    decoder
+        .take(MAX_INDEX_BYTES + 1)
+        .read_to_end(&mut plain)
+        .map_err(IndexError::Decompress)?;
+    if plain.len() as u64 > MAX_INDEX_BYTES {
+        return Err(IndexError::TooLarge);
+    }
+    let index = LayerIndex::decode(plain.as_slice())?;
+    validate(&index)?;
+    Ok(index)
+}
+
+/// Checks every invariant the read path relies on: geometry, kinds, slices
+/// inside their chunk, block and file, names, and a tree (each directory
+/// named exactly once, every inode reachable from the root).
+pub fn validate(index: &LayerIndex) -> Result<(), IndexError> {
+    if index.version != VERSION {
+        return Err(IndexError::Version(index.version));
+    }
+    if index.chunk_size != CHUNK_SIZE || index.block_size != BLOCK_SIZE as u64 {
+        return Err(invalid(format!(
+            "geometry chunk {} / block {} differs from {CHUNK_SIZE} / {BLOCK_SIZE}",
+            index.chunk_size, index.block_size
+        )));
+    }
+    if let Some(i) = index.blocks.iter().position(|b| b.len() != 32) {
+        return Err(invalid(format!(
+            "block table entry {i} is not a 32-byte sha256"
+        )));
+    }
+    let count = index.inodes.len() as u64;
+    if index.inodes.first().map(|r| r.kind) != Some(InodeKind::Directory as i32) {
+        return Err(invalid("inode 1 (the root) is not a directory"));
+    }
+    for (i, inode) in index.inodes.iter().enumerate() {
+        validate_inode(index, i as u64 + 1, inode)?;
+    }
+    // The names must form a tree over all inodes.
+    let mut named = vec![false; index.inodes.len()];
+    named[0] = true;
+    let mut stack = vec![1u64];
+    while let Some(dir) = stack.pop() {
+        for d in &index.inodes[(dir - 1) as usize].children {
+            if d.whiteout {
+                continue;
+            }
+            let slot = (d.ino - 1) as usize;
+            let is_dir = index.inodes[slot].kind == InodeKind::Directory as i32;
+            if named[slot] {
+                if is_dir {
+                    return Err(invalid(format!(
+                        "directory inode {} has more than one name",
+                        d.ino
+                    )));
+                }
+                continue;
+            }
+            named[slot] = true;
+            if is_dir {
+                stack.push(d.ino);
+            }
+        }
+    }
+    if let Some(i) = named.iter().position(|n| !n) {
+        return Err(invalid(format!(
+            "inode {} is not reachable from the root (of {count})",
+            i + 1
+        )));
+    }
+    Ok(())
+}
+
+fn validate_inode(index: &LayerIndex, ino: u64, inode: &Inode) -> Result<(), IndexError> {
+    let bad = |what: String| invalid(format!("inode {ino}: {what}"));
+    let kind = InodeKind::from_i32(inode.kind)
+        .ok_or_else(|| bad(format!("unknown kind {}", inode.kind)))?;
+    if kind == InodeKind::Unspecified {
+        return Err(bad("kind is unspecified".into()));
+    }
+    if inode.mode & !0o7777 != 0 {
+        return Err(bad(format!("mode {:o} has bits outside 07777", inode.mode)));
+    }
+    if inode.mtime_nsec >= 1_000_000_000 {
+        return Err(bad(format!(
+            "mtime_nsec {} is not below one second",
+            inode.mtime_nsec
+        )));
+    }
+    if kind != InodeKind::Directory
+        && (!inode.children.is_empty() || inode.opaque || inode.implicit)
+    {
+        return Err(bad(
+            "only a directory has children or is opaque or implicit".into(),
+        ));
+    }
+    if kind != InodeKind::Regular && (!inode.slices.is_empty() || inode.size != 0) {
+        return Err(bad("only a regular file has a size and slices".into()));
+    }
+    if kind != InodeKind::Symlink && !inode.symlink_target.is_empty() {
+        return Err(bad("only a symlink has a target".into()));
+    }
+    if kind == InodeKind::Symlink && inode.symlink_target.is_empty() {
+        return Err(bad("symlink with an empty target".into()));
+    }
+    for x in &inode.xattrs {
+        if x.name.is_empty() || x.name.contains(&0) {
+            return Err(bad("xattr with an empty name or a NUL byte".into()));
+        }
+    }
+    for (i, s) in inode.slices.iter().enumerate() {
+        let end_in_chunk = u64::from(s.offset_in_chunk) + u64::from(s.length);
+        let end_in_block = u64::from(s.offset_in_block) + u64::from(s.length);
+        let end_in_file = s
+            .chunk_index
+            .checked_mul(CHUNK_SIZE)
+            .and_then(|o| o.checked_add(end_in_chunk));
+        if s.length == 0
+            || end_in_chunk > CHUNK_SIZE
+            || end_in_block > BLOCK_SIZE as u64
+            || (s.block as usize) >= index.blocks.len()
+            || end_in_file.is_none_or(|end| end > inode.size)
+        {
+            return Err(bad(format!(
+                "slice {i} ({s:?}) lies outside its chunk, block, block table or file"
+            )));
+        }
+    }
+    let mut prev: Option<&[u8]> = None;
+    for d in &inode.children {
+        let name = d.name.as_slice();
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
+            return Err(bad(format!(
+                "invalid entry name {:?}",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(bad(format!(
+                "entry name of {} bytes is longer than {MAX_NAME_LEN}",
+                name.len()
+            )));
+        }
+        if prev.is_some_and(|p| p >= name) {
+            return Err(bad(
+                "entries are not in strictly ascending name order".into()
+            ));
+        }
+        prev = Some(name);
+        let points_ok = if d.whiteout {
+            d.ino == 0
+        } else {
+            d.ino >= 2 && d.ino <= index.inodes.len() as u64
+        };
+        if !points_ok {
+            return Err(bad(format!(
+                "entry {:?} refers to inode {}",
+                String::from_utf8_lossy(name),
+                d.ino
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! SlayerFS layers.
+//!
+//! Owns the inode/slice model of a layer: importing an OCI layer tar stream
+//! into blocks plus a layer tree ([`import`]), the versioned index codec with
+//! its validation ([`index`]), the sled store that the read path works from
+//! ([`db`]), and reading a file's bytes back through its slices ([`read`]).
+//! Later: the overlay merge, the writable upper layer and the FUSE filesystem.
+//!
+//! It does not know about containerd, registries or OCI manifests: a layer
+//! arrives as a byte stream and leaves as an index and blocks. Block encoding
+//! and storage belong to `chunkstore`.
+
+pub mod convert;
+pub mod db;
+pub mod geometry;
+pub mod import;
+pub mod index;
+mod packer;
+pub mod path;
+pub mod read;
+pub mod tree;
+
+pub use geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};

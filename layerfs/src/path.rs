@@ -1,0 +1,114 @@
+//! Names of tar entries, made safe: relative to the layer root, no `.` or
+//! `..` components, never climbing above the root.
+
+use std::fmt;
+
+/// A normalized path inside a layer, as raw bytes (names need not be UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct LayerPath(Vec<Vec<u8>>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("absolute path")]
+    Absolute,
+    #[error("`..` climbs above the layer root")]
+    ClimbsAboveRoot,
+}
+
+impl LayerPath {
+    pub fn root() -> Self {
+        LayerPath(Vec::new())
+    }
+
+    /// Normalizes a tar entry name. `./a//b/` and `a/x/../b` become `a/b`;
+    /// absolute names and names that climb above the root are refused.
+    pub fn parse(raw: &[u8]) -> Result<Self, PathError> {
+        if raw.first() == Some(&b'/') {
+            return Err(PathError::Absolute);
+        }
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        for comp in raw.split(|&b| b == b'/') {
+            match comp {
+                b"" | b"." => {}
+                b".." => {
+                    parts.pop().ok_or(PathError::ClimbsAboveRoot)?;
+                }
+                name => parts.push(name.to_vec()),
+            }
+        }
+        Ok(LayerPath(parts))
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn components(&self) -> &[Vec<u8>] {
+        &self.0
+    }
+
+    /// The parent directory and the last name; `None` for the root.
+    pub fn split_last(&self) -> Option<(LayerPath, &[u8])> {
+        let (last, parent) = self.0.split_last()?;
+        Some((LayerPath(parent.to_vec()), last))
+    }
+
+    /// The first `n` components.
+    pub fn prefix(&self, n: usize) -> LayerPath {
+        LayerPath(self.0[..n.min(self.0.len())].to_vec())
+    }
+
+    pub fn join(&self, name: &[u8]) -> LayerPath {
+        let mut parts = self.0.clone();
+        parts.push(name.to_vec());
+        LayerPath(parts)
+    }
+}
+
+impl fmt::Display for LayerPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("/");
+        }
+        for (i, c) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            f.write_str(&String::from_utf8_lossy(c))?;
+        }
+        Ok(())
+    }
+}
+
+/// How a raw entry name is shown in messages: lossy UTF-8, bounded length.
+pub fn display_raw(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s.into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<String, PathError> {
+        LayerPath::parse(s.as_bytes()).map(|p| p.to_string())
+    }
+
+    #[test]
+    fn normalizes_and_refuses_escapes() {
+        assert_eq!(p("./a//b/").unwrap(), "a/b");
+        assert_eq!(p("a/x/../b").unwrap(), "a/b");
+        assert_eq!(p("./").unwrap(), "/");
+        assert_eq!(p("a/..").unwrap(), "/");
+        assert_eq!(p("/etc/passwd"), Err(PathError::Absolute));
+        assert_eq!(p("../x"), Err(PathError::ClimbsAboveRoot));
+        assert_eq!(p("a/../../x"), Err(PathError::ClimbsAboveRoot));
+        assert_eq!(p("./.."), Err(PathError::ClimbsAboveRoot));
+        let raw = LayerPath::parse(b"d/\xff\xfe").unwrap();
+        assert_eq!(raw.components()[1], b"\xff\xfe");
+    }
+}

@@ -1,0 +1,7 @@
+// Generates Rust types from the .proto files; needs `protoc` (Debian
+// `protobuf-compiler`, installed by scripts/test.sh and scripts/demo.sh).
+fn main() -> std::io::Result<()> {
+    println!("cargo:rerun-if-changed=proto");
+    prost_build::Config::new()
+        .compile_protos(&["proto/index.proto", "proto/store.proto"], &["proto"])
+}

@@ -1,0 +1,41 @@
+//! Protobuf definitions of SlayerFS.
+//!
+//! Owns the wire formats: the versioned layer index (`index`) that
+//! `slayerfs convert` publishes and nodes fetch, and the records kept in sled
+//! (`store`). It owns no behaviour: encoding, compression and validation of
+//! these messages live with the crates that use them (`layerfs`).
+
+// The generated code refers to sibling packages by relative paths, so the
+// package hierarchy is mirrored here and re-exported below.
+#[allow(clippy::all)]
+mod generated {
+    pub mod slayerfs {
+        pub mod index {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/slayerfs.index.v1.rs"));
+            }
+        }
+        pub mod store {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/slayerfs.store.v1.rs"));
+            }
+        }
+    }
+}
+
+/// The layer index format, version 1.
+pub mod index {
+    pub use crate::generated::slayerfs::index::v1::*;
+
+    /// The only index version this build reads and writes.
+    pub const VERSION: u32 = 1;
+    /// OCI media type of a converted layer (a zstd-compressed `LayerIndex`).
+    pub const MEDIA_TYPE: &str = "application/vnd.slayerfs.layer.index.v1+zstd";
+}
+
+/// Records kept in the sled database.
+pub mod store {
+    pub use crate::generated::slayerfs::store::v1::*;
+}
+
+pub use prost::{DecodeError, Message};
