@@ -1,1 +1,10 @@
-//! End-to-end tests live in tests/.
+//! Fixtures and real-server helpers for SlayerFS's end-to-end tests.
+//!
+//! Owns what the tests in `tests/` start and build: an S3 server on
+//! 127.0.0.1 (the `s3s-fs` implementation, in-process or as the
+//! `slayerfs-test-s3` binary), OCI image layouts with awkward layers, and the
+//! location of the project's binaries. It tests nothing itself.
+
+pub mod bins;
+pub mod fixtures;
+pub mod s3;

@@ -1,0 +1,283 @@
+//! `slayerfs convert`: an OCI image in, blocks and layer indexes in the block
+//! store, and a converted image (layers = index blobs) out.
+//!
+//! Order matters for "nothing half-published": every layer is converted and
+//! verified (blocks and index in the store) before the destination is
+//! touched; in the destination, blobs are written before `index.json`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType,
+};
+use slayerfs_chunkstore::{BlockStore, WriterOptions};
+use slayerfs_layerfs::convert::{convert_layer, ConvertedLayer, Expected};
+use slayerfs_proto::index::MEDIA_TYPE;
+
+use crate::image_ref::ImageRef;
+use crate::oci_layout::{canonical_json, sha256_hex, LayoutError, LayoutWriter, OciLayout};
+use crate::progress::{human_bytes, ProgressMode, ProgressReader, Task};
+
+/// Layer annotation: digest of the layer index blob (also the layer digest).
+pub const ANNOTATION_INDEX: &str = "containerd.io/snapshot/slayerfs.index";
+/// Layer annotation: digest of the original layer blob.
+pub const ANNOTATION_SOURCE_DIGEST: &str = "containerd.io/snapshot/slayerfs.source-digest";
+/// Manifest annotation: digest of the original manifest.
+pub const ANNOTATION_SOURCE_MANIFEST: &str = "dev.slayerfs.source-manifest";
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+    #[error("layer {digest}: {source}")]
+    Layer {
+        digest: String,
+        source: slayerfs_layerfs::convert::ConvertError,
+    },
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertSummary {
+    pub layers: usize,
+    pub entries: u64,
+    pub bytes_in: u64,
+    pub tar_bytes: u64,
+    pub blocks_written: u64,
+    pub blocks_present: u64,
+    pub stored_bytes: u64,
+    pub index_bytes: u64,
+    pub elapsed: Duration,
+    pub manifest_digest: String,
+}
+
+impl ConvertSummary {
+    /// Throughput over the uncompressed layer bytes.
+    pub fn mb_per_s(&self) -> f64 {
+        self.tar_bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn layer_media_ok(media: &str) -> bool {
+    media.starts_with("application/vnd.oci.image.layer.")
+        && !media.contains("+encrypted")
+        && (media.ends_with(".tar") || media.ends_with(".tar+gzip") || media.ends_with(".tar+zstd"))
+        || media == DOCKER_LAYER_GZIP
+        || media == DOCKER_FOREIGN_LAYER
+}
+
+fn oci_dir(r: &ImageRef, role: &str) -> Result<(std::path::PathBuf, Option<String>), ConvertError> {
+    match r {
+        ImageRef::OciLayout { dir, tag } => Ok((dir.clone(), tag.clone())),
+        ImageRef::Registry(_) => Err(ConvertError::Unsupported(format!(
+            "{role} {r}: registry references (docker://) are not supported yet; use oci:DIR[:TAG]"
+        ))),
+    }
+}
+
+fn invalid(what: impl Into<String>, message: impl ToString) -> ConvertError {
+    ConvertError::Invalid {
+        what: what.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Converts the image `src` into `store`, then writes the converted image to
+/// `dst`.
+pub async fn convert_image(
+    src: &ImageRef,
+    dst: &ImageRef,
+    store: Arc<dyn BlockStore>,
+    writer: WriterOptions,
+    progress: ProgressMode,
+) -> Result<ConvertSummary, ConvertError> {
+    let started = Instant::now();
+    let (src_dir, src_tag) = oci_dir(src, "source")?;
+    let (dst_dir, dst_tag) = oci_dir(dst, "destination")?;
+    let layout = OciLayout::open(&src_dir)?;
+    let manifest_desc = layout.resolve(src_tag.as_deref())?;
+    let media = manifest_desc.media_type().to_string();
+    if manifest_desc.media_type() == &MediaType::ImageIndex {
+        return Err(ConvertError::Unsupported(format!(
+            "{src} is a multi-platform image index; converting those is not supported yet"
+        )));
+    }
+    if manifest_desc.media_type() != &MediaType::ImageManifest && media != DOCKER_MANIFEST {
+        return Err(ConvertError::Unsupported(format!(
+            "{src}: manifest media type `{media}` is not an image manifest"
+        )));
+    }
+    let manifest_bytes = layout.read_blob(&manifest_desc)?;
+    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| invalid(format!("manifest {}", manifest_desc.digest()), e))?;
+    let config_bytes = layout.read_blob(manifest.config())?;
+    let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+        .map_err(|e| invalid(format!("config {}", manifest.config().digest()), e))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(invalid(
+            format!("{src}"),
+            format!(
+                "the config lists {} diff ids for {} layers",
+                diff_ids.len(),
+                manifest.layers().len()
+            ),
+        ));
+    }
+
+    let total = manifest.layers().len();
+    let mut summary = ConvertSummary {
+        layers: total,
+        ..Default::default()
+    };
+    let mut converted: Vec<(Descriptor, ConvertedLayer)> = Vec::with_capacity(total);
+    for (i, (desc, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
+        let digest = desc.digest().to_string();
+        let layer_media = desc.media_type().to_string();
+        if layer_media == MEDIA_TYPE {
+            return Err(ConvertError::Unsupported(format!(
+                "{src}: layer {digest} is converted already"
+            )));
+        }
+        if !layer_media_ok(&layer_media) {
+            return Err(ConvertError::Unsupported(format!(
+                "{src}: layer {digest} has media type `{layer_media}`, not an OCI/Docker tar layer"
+            )));
+        }
+        let expected = Expected {
+            blob: Some(parse_sha256(&digest)?),
+            diff: Some(parse_sha256(diff_id)?),
+        };
+        let short = digest.get(7..19).unwrap_or(&digest);
+        let task = Task::start(
+            progress,
+            format!("layer {}/{total} {short}", i + 1),
+            desc.size(),
+        );
+        let file = layout.open_blob(desc)?;
+        let reader = ProgressReader::new(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            task.clone(),
+        );
+        let layer = match convert_layer(reader, store.clone(), writer, &digest, expected).await {
+            Ok(l) => l,
+            Err(source) => {
+                task.abandon();
+                return Err(ConvertError::Layer { digest, source });
+            }
+        };
+        task.finish(format!(
+            "{} entries, {} → {} blocks ({} new), index {}",
+            layer.stats.entries,
+            human_bytes(layer.stats.tar_bytes),
+            layer.blocks.ids.len(),
+            layer.blocks.written,
+            human_bytes(layer.blob.len() as u64)
+        ));
+        summary.entries += layer.stats.entries;
+        summary.bytes_in += layer.stats.blob_bytes;
+        summary.tar_bytes += layer.stats.tar_bytes;
+        summary.blocks_written += layer.blocks.written;
+        summary.blocks_present += layer.blocks.present;
+        summary.stored_bytes += layer.blocks.stored_bytes;
+        summary.index_bytes += layer.blob.len() as u64;
+        converted.push((desc.clone(), layer));
+    }
+
+    summary.manifest_digest = write_converted(
+        &dst_dir,
+        dst_tag.as_deref(),
+        &manifest,
+        &manifest_desc,
+        &config_bytes,
+        &converted,
+    )?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn parse_sha256(digest: &str) -> Result<[u8; 32], ConvertError> {
+    let hex = sha256_hex(digest)
+        .ok_or_else(|| invalid(format!("digest `{digest}`"), "not a sha256 digest"))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).map_err(|e| invalid(format!("digest `{digest}`"), e))?;
+    Ok(out)
+}
+
+/// Writes the converted image; returns its manifest digest.
+fn write_converted(
+    dir: &std::path::Path,
+    tag: Option<&str>,
+    source: &ImageManifest,
+    source_desc: &Descriptor,
+    config_bytes: &[u8],
+    layers: &[(Descriptor, ConvertedLayer)],
+) -> Result<String, ConvertError> {
+    let mut descs = Vec::with_capacity(layers.len());
+    for (orig, layer) in layers {
+        let mut d = Descriptor::new(
+            MediaType::Other(MEDIA_TYPE.to_string()),
+            layer.blob.len() as u64,
+            oci_spec::image::Digest::try_from(layer.digest.to_string())
+                .map_err(|e| invalid("index digest", e))?,
+        );
+        let annotations: HashMap<String, String> = [
+            (ANNOTATION_INDEX.to_string(), layer.digest.to_string()),
+            (
+                ANNOTATION_SOURCE_DIGEST.to_string(),
+                orig.digest().to_string(),
+            ),
+        ]
+        .into();
+        d.set_annotations(Some(annotations));
+        descs.push(d);
+    }
+    let mut annotations: HashMap<String, String> = source.annotations().clone().unwrap_or_default();
+    annotations.insert(
+        ANNOTATION_SOURCE_MANIFEST.to_string(),
+        source_desc.digest().to_string(),
+    );
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(source.config().clone())
+        .layers(descs)
+        .annotations(annotations)
+        .build()
+        .map_err(|e| invalid("converted manifest", e))?;
+    let manifest_bytes = canonical_json(&manifest).map_err(|e| invalid("converted manifest", e))?;
+
+    let writer = LayoutWriter::create_or_open(dir)?;
+    let result = (|| {
+        writer.put_blob(config_bytes)?;
+        for (_, layer) in layers {
+            writer.put_blob(&layer.blob)?;
+        }
+        let digest = writer.put_blob(&manifest_bytes)?;
+        let desc = Descriptor::new(
+            MediaType::ImageManifest,
+            manifest_bytes.len() as u64,
+            oci_spec::image::Digest::try_from(digest.clone())
+                .map_err(|e| invalid("manifest digest", e))?,
+        );
+        writer.publish(desc, tag)?;
+        Ok::<_, ConvertError>(digest)
+    })();
+    match result {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            writer.abort();
+            Err(e)
+        }
+    }
+}

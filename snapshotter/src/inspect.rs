@@ -1,0 +1,206 @@
+//! `slayerfs inspect`: the layers of a converted image and, with `--tree`,
+//! every entry of each layer index as it is recorded.
+
+use std::io::Write;
+
+use oci_spec::image::{Descriptor, ImageManifest};
+use slayerfs_chunkstore::IndexDigest;
+use slayerfs_layerfs::index::decode_index;
+use slayerfs_proto::index::{Inode, InodeKind, LayerIndex, MEDIA_TYPE};
+
+use crate::convert::{ConvertError, ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST};
+use crate::image_ref::ImageRef;
+use crate::oci_layout::OciLayout;
+use crate::progress::human_bytes;
+
+/// A converted image read back from a layout.
+pub struct ConvertedImage {
+    pub layout: OciLayout,
+    pub manifest_digest: String,
+    pub manifest: ImageManifest,
+}
+
+impl ConvertedImage {
+    pub fn open(r: &ImageRef) -> Result<Self, ConvertError> {
+        let ImageRef::OciLayout { dir, tag } = r else {
+            return Err(ConvertError::Unsupported(format!(
+                "{r}: only oci:DIR[:TAG] can be inspected for now"
+            )));
+        };
+        let layout = OciLayout::open(dir)?;
+        let desc = layout.resolve(tag.as_deref())?;
+        let bytes = layout.read_blob(&desc)?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| ConvertError::Invalid {
+                what: format!("manifest {}", desc.digest()),
+                message: e.to_string(),
+            })?;
+        Ok(ConvertedImage {
+            layout,
+            manifest_digest: desc.digest().to_string(),
+            manifest,
+        })
+    }
+
+    /// Reads, verifies and decodes the index of a converted layer.
+    pub fn layer_index(&self, desc: &Descriptor) -> Result<LayerIndex, ConvertError> {
+        let digest = desc.digest().to_string();
+        if desc.media_type().to_string() != MEDIA_TYPE {
+            return Err(ConvertError::Unsupported(format!(
+                "layer {digest} is not a SlayerFS index (not converted)"
+            )));
+        }
+        let blob = self
+            .layout
+            .read_blob_up_to(desc, slayerfs_layerfs::index::MAX_INDEX_BYTES)?;
+        decode_index(&blob).map_err(|e| ConvertError::Invalid {
+            what: format!("layer {digest}"),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn annotation<'a>(d: &'a Descriptor, key: &str) -> &'a str {
+    d.annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map_or("-", String::as_str)
+}
+
+/// Prints the image summary and its layers.
+pub fn print_layers(img: &ConvertedImage, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "manifest {}", img.manifest_digest)?;
+    writeln!(out, "config   {}", img.manifest.config().digest())?;
+    for (i, d) in img.manifest.layers().iter().enumerate() {
+        let converted = d.media_type().to_string() == MEDIA_TYPE;
+        writeln!(
+            out,
+            "layer {:>3}  {}  {:>10}  {}",
+            i + 1,
+            d.digest(),
+            human_bytes(d.size()),
+            if converted {
+                format!("index of {}", annotation(d, ANNOTATION_SOURCE_DIGEST))
+            } else {
+                format!("not converted ({})", d.media_type())
+            }
+        )?;
+        if converted && annotation(d, ANNOTATION_INDEX) != d.digest().to_string() {
+            writeln!(
+                out,
+                "           warning: {ANNOTATION_INDEX} annotation differs from the layer digest"
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn type_char(kind: i32) -> char {
+    match InodeKind::from_i32(kind) {
+        Some(InodeKind::Directory) => 'd',
+        Some(InodeKind::Regular) => '-',
+        Some(InodeKind::Symlink) => 'l',
+        Some(InodeKind::CharDevice) => 'c',
+        Some(InodeKind::BlockDevice) => 'b',
+        Some(InodeKind::Fifo) => 'p',
+        _ => '?',
+    }
+}
+
+/// `rwsr-xr-t`-style permissions.
+pub fn mode_string(mode: u32) -> String {
+    let mut s = String::with_capacity(9);
+    for (shift, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let x = bits & 1 != 0;
+        s.push(match (mode & special != 0, x) {
+            (true, true) => lower,
+            (true, false) => upper,
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+fn entry_line(path: &str, ino: u64, inode: &Inode) -> String {
+    let size = match InodeKind::from_i32(inode.kind) {
+        Some(InodeKind::CharDevice | InodeKind::BlockDevice) => {
+            format!("{},{}", inode.rdev_major, inode.rdev_minor)
+        }
+        _ => inode.size.to_string(),
+    };
+    let mut line = format!(
+        "{}{} {:>5}:{:<5} {:>10} {}.{:09} ino={:<5} {}",
+        type_char(inode.kind),
+        mode_string(inode.mode),
+        inode.uid,
+        inode.gid,
+        size,
+        inode.mtime_sec,
+        inode.mtime_nsec,
+        ino,
+        path
+    );
+    if !inode.symlink_target.is_empty() {
+        line += &format!(" -> {}", String::from_utf8_lossy(&inode.symlink_target));
+    }
+    if inode.opaque {
+        line += "  [opaque]";
+    }
+    if inode.implicit {
+        line += "  [implicit]";
+    }
+    if !inode.slices.is_empty() {
+        line += &format!("  [{} slices]", inode.slices.len());
+    }
+    for x in &inode.xattrs {
+        line += &format!(
+            "  xattr {}={:?}",
+            String::from_utf8_lossy(&x.name),
+            String::from_utf8_lossy(&x.value)
+        );
+    }
+    line
+}
+
+/// Prints every entry of an index, depth first in name order.
+pub fn print_tree(index: &LayerIndex, out: &mut dyn Write) -> std::io::Result<()> {
+    enum Item {
+        Entry(String, u64),
+        Whiteout(String),
+    }
+    let mut stack = vec![Item::Entry("/".to_string(), 1)];
+    while let Some(item) = stack.pop() {
+        let (path, ino) = match item {
+            Item::Whiteout(path) => {
+                writeln!(out, "{:<51} {path}", "whiteout")?;
+                continue;
+            }
+            Item::Entry(path, ino) => (path, ino),
+        };
+        let inode = &index.inodes[(ino - 1) as usize];
+        writeln!(out, "{}", entry_line(&path, ino, inode))?;
+        let base = if path == "/" { "" } else { path.as_str() };
+        for d in inode.children.iter().rev() {
+            let child = format!("{base}/{}", String::from_utf8_lossy(&d.name));
+            stack.push(if d.whiteout {
+                Item::Whiteout(child)
+            } else {
+                Item::Entry(child, d.ino)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Digest of an index, as its annotation states it.
+pub fn index_digest(d: &Descriptor) -> Option<IndexDigest> {
+    annotation(d, ANNOTATION_INDEX).parse().ok()
+}
