@@ -252,9 +252,22 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string().trim_end().to_string(),
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // One line: "line N `the line`: what", without the snippet art.
+            let what = e.message().trim_end().replace('\n', " ");
+            let message = match e.span() {
+                Some(span) => {
+                    let start = span.start.min(text.len());
+                    let n = text[..start].matches('\n').count() + 1;
+                    let line = text.lines().nth(n - 1).unwrap_or("").trim();
+                    format!("line {n} `{line}`: {what}")
+                }
+                None => what,
+            };
+            ConfigError::Parse {
+                path: PathBuf::from("<text>"),
+                message,
+            }
         })?;
         config.validate()?;
         Ok(config)

@@ -170,10 +170,7 @@ pub fn awkward_layers() -> Vec<FLayer> {
             "unicode/héllo wörld ☃.txt",
             File("snow ☃\n".as_bytes().to_vec()),
         ),
-        FEntry::new(
-            b"unicode/raw-\xff\xfe".to_vec(),
-            File(b"not utf-8 name".to_vec()),
-        ),
+        FEntry::new(b"unicode/raw-\xff\xfe", File(b"not utf-8 name".to_vec())),
         FEntry::new(format!("unicode/{long_name}"), File(b"long".to_vec())),
         FEntry::new(&deep_path, File(b"deep".to_vec())),
         FEntry::new("old-mtime", File(b"1969".to_vec())).mtime(-1, 500_000_000),
@@ -361,6 +358,15 @@ fn media_type(c: Compression) -> &'static str {
     }
 }
 
+/// A layer blob already in a layout's `blobs/sha256`.
+#[derive(Debug, Clone)]
+pub struct LayerBlob {
+    pub digest: String,
+    pub size: u64,
+    pub diff_id: String,
+    pub compression: Compression,
+}
+
 /// Writes an OCI image layout at `dir` with the layers given as finished
 /// blobs, tagged `tag` (added to an existing layout).
 pub fn write_image_blobs(
@@ -369,10 +375,7 @@ pub fn write_image_blobs(
     layers: &[(Vec<u8>, Compression)],
 ) -> anyhow::Result<WrittenImage> {
     std::fs::create_dir_all(dir.join("blobs/sha256"))?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let mut layer_descs = Vec::new();
-    let mut layer_digests = Vec::new();
-    let mut diff_ids = Vec::new();
+    let mut blobs = Vec::new();
     for (blob, c) in layers {
         // Broken blobs (for failure tests) get the blob's own digest as diff id.
         let tar = match c {
@@ -389,13 +392,27 @@ pub fn write_image_blobs(
             Compression::Zstd => zstd::decode_all(blob.as_slice()).ok(),
         };
         let tar = tar.unwrap_or_else(|| blob.clone());
-        diff_ids.push(sha256_digest(&tar));
-        let digest = put_blob(dir, blob)?;
-        layer_descs.push(serde_json::json!({
-            "mediaType": media_type(*c), "digest": digest, "size": blob.len()
-        }));
-        layer_digests.push(digest);
+        blobs.push(LayerBlob {
+            digest: put_blob(dir, blob)?,
+            size: blob.len() as u64,
+            diff_id: sha256_digest(&tar),
+            compression: *c,
+        });
     }
+    write_manifest(dir, tag, &blobs)
+}
+
+/// Writes config, manifest and the `index.json` entry for layers whose blobs
+/// are in place.
+pub fn write_manifest(dir: &Path, tag: &str, layers: &[LayerBlob]) -> anyhow::Result<WrittenImage> {
+    std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let layer_descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| serde_json::json!({"mediaType": media_type(l.compression), "digest": l.digest, "size": l.size}))
+        .collect();
+    let layer_digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/bin/sh"]},
@@ -443,9 +460,12 @@ pub fn write_image(dir: &Path, tag: &str, layers: &[FLayer]) -> anyhow::Result<W
     write_image_blobs(dir, tag, &blobs)
 }
 
+/// One raw tar entry: name, type, data, link target.
+pub type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
 /// A tar written header by header, so that names a well-behaved builder
 /// refuses (`..`, absolute paths) can be produced.
-pub fn raw_tar(entries: &[(&[u8], tar::EntryType, &[u8], &[u8])]) -> Vec<u8> {
+pub fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, ty, data, link) in entries {
         let mut h = tar::Header::new_gnu();

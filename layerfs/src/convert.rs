@@ -39,6 +39,7 @@ pub struct ConvertedLayer {
 pub enum ConvertError {
     #[error(transparent)]
     Import(#[from] ImportError),
+    // (ImportError is small: its detail is boxed.)
     #[error("writing blocks: {0}")]
     Blocks(#[from] WriteError),
     #[error("building the index: {0}")]

@@ -107,7 +107,8 @@ pub enum ImportErrorKind {
 #[error("{location}: {kind}")]
 pub struct ImportError {
     pub location: Location,
-    pub kind: ImportErrorKind,
+    /// Boxed: errors are rare, results are many.
+    pub kind: Box<ImportErrorKind>,
 }
 
 /// Marks an error of the decompressor, so it is not blamed on the tar.
@@ -206,7 +207,7 @@ fn sniff(head: &[u8]) -> Result<Compression, ImportErrorKind> {
 fn stream_err(kind: ImportErrorKind) -> ImportError {
     ImportError {
         location: Location::Stream,
-        kind,
+        kind: Box::new(kind),
     }
 }
 
@@ -263,7 +264,7 @@ pub fn import_layer<R: Read + 'static>(
                 number,
                 name: "<unreadable header>".into(),
             },
-            kind: classify(e),
+            kind: Box::new(classify(e)),
         })?;
         let raw_name = entry.path_bytes().into_owned();
         let at = |kind: ImportErrorKind| ImportError {
@@ -271,7 +272,7 @@ pub fn import_layer<R: Read + 'static>(
                 number,
                 name: display_raw(&raw_name),
             },
-            kind,
+            kind: Box::new(kind),
         };
         let added =
             apply_entry(&mut tree, &mut packer, &mut entry, &raw_name).map_err(|k| match k {

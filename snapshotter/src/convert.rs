@@ -42,7 +42,7 @@ pub enum ConvertError {
     #[error("layer {digest}: {source}")]
     Layer {
         digest: String,
-        source: slayerfs_layerfs::convert::ConvertError,
+        source: Box<slayerfs_layerfs::convert::ConvertError>,
     },
 }
 
@@ -173,7 +173,10 @@ pub async fn convert_image(
             Ok(l) => l,
             Err(source) => {
                 task.abandon();
-                return Err(ConvertError::Layer { digest, source });
+                return Err(ConvertError::Layer {
+                    digest,
+                    source: Box::new(source),
+                });
             }
         };
         task.finish(format!(

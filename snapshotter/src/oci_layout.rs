@@ -340,3 +340,48 @@ impl LayoutWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_cannot_escape_the_blob_directory() {
+        let layout = OciLayout {
+            root: PathBuf::from("/layout"),
+        };
+        let good = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            layout.blob_path(&good).unwrap(),
+            PathBuf::from(format!("/layout/blobs/sha256/{}", "ab".repeat(32)))
+        );
+        for bad in [
+            "sha256:../../../etc/passwd".to_string(),
+            format!("sha256:{}/..", "a".repeat(61)),
+            format!("sha512:{}", "a".repeat(128)),
+            format!("sha256:{}", "A".repeat(64)),
+            "sha256:".to_string(),
+        ] {
+            assert!(layout.blob_path(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn failed_writes_leave_no_new_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("new");
+        let w = LayoutWriter::create_or_open(&dir).unwrap();
+        w.put_blob(b"x").unwrap();
+        w.abort();
+        assert!(!dir.exists());
+        // A non-empty directory that is not a layout is refused, untouched.
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("keep"), b"k").unwrap();
+        assert!(matches!(
+            LayoutWriter::create_or_open(&other),
+            Err(LayoutError::NotALayout(_))
+        ));
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+    }
+}

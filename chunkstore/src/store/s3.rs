@@ -8,7 +8,6 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
@@ -107,9 +106,24 @@ impl S3Store {
             store: self.location(),
             op,
             key: *key,
-            message: DisplayErrorContext(e).to_string(),
+            message: error_chain(&e),
         }
     }
+}
+
+/// An error and its causes, `: `-separated, each once (the SDK's own
+/// context display ends in a Debug dump that helps nobody reading a log).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+        cur = cause.source();
+    }
+    msg
 }
 
 #[async_trait]

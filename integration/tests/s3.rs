@@ -1,0 +1,239 @@
+//! The S3 block store against a real S3 server on 127.0.0.1 (`s3s-fs`), and
+//! `slayerfs convert` writing into it.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use slayerfs_chunkstore::{
+    encode_block, fetch_block, fetch_index, BlockId, BlockStore, FetchError, IndexDigest,
+    ObjectKey, PutOutcome, S3Store, StoreError,
+};
+use slayerfs_config::S3Config;
+use slayerfs_integration::fixtures::{awkward_layers, write_image};
+use slayerfs_integration::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+use slayerfs_snapshotter::image_ref::ImageRef;
+use slayerfs_snapshotter::inspect::ConvertedImage;
+
+fn s3_config(endpoint: &str) -> S3Config {
+    S3Config {
+        endpoint: Some(endpoint.to_string()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+        max_attempts: 2,
+        initial_backoff_ms: 10,
+        connect_timeout_ms: 500,
+        operation_timeout_ms: 5_000,
+        ..S3Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_puts_gets_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(tmp.path(), &["blocks"]).unwrap();
+    let store = S3Store::open("blocks", "pre/fix", &s3_config(&server.endpoint()))
+        .await
+        .unwrap();
+
+    let plain = b"hello blocks".repeat(1000);
+    let (id, stored) = encode_block(&plain, 3).unwrap();
+    let key = ObjectKey::Block(id);
+    assert!(!store.exists(&key).await.unwrap());
+    assert!(matches!(
+        store.get(&key).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.put(&key, stored.clone()).await.unwrap(),
+        PutOutcome::Written
+    );
+    let puts = server.counters.puts.load(Ordering::Relaxed);
+    // Idempotent: the second put uploads nothing.
+    assert_eq!(
+        store.put(&key, stored.clone()).await.unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+    assert_eq!(server.counters.puts.load(Ordering::Relaxed), puts);
+    assert_eq!(fetch_block(&store, &id).await.unwrap(), plain);
+    // The object sits under the prefix at blocks/<2 hex>/<hex>.
+    let hex = id.to_hex();
+    let on_disk = tmp
+        .path()
+        .join("blocks/pre/fix/blocks")
+        .join(&hex[..2])
+        .join(&hex);
+    assert!(on_disk.is_file(), "{}", on_disk.display());
+
+    // Bytes changed behind our back are an error, never data.
+    let (_, other) = encode_block(b"something else", 3).unwrap();
+    std::fs::write(&on_disk, other).unwrap();
+    match fetch_block(&store, &id).await {
+        Err(FetchError::Block { .. }) => {}
+        other => panic!("corrupt block returned {other:?}"),
+    }
+    // Index blobs are checked against their digest.
+    let blob = b"an index blob".to_vec();
+    let digest = IndexDigest::of(&blob);
+    store
+        .put(&ObjectKey::Index(digest), blob.clone())
+        .await
+        .unwrap();
+    assert_eq!(fetch_index(&store, &digest).await.unwrap(), blob);
+    let wrong = IndexDigest::of(b"other");
+    store.put(&ObjectKey::Index(wrong), blob).await.unwrap();
+    assert!(matches!(
+        fetch_index(&store, &wrong).await,
+        Err(FetchError::IndexDigest { .. })
+    ));
+}
+
+#[tokio::test]
+async fn bad_credentials_and_dead_endpoints_fail_fast_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(tmp.path(), &["blocks"]).unwrap();
+    let mut cfg = s3_config(&server.endpoint());
+    cfg.secret_access_key = Some("wrong".into());
+    let store = S3Store::open("blocks", "", &cfg).await.unwrap();
+    let err = store
+        .get(&ObjectKey::Block(BlockId::of(b"x")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("s3://blocks") && err.contains("GET"), "{err}");
+
+    // Nothing listens on this port: bounded retries, then an error.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let store = S3Store::open(
+        "blocks",
+        "",
+        &s3_config(&format!("http://127.0.0.1:{port}")),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let err = store
+        .exists(&ObjectKey::Block(BlockId::of(b"x")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("HEAD"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convert_into_s3_and_read_everything_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3"), &["images"]).unwrap();
+    let layers = awkward_layers();
+    let src = tmp.path().join("src");
+    write_image(&src, "v1", &layers).unwrap();
+    let dst = tmp.path().join("dst");
+    let args = |tag: &str| {
+        vec![
+            "convert".to_string(),
+            format!("oci:{}:v1", src.display()),
+            format!("oci:{}:{tag}", dst.display()),
+            "--store".into(),
+            "s3://images/slayer".into(),
+            "--s3-endpoint".into(),
+            server.endpoint(),
+        ]
+    };
+    let run = |tag: &str| {
+        let a = args(tag);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        slayerfs(
+            &refs,
+            &server
+                .env()
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let out = assert_ok(&run("one"));
+    let (written, _) = blocks_line(&out);
+    assert!(written > 0, "{out}");
+    let puts = server.counters.puts.load(Ordering::Relaxed);
+    assert_eq!(
+        puts,
+        written + 3,
+        "one PUT per new block plus the three indexes"
+    );
+
+    let store: Arc<dyn BlockStore> = Arc::new(
+        S3Store::open("images", "slayer", &s3_config(&server.endpoint()))
+            .await
+            .unwrap(),
+    );
+    let img =
+        ConvertedImage::open(&ImageRef::parse(&format!("oci:{}:one", dst.display())).unwrap())
+            .unwrap();
+    for (desc, layer) in img.manifest.layers().iter().zip(&layers) {
+        let index = img.layer_index(desc).unwrap();
+        assert_layer_matches(&index, layer, store.as_ref()).await;
+    }
+
+    // Again: no block is uploaded twice.
+    let again = assert_ok(&run("two"));
+    assert_eq!(blocks_line(&again), (0, written), "{again}");
+    assert_eq!(
+        server.counters.puts.load(Ordering::Relaxed),
+        puts,
+        "a second conversion uploaded something"
+    );
+}
+
+#[test]
+fn convert_to_an_unreachable_s3_fails_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_image(&src, "v1", &awkward_layers()[1..2]).unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[store.s3]\nmax_attempts = 2\nconnect_timeout_ms = 300\ninitial_backoff_ms = 10\n",
+    )
+    .unwrap();
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", "k".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "s".to_string()),
+    ];
+    let started = Instant::now();
+    let o = slayerfs(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "convert",
+            &format!("oci:{}:v1", src.display()),
+            &format!("oci:{}/dst:v1", tmp.path().display()),
+            "--store",
+            "s3://images",
+            "--s3-endpoint",
+            &endpoint,
+        ],
+        &env,
+    );
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("s3://images"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!tmp.path().join("dst").exists());
+}

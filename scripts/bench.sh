@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Benchmarks. Every figure is printed beside a baseline measured in the same
+# run; results and the command go to BENCHMARKS.md by hand.
+#
+#   scripts/bench.sh convert    conversion speed and peak memory
+#
+# BENCH_DIR (default /var/tmp/slayerfs-bench) holds the generated image and
+# the stores; the image is generated once and reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-convert}
+
+scripts/install-deps.sh
+cargo build --release --bins --locked -q
+bin=$PWD/target/release
+work=${BENCH_DIR:-/var/tmp/slayerfs-bench}
+mkdir -p "$work"
+export SLAYERFS_CONFIG=$work/empty.toml
+: > "$SLAYERFS_CONFIG"
+
+now() { date +%s.%N; }
+mbps() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.0f", b / 1e6 / t }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# Runs a command under GNU time; sets $elapsed (s) and $peak_mib.
+timed() {
+  local out=$work/time.out
+  /usr/bin/time -f '%e %M' -o "$out" "$@" >/dev/null
+  read -r elapsed peak_kib < "$out"
+  peak_mib=$((peak_kib / 1024))
+}
+
+layer_blobs() { # layer_blobs TAG: paths of the image's layer blobs
+  python3 - "$work/image" "$1" <<'PY'
+import json, sys
+root, tag = sys.argv[1], sys.argv[2]
+idx = json.load(open(f"{root}/index.json"))
+m = next(d for d in idx["manifests"] if d.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+man = json.load(open(f"{root}/blobs/sha256/{m['digest'][7:]}"))
+for l in man["layers"]:
+    print(f"{root}/blobs/sha256/{l['digest'][7:]}")
+PY
+}
+
+bench_convert() {
+  local img=$work/image
+  if [ ! -f "$img/index.json" ]; then
+    echo "generating the benchmark image (20,000 small files + 4 x 200 MiB) ..." >&2
+    "$bin/slayerfs-gen-image" --out "$img" --gzip >&2
+  fi
+  mapfile -t tars < <(layer_blobs tar)
+  local bytes
+  bytes=$(cat "${tars[@]}" | wc -c)
+  cat "${tars[@]}" > /dev/null # warm the page cache for everyone alike
+
+  # Baseline: sha256 (openssl, SHA-NI) + zstd -3, one core, same bytes.
+  local t0 t1 t_sha t_zstd
+  t0=$(now); cat "${tars[@]}" | taskset -c 0 openssl dgst -sha256 >/dev/null; t1=$(now)
+  t_sha=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  t0=$(now); cat "${tars[@]}" | taskset -c 0 zstd -3 -T1 -q -c >/dev/null; t1=$(now)
+  t_zstd=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  local base
+  base=$(awk -v b="$bytes" -v s="$t_sha" -v z="$t_zstd" 'BEGIN { printf "%.0f", b / 1e6 / (s + z) }')
+
+  echo
+  echo "image: $(ratio "$bytes" 1073741824) GiB uncompressed in ${#tars[@]} layers; $(nproc) cores"
+  echo "baseline, one core: sha256 $(mbps "$bytes" "$t_sha") MB/s + zstd -3 $(mbps "$bytes" "$t_zstd") MB/s = $base MB/s"
+  echo
+  echo "| run | seconds | MB/s | vs one-core sha256+zstd | peak RSS MiB |"
+  echo "|---|---|---|---|---|"
+  row() { echo "| $1 | $elapsed | $(mbps "$bytes" "$elapsed") | $(ratio "$(mbps "$bytes" "$elapsed")" "$base") | $peak_mib |"; }
+
+  rm -rf "$work/store" "$work/out"
+  timed "$bin/slayerfs" convert -q "oci:$img:tar" "oci:$work/out:tar" --store "$work/store" --workers 1
+  row "tar -> local dir, 1 worker"
+  rm -rf "$work/store" "$work/out"
+  timed "$bin/slayerfs" convert -q "oci:$img:tar" "oci:$work/out:tar" --store "$work/store"
+  row "tar -> local dir"
+  timed "$bin/slayerfs" convert -q "oci:$img:tar" "oci:$work/out:again" --store "$work/store"
+  row "tar -> local dir, again (all blocks present)"
+  rm -rf "$work/store" "$work/out"
+  timed "$bin/slayerfs" convert -q "oci:$img:gzip" "oci:$work/out:gzip" --store "$work/store"
+  row "gzip -> local dir"
+
+  rm -rf "$work/s3" "$work/out"
+  local port_file=$work/s3.port
+  "$bin/slayerfs-test-s3" --root "$work/s3" --bucket bench > "$port_file" &
+  local s3_pid=$!
+  for _ in $(seq 100); do grep -q listening "$port_file" 2>/dev/null && break; sleep 0.1; done
+  local endpoint="http://$(awk '{print $3}' "$port_file")"
+  export AWS_ACCESS_KEY_ID=slayerfs-test AWS_SECRET_ACCESS_KEY=slayerfs-test-secret
+  timed "$bin/slayerfs" convert -q "oci:$img:tar" "oci:$work/out:s3" --store s3://bench --s3-endpoint "$endpoint"
+  row "tar -> local S3 server"
+  rm -rf "$work/s3/bench"/* "$work/out"
+  timed "$bin/slayerfs" convert -q "oci:$img:gzip" "oci:$work/out:s3gz" --store s3://bench --s3-endpoint "$endpoint"
+  row "gzip -> local S3 server"
+  kill "$s3_pid"; wait "$s3_pid" 2>/dev/null || true
+  rm -rf "$work/s3" "$work/store" "$work/out"
+}
+
+case "$what" in
+  convert) bench_convert ;;
+  *) echo "bench.sh: unknown benchmark '$what' (known: convert)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test: formatting, lints, unit
+# tests and the end-to-end tests against real servers. This is what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build binaries"
+# The end-to-end tests run the real binaries.
+cargo build --workspace --bins --locked
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  cargo test --workspace --doc --locked
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+echo "== all tests passed"
