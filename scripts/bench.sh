@@ -55,9 +55,9 @@ bench_convert() {
 
   # Baseline: sha256 (openssl, SHA-NI) + zstd -3, one core, same bytes.
   local t0 t1 t_sha t_zstd
-  t0=$(now); cat "${tars[@]}" | taskset -c 0 openssl dgst -sha256 >/dev/null; t1=$(now)
+  t0=$(now); taskset -c 0 openssl dgst -sha256 "${tars[@]}" >/dev/null; t1=$(now)
   t_sha=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-  t0=$(now); cat "${tars[@]}" | taskset -c 0 zstd -3 -T1 -q -c >/dev/null; t1=$(now)
+  t0=$(now); taskset -c 0 zstd -3 -T1 -q -c "${tars[@]}" >/dev/null; t1=$(now)
   t_zstd=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
   local base
   base=$(awk -v b="$bytes" -v s="$t_sha" -v z="$t_zstd" 'BEGIN { printf "%.0f", b / 1e6 / (s + z) }')

@@ -28,6 +28,31 @@ pub fn encode_block(plain: &[u8], level: i32) -> Result<(BlockId, Vec<u8>), Code
     Ok((id, stored))
 }
 
+/// A reusable zstd compression context (creating one per block costs more
+/// than it should at 4 MiB a block).
+pub struct Compressor {
+    level: i32,
+    inner: zstd::bulk::Compressor<'static>,
+}
+
+impl Compressor {
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        Ok(Compressor {
+            level,
+            inner: zstd::bulk::Compressor::new(level)?,
+        })
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// The stored form of a block (its id is computed separately).
+    pub fn compress(&mut self, plain: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.inner.compress(plain)
+    }
+}
+
 /// Decompresses a stored block and checks it is the block `id`. The output is
 /// bounded by [`MAX_BLOCK_SIZE`], whatever the frame claims.
 pub fn decode_block(id: &BlockId, stored: &[u8]) -> Result<Vec<u8>, CodecError> {

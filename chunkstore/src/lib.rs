@@ -12,7 +12,7 @@ mod id;
 mod store;
 mod writer;
 
-pub use codec::{decode_block, encode_block, CodecError, MAX_BLOCK_SIZE};
+pub use codec::{decode_block, encode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
 pub use id::{BlockId, IndexDigest, ParseDigestError};
 pub use store::{
     fetch_block, fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey,

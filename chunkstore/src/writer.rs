@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::codec::{encode_block, MAX_BLOCK_SIZE};
+use crate::codec::{Compressor, MAX_BLOCK_SIZE};
 use crate::id::BlockId;
 use crate::store::{BlockStore, ObjectKey, PutOutcome, StoreError};
 
@@ -51,15 +51,48 @@ pub enum WriteError {
     Closed,
 }
 
+/// Blocks in flight per CPU worker (the rest wait on storage).
+const IN_FLIGHT_PER_WORKER: usize = 3;
+
 enum Outcome {
     Written { stored: u64 },
     Present,
+}
+
+/// Recycled block buffers: the number of 4 MiB buffers alive is bounded by
+/// the queue and the blocks in flight, whatever the allocator does with
+/// memory freed on other threads.
+#[derive(Clone, Default)]
+struct BufferPool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl BufferPool {
+    const KEEP: usize = 32;
+
+    fn take(&self) -> Vec<u8> {
+        let recycled = self.free.lock().ok().and_then(|mut f| f.pop());
+        recycled.unwrap_or_else(|| Vec::with_capacity(MAX_BLOCK_SIZE))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < MAX_BLOCK_SIZE {
+            return;
+        }
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < Self::KEEP {
+                buf.clear();
+                free.push(buf);
+            }
+        }
+    }
 }
 
 /// Writes blocks to a store in parallel. Submit with [`BlockWriter::submit`]
 /// (async) or [`BlockWriter::submit_blocking`] (from a blocking thread), then
 /// [`BlockWriter::finish`] to wait for every upload and learn the ids.
 pub struct BlockWriter {
+    pool: BufferPool,
     tx: mpsc::Sender<(BlockSeq, Vec<u8>)>,
     next: u32,
     plain_bytes: u64,
@@ -71,13 +104,21 @@ impl BlockWriter {
     pub fn start(store: Arc<dyn BlockStore>, opts: WriterOptions) -> Self {
         let workers = opts.workers.max(1);
         let (tx, rx) = mpsc::channel(workers);
-        let task = tokio::spawn(dispatch(store, opts.zstd_level, workers, rx));
+        let pool = BufferPool::default();
+        let task = tokio::spawn(dispatch(store, opts.zstd_level, workers, rx, pool.clone()));
         BlockWriter {
+            pool,
             tx,
             next: 0,
             plain_bytes: 0,
             task,
         }
+    }
+
+    /// An empty buffer with room for a whole block, recycled from blocks
+    /// already written when possible. Fill it and submit it.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.pool.take()
     }
 
     /// Reserves the next position for a block submitted later with
@@ -156,6 +197,7 @@ async fn dispatch(
     level: i32,
     workers: usize,
     mut rx: mpsc::Receiver<(BlockSeq, Vec<u8>)>,
+    pool: BufferPool,
 ) -> Result<WriteReport, WriteError> {
     let cpu = Arc::new(Semaphore::new(workers));
     let seen = Arc::new(Mutex::new(HashSet::new()));
@@ -184,8 +226,10 @@ async fn dispatch(
             }
             Ok(())
         };
+    // CPU work is limited by `cpu`; more blocks than that may be in flight
+    // so that uploads and syncs overlap with hashing and compressing.
     loop {
-        while jobs.len() >= workers * 2 {
+        while jobs.len() >= workers * IN_FLIGHT_PER_WORKER {
             if let Some(res) = jobs.join_next().await {
                 record(res, &mut report)?;
             }
@@ -193,14 +237,14 @@ async fn dispatch(
         let Some((seq, data)) = rx.recv().await else {
             break;
         };
-        jobs.spawn(write_one(
-            store.clone(),
-            cpu.clone(),
-            seen.clone(),
+        let job = Job {
+            store: store.clone(),
+            cpu: cpu.clone(),
+            seen: seen.clone(),
+            pool: pool.clone(),
             level,
-            seq,
-            data,
-        ));
+        };
+        jobs.spawn(job.write(seq, data));
     }
     while let Some(res) = jobs.join_next().await {
         record(res, &mut report)?;
@@ -218,40 +262,73 @@ async fn dispatch(
     Ok(report)
 }
 
-async fn write_one(
+/// What writing one block needs.
+struct Job {
     store: Arc<dyn BlockStore>,
     cpu: Arc<Semaphore>,
     seen: Arc<Mutex<HashSet<BlockId>>>,
+    pool: BufferPool,
     level: i32,
-    seq: BlockSeq,
-    data: Vec<u8>,
-) -> Result<(BlockSeq, BlockId, Outcome), WriteError> {
-    let fail = |message: String| WriteError::Block {
-        seq: seq.0,
-        message,
-    };
-    let permit = cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
-    let (id, data) = tokio::task::spawn_blocking(move || (BlockId::of(&data), data))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    drop(permit);
-    let first = seen.lock().map_err(|e| fail(e.to_string()))?.insert(id);
-    let key = ObjectKey::Block(id);
-    if !first || store.exists(&key).await? {
-        return Ok((seq, id, Outcome::Present));
+}
+
+impl Job {
+    async fn write(
+        self,
+        seq: BlockSeq,
+        data: Vec<u8>,
+    ) -> Result<(BlockSeq, BlockId, Outcome), WriteError> {
+        let fail = |message: String| WriteError::Block {
+            seq: seq.0,
+            message,
+        };
+        let permit = self.cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
+        let (id, data) = tokio::task::spawn_blocking(move || (BlockId::of(&data), data))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        drop(permit);
+        let first = self
+            .seen
+            .lock()
+            .map_err(|e| fail(e.to_string()))?
+            .insert(id);
+        let key = ObjectKey::Block(id);
+        if !first || self.store.exists(&key).await? {
+            self.pool.give(data);
+            return Ok((seq, id, Outcome::Present));
+        }
+        let permit = self.cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
+        let level = self.level;
+        let (stored, data) = tokio::task::spawn_blocking(move || (compress(&data, level), data))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        drop(permit);
+        self.pool.give(data);
+        let stored = stored.map_err(|e| fail(e.to_string()))?;
+        let len = stored.len() as u64;
+        let outcome = match self.store.put(&key, stored).await? {
+            PutOutcome::Written => Outcome::Written { stored: len },
+            PutOutcome::AlreadyPresent => Outcome::Present,
+        };
+        Ok((seq, id, outcome))
     }
-    let permit = cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
-    let (_, stored) = tokio::task::spawn_blocking(move || encode_block(&data, level))
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?;
-    drop(permit);
-    let len = stored.len() as u64;
-    let outcome = match store.put(&key, stored).await? {
-        PutOutcome::Written => Outcome::Written { stored: len },
-        PutOutcome::AlreadyPresent => Outcome::Present,
-    };
-    Ok((seq, id, outcome))
+}
+
+thread_local! {
+    /// One zstd context per blocking thread, reused across blocks.
+    static COMPRESSOR: std::cell::RefCell<Option<Compressor>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|c| c.level() != level) {
+            *slot = Some(Compressor::new(level)?);
+        }
+        match slot.as_mut() {
+            Some(c) => c.compress(plain),
+            None => Err(std::io::Error::other("no compressor")),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -6,16 +6,14 @@
 //! of the uncompressed tar are computed on the way for the caller to check
 //! against the manifest's digest and the config's diff id.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
-use std::rc::Rc;
 
-use sha2::{Digest, Sha256};
 use slayerfs_chunkstore::BlockWriter;
 
 use crate::packer::{PackError, Packer};
 use crate::path::{display_raw, LayerPath, PathError};
+use crate::pipe::{spawn_hashed, StreamHash};
 use crate::tree::{Attrs, LayerTree, NodeKind, TreeError};
 
 /// How a layer blob is compressed.
@@ -141,54 +139,15 @@ fn find_decompress_failure(e: &io::Error) -> Option<&DecompressFailure> {
     None
 }
 
-/// The blob as read from outside, hashed and counted on the way.
-struct Source<R> {
-    inner: R,
-    hash: Sha256,
-    bytes: u64,
-}
+/// A decompressor whose errors are marked as such, so they are not blamed
+/// on the tar.
+struct Tagged<D>(D);
 
-struct SharedSource<R>(Rc<RefCell<Source<R>>>);
-
-impl<R> Clone for SharedSource<R> {
-    fn clone(&self) -> Self {
-        SharedSource(self.0.clone())
-    }
-}
-
-impl<R: Read> Read for SharedSource<R> {
+impl<D: Read> Read for Tagged<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut s = self.0.borrow_mut();
-        let n = s.inner.read(buf)?;
-        s.hash.update(&buf[..n]);
-        s.bytes += n as u64;
-        Ok(n)
-    }
-}
-
-/// The uncompressed tar stream: hashed, counted, and with decompressor
-/// errors marked.
-struct TarStream {
-    inner: Box<dyn Read>,
-    hash: Option<Sha256>,
-    bytes: u64,
-    compressed: bool,
-}
-
-impl Read for TarStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match self.inner.read(buf) {
-            Ok(n) => n,
-            Err(e) if self.compressed => {
-                return Err(io::Error::new(e.kind(), DecompressFailure(e)));
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(h) = &mut self.hash {
-            h.update(&buf[..n]);
-        }
-        self.bytes += n as u64;
-        Ok(n)
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), DecompressFailure(e)))
     }
 }
 
@@ -213,36 +172,35 @@ fn stream_err(kind: ImportErrorKind) -> ImportError {
 
 /// Reads a whole layer blob, writing file data through `writer` (which the
 /// caller finishes), and returns the layer tree. Runs on a blocking thread.
-pub fn import_layer<R: Read + 'static>(
+pub fn import_layer<R: Read + Send + 'static>(
     blob: R,
     writer: &mut BlockWriter,
 ) -> Result<ImportedLayer, ImportError> {
-    let source = SharedSource(Rc::new(RefCell::new(Source {
-        inner: blob,
-        hash: Sha256::new(),
-        bytes: 0,
-    })));
-    let mut buffered = BufReader::with_capacity(1 << 20, source.clone());
-    let head = buffered
-        .fill_buf()
-        .map_err(|e| stream_err(ImportErrorKind::Read(e)))?;
+    let read_err = |e| stream_err(ImportErrorKind::Read(e));
+    // The blob is read and hashed on threads of its own; the tar parser
+    // (this thread) only parses and copies.
+    let (blob_stream, blob_hash) = spawn_hashed(blob, "layer-read").map_err(read_err)?;
+    let mut buffered = BufReader::with_capacity(64 << 10, blob_stream);
+    let head = buffered.fill_buf().map_err(read_err)?;
     let compression = sniff(head).map_err(stream_err)?;
-    let inner: Box<dyn Read> = match compression {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(buffered).map_err(|e| {
-            stream_err(ImportErrorKind::Decompress {
-                compression,
-                source: e,
-            })
-        })?),
+    let decompress_err = |e| {
+        stream_err(ImportErrorKind::Decompress {
+            compression,
+            source: e,
+        })
     };
-    let stream = TarStream {
-        inner,
-        // Uncompressed, the blob digest is the diff id: hash once.
-        hash: (compression != Compression::None).then(Sha256::new),
-        bytes: 0,
-        compressed: compression != Compression::None,
+    let (stream, diff_hash): (Box<dyn Read>, Option<StreamHash>) = match compression {
+        Compression::None => (Box::new(buffered), None),
+        Compression::Gzip => {
+            let decoder = Tagged(flate2::bufread::MultiGzDecoder::new(buffered));
+            let (r, h) = spawn_hashed(decoder, "layer-gunzip").map_err(read_err)?;
+            (Box::new(r), Some(h))
+        }
+        Compression::Zstd => {
+            let decoder = Tagged(zstd::Decoder::with_buffer(buffered).map_err(decompress_err)?);
+            let (r, h) = spawn_hashed(decoder, "layer-unzstd").map_err(read_err)?;
+            (Box::new(r), Some(h))
+        }
     };
     let mut archive = tar::Archive::new(stream);
     let mut tree = LayerTree::new();
@@ -288,23 +246,16 @@ pub fn import_layer<R: Read + 'static>(
 
     // Read to the very end: the gzip trailer (CRC) and any padding are
     // checked and hashed too.
-    let mut stream = archive.into_inner();
-    io::copy(&mut stream, &mut io::sink()).map_err(|e| stream_err(classify(e)))?;
-    let diff_hash = stream.hash.take();
-    stats.tar_bytes = stream.bytes;
-    drop(stream);
-    io::copy(&mut source.clone(), &mut io::sink())
-        .map_err(|e| stream_err(ImportErrorKind::Read(e)))?;
-    let src = Rc::try_unwrap(source.0)
-        .map_err(|_| {
-            stream_err(ImportErrorKind::BadHeader(
-                "blob reader still shared".into(),
-            ))
-        })?
-        .into_inner();
-    stats.blob_bytes = src.bytes;
-    let blob_sha256: [u8; 32] = src.hash.finalize().into();
-    let diff_sha256 = diff_hash.map_or(blob_sha256, |h| h.finalize().into());
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_err(classify(e)))?;
+    drop(rest);
+    let diff = diff_hash
+        .map(|h| h.finish().map_err(decompress_err))
+        .transpose()?;
+    let (blob_sha256, blob_bytes) = blob_hash.finish().map_err(read_err)?;
+    let (diff_sha256, tar_bytes) = diff.unwrap_or((blob_sha256, blob_bytes));
+    stats.blob_bytes = blob_bytes;
+    stats.tar_bytes = tar_bytes;
     Ok(ImportedLayer {
         tree,
         stats,

@@ -17,6 +17,7 @@ pub mod import;
 pub mod index;
 mod packer;
 pub mod path;
+mod pipe;
 pub mod read;
 pub mod tree;
 

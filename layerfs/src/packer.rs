@@ -59,7 +59,7 @@ impl<'w> Packer<'w> {
         let seq = match self.pack_seq {
             Some(seq) => seq,
             None => {
-                self.pack.reserve_exact(BLOCK_SIZE);
+                self.pack = self.writer.buffer();
                 *self.pack_seq.insert(self.writer.reserve())
             }
         };
@@ -87,8 +87,16 @@ impl<'w> Packer<'w> {
         let mut offset = 0u64;
         while offset < size {
             let len = (size - offset).min(BLOCK_SIZE as u64) as usize;
-            let mut buf = vec![0u8; len];
-            data.read_exact(&mut buf)?;
+            // Read into fresh capacity: no zero-fill of 4 MiB per block.
+            let mut buf = self.writer.buffer();
+            data.take(len as u64).read_to_end(&mut buf)?;
+            if buf.len() != len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file data ends early",
+                )
+                .into());
+            }
             if !is_zero(&buf) {
                 let seq = self.writer.submit_blocking(buf)?;
                 // Blocks start at multiples of BLOCK_SIZE, which divides the

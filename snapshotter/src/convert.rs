@@ -15,10 +15,11 @@ use oci_spec::image::{
 use slayerfs_chunkstore::{BlockStore, WriterOptions};
 use slayerfs_layerfs::convert::{convert_layer, ConvertedLayer, Expected};
 use slayerfs_proto::index::MEDIA_TYPE;
+use tokio::task::JoinSet;
 
 use crate::image_ref::ImageRef;
 use crate::oci_layout::{canonical_json, sha256_hex, LayoutError, LayoutWriter, OciLayout};
-use crate::progress::{human_bytes, ProgressMode, ProgressReader, Task};
+use crate::progress::{human_bytes, Progress, ProgressMode, ProgressReader};
 
 /// Layer annotation: digest of the layer index blob (also the layer digest).
 pub const ANNOTATION_INDEX: &str = "containerd.io/snapshot/slayerfs.index";
@@ -135,12 +136,9 @@ pub async fn convert_image(
         ));
     }
 
+    // Check every layer before converting any.
     let total = manifest.layers().len();
-    let mut summary = ConvertSummary {
-        layers: total,
-        ..Default::default()
-    };
-    let mut converted: Vec<(Descriptor, ConvertedLayer)> = Vec::with_capacity(total);
+    let mut jobs = Vec::with_capacity(total);
     for (i, (desc, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
         let digest = desc.digest().to_string();
         let layer_media = desc.media_type().to_string();
@@ -158,35 +156,47 @@ pub async fn convert_image(
             blob: Some(parse_sha256(&digest)?),
             diff: Some(parse_sha256(diff_id)?),
         };
-        let short = digest.get(7..19).unwrap_or(&digest);
-        let task = Task::start(
-            progress,
-            format!("layer {}/{total} {short}", i + 1),
-            desc.size(),
-        );
-        let file = layout.open_blob(desc)?;
-        let reader = ProgressReader::new(
-            std::io::BufReader::with_capacity(1 << 20, file),
-            task.clone(),
-        );
-        let layer = match convert_layer(reader, store.clone(), writer, &digest, expected).await {
-            Ok(l) => l,
-            Err(source) => {
-                task.abandon();
-                return Err(ConvertError::Layer {
-                    digest,
-                    source: Box::new(source),
-                });
-            }
+        let short = digest.get(7..19).unwrap_or(&digest).to_string();
+        jobs.push(LayerJob {
+            position: i,
+            desc: desc.clone(),
+            expected,
+            label: format!("layer {}/{total} {short}", i + 1),
+        });
+    }
+
+    // Two layers at a time: one layer's start and end (index, last blocks)
+    // overlap with another's bulk, keeping both cores busy.
+    let progress = Progress::new(progress);
+    let mut pending = jobs.into_iter();
+    let mut running = JoinSet::new();
+    let mut done: Vec<Option<ConvertedLayer>> = (0..total).map(|_| None).collect();
+    loop {
+        while running.len() < LAYERS_IN_PARALLEL {
+            let Some(job) = pending.next() else { break };
+            running.spawn(convert_one(
+                job,
+                layout.clone(),
+                store.clone(),
+                writer,
+                progress.clone(),
+            ));
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
         };
-        task.finish(format!(
-            "{} entries, {} → {} blocks ({} new), index {}",
-            layer.stats.entries,
-            human_bytes(layer.stats.tar_bytes),
-            layer.blocks.ids.len(),
-            layer.blocks.written,
-            human_bytes(layer.blob.len() as u64)
-        ));
+        let (position, layer) = joined
+            .map_err(|e| invalid("layer conversion task", e))?
+            .inspect_err(|_| running.abort_all())?;
+        done[position] = Some(layer);
+    }
+    let mut summary = ConvertSummary {
+        layers: total,
+        ..Default::default()
+    };
+    let mut converted: Vec<(Descriptor, ConvertedLayer)> = Vec::with_capacity(total);
+    for (desc, layer) in manifest.layers().iter().zip(done) {
+        let layer = layer.ok_or_else(|| invalid(desc.digest().to_string(), "was not converted"))?;
         summary.entries += layer.stats.entries;
         summary.bytes_in += layer.stats.blob_bytes;
         summary.tar_bytes += layer.stats.tar_bytes;
@@ -207,6 +217,49 @@ pub async fn convert_image(
     )?;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Layers converted at the same time.
+const LAYERS_IN_PARALLEL: usize = 2;
+
+struct LayerJob {
+    position: usize,
+    desc: Descriptor,
+    expected: Expected,
+    label: String,
+}
+
+async fn convert_one(
+    job: LayerJob,
+    layout: OciLayout,
+    store: Arc<dyn BlockStore>,
+    writer: WriterOptions,
+    progress: Progress,
+) -> Result<(usize, ConvertedLayer), ConvertError> {
+    let digest = job.desc.digest().to_string();
+    let file = layout.open_blob(&job.desc)?;
+    let task = progress.task(job.label, job.desc.size());
+    let reader = ProgressReader::new(file, task.clone());
+    match convert_layer(reader, store, writer, &digest, job.expected).await {
+        Ok(layer) => {
+            task.finish(format!(
+                "{} entries, {} -> {} blocks ({} new), index {}",
+                layer.stats.entries,
+                human_bytes(layer.stats.tar_bytes),
+                layer.blocks.ids.len(),
+                layer.blocks.written,
+                human_bytes(layer.blob.len() as u64)
+            ));
+            Ok((job.position, layer))
+        }
+        Err(source) => {
+            task.abandon();
+            Err(ConvertError::Layer {
+                digest,
+                source: Box::new(source),
+            })
+        }
+    }
 }
 
 fn parse_sha256(digest: &str) -> Result<[u8; 32], ConvertError> {

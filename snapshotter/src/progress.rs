@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Read};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,30 @@ impl ProgressMode {
     }
 }
 
+/// Where tasks report: several bars stay readable together on a terminal.
+#[derive(Clone)]
+pub struct Progress {
+    mode: ProgressMode,
+    multi: MultiProgress,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode) -> Self {
+        Progress {
+            mode,
+            multi: MultiProgress::new(),
+        }
+    }
+
+    pub fn task(&self, label: String, total: u64) -> Task {
+        let task = Task::start(self.mode, label, total);
+        if self.mode == ProgressMode::Bars {
+            self.multi.add(task.bar.clone());
+        }
+        task
+    }
+}
+
 /// Progress of one unit of work with a known byte size.
 #[derive(Clone)]
 pub struct Task {
@@ -33,7 +57,7 @@ pub struct Task {
 }
 
 impl Task {
-    pub fn start(mode: ProgressMode, label: String, total: u64) -> Self {
+    fn start(mode: ProgressMode, label: String, total: u64) -> Self {
         let bar = match mode {
             ProgressMode::Bars => {
                 let bar = ProgressBar::new(total);

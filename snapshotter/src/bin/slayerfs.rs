@@ -220,7 +220,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // After a failure, conversions of other layers may still be running;
+    // their writes are atomic, so they are left behind, not waited for.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("slayerfs: {}", one_line(&e));
