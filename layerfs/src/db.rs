@@ -213,11 +213,17 @@ impl LayerDb {
         Ok(n)
     }
 
-    pub fn inode(&self, layer: LayerId, ino: Ino) -> Result<Option<InodeRecord>, DbError> {
-        self.inodes
-            .get(key2(layer, ino))?
-            .map(|b| decode("inodes", &b))
-            .transpose()
+    /// An inode's attributes (no slices, no children) and link count.
+    pub fn inode(&self, layer: LayerId, ino: Ino) -> Result<Option<(Inode, u32)>, DbError> {
+        let Some(bytes) = self.inodes.get(key2(layer, ino))? else {
+            return Ok(None);
+        };
+        let rec: InodeRecord = decode("inodes", &bytes)?;
+        let inode = rec.inode.ok_or(DbError::Corrupt {
+            tree: "inodes",
+            reason: format!("{layer} {ino} has no attributes"),
+        })?;
+        Ok(Some((inode, rec.nlink)))
     }
 
     pub fn lookup(
@@ -285,7 +291,7 @@ impl LayerDb {
         let mut inodes = Vec::with_capacity(layer.record.inode_count as usize);
         for n in 1..=layer.record.inode_count {
             let ino = Ino(n);
-            let rec = self.inode(id, ino)?.ok_or(DbError::Corrupt {
+            let (attrs, _nlink) = self.inode(id, ino)?.ok_or(DbError::Corrupt {
                 tree: "inodes",
                 reason: format!("{id} has no inode {n}"),
             })?;
@@ -324,21 +330,9 @@ impl LayerDb {
                 }
             }
             inodes.push(Inode {
-                kind: rec.kind,
-                mode: rec.mode,
-                uid: rec.uid,
-                gid: rec.gid,
-                mtime_sec: rec.mtime_sec,
-                mtime_nsec: rec.mtime_nsec,
-                size: rec.size,
-                symlink_target: rec.symlink_target,
-                rdev_major: rec.rdev_major,
-                rdev_minor: rec.rdev_minor,
-                xattrs: rec.xattrs,
                 slices,
                 children,
-                opaque: rec.opaque,
-                implicit: rec.implicit,
+                ..attrs
             });
         }
         Ok(LayerIndex {
@@ -380,19 +374,11 @@ fn link_counts(index: &LayerIndex) -> Vec<u32> {
 
 fn inode_record(inode: &Inode, nlink: u32) -> InodeRecord {
     InodeRecord {
-        kind: inode.kind,
-        mode: inode.mode,
-        uid: inode.uid,
-        gid: inode.gid,
-        mtime_sec: inode.mtime_sec,
-        mtime_nsec: inode.mtime_nsec,
-        size: inode.size,
-        symlink_target: inode.symlink_target.clone(),
-        rdev_major: inode.rdev_major,
-        rdev_minor: inode.rdev_minor,
-        xattrs: inode.xattrs.clone(),
-        opaque: inode.opaque,
-        implicit: inode.implicit,
+        inode: Some(Inode {
+            slices: Vec::new(),
+            children: Vec::new(),
+            ..inode.clone()
+        }),
         nlink,
     }
 }

@@ -145,7 +145,7 @@ async fn files_pack_align_and_hole_as_specified() {
         .inode(layer.id, slayerfs_layerfs::Ino(lookup_ino(index, "a")))
         .unwrap()
         .unwrap();
-    assert_eq!(rec.nlink, 2);
+    assert_eq!(rec.1, 2);
 
     // Converting the same layer again writes nothing new.
     let again = convert_layer(
