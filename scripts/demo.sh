@@ -35,7 +35,7 @@ layer "busybox" '
 layer "app" '
   mkdir -p app
   echo "hello from a lazily pulled layer" > app/hello.txt
-  head -c 9000000 /bin/busybox > app/data.bin; cat /bin/busybox >> app/data.bin
+  for i in 1 2 3 4 5; do cat /bin/busybox; done > app/data.bin   # ~10 MB: several 4 MiB blocks
   truncate -s 20M app/sparse.img
   ln app/hello.txt app/hello-hardlink.txt
   rm etc/motd'

@@ -335,6 +335,7 @@ fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::store::{fetch_block, LocalStore};
+    use crate::ObjectKey;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_verifies_and_deduplicates() {
@@ -366,6 +367,20 @@ mod tests {
         let r2 = w.finish().await.unwrap();
         assert_eq!((r2.written, r2.present), (0, 40));
         assert_eq!(&r2.ids[..20], &r.ids[..]);
+    }
+
+    #[tokio::test]
+    async fn oversized_objects_are_refused_before_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let id = BlockId::of(b"big");
+        let key = ObjectKey::Block(id);
+        let path = store.path_of(&key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![0u8; key.max_stored_bytes() as usize + 1]).unwrap();
+        let err = store.get(&key).await.unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("more than"), "{err}");
     }
 
     #[tokio::test]

@@ -75,6 +75,27 @@ async fn s3_store_puts_gets_and_verifies() {
         Err(FetchError::Block { .. }) => {}
         other => panic!("corrupt block returned {other:?}"),
     }
+    // An object larger than any block could be is refused, not buffered.
+    let huge_id = BlockId::of(b"huge");
+    let huge_key = ObjectKey::Block(huge_id);
+    let h = huge_id.to_hex();
+    let huge_path = tmp
+        .path()
+        .join("blocks/pre/fix/blocks")
+        .join(&h[..2])
+        .join(&h);
+    std::fs::create_dir_all(huge_path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &huge_path,
+        vec![0u8; huge_key.max_stored_bytes() as usize + 10],
+    )
+    .unwrap();
+    let got = store.get(&huge_key).await;
+    assert!(
+        matches!(got, Err(StoreError::TooLarge { .. })),
+        "oversized object accepted: {:?}",
+        got.map(|b| b.len())
+    );
     // Index blobs are checked against their digest.
     let blob = b"an index blob".to_vec();
     let digest = IndexDigest::of(&blob);

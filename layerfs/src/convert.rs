@@ -11,7 +11,7 @@ use slayerfs_chunkstore::{
 use slayerfs_proto::index::LayerIndex;
 
 use crate::import::{import_layer, Compression, ImportError, ImportStats};
-use crate::index::{build_index, encode_index, IndexError};
+use crate::index::{build_index, encode_index, validate, IndexError};
 
 /// Digests the blob must have, from the manifest and the image config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,6 +98,9 @@ pub async fn convert_layer<R: Read + Send + 'static>(
         imported.diff_sha256,
     )?;
     let index = build_index(&imported.tree, &report.ids, source_digest)?;
+    // What nodes will check on decode is checked before publishing, so a
+    // gap between import and validation is an error here, not on a node.
+    validate(&index)?;
     let (digest, blob) = encode_index(&index, 9)
         .map_err(|e| ConvertError::Internal(format!("compressing the index: {e}")))?;
     store.put(&ObjectKey::Index(digest), blob.clone()).await?;

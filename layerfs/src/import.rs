@@ -318,7 +318,13 @@ fn apply_entry<R: Read>(
         tar::EntryType::Symlink => {
             let target = entry
                 .link_name_bytes()
+                .filter(|t| !t.is_empty())
                 .ok_or_else(|| ImportErrorKind::BadHeader("symlink without a target".into()))?;
+            if target.contains(&0) {
+                return Err(ImportErrorKind::BadHeader(
+                    "symlink target contains a NUL byte".into(),
+                ));
+            }
             NodeKind::Symlink(target.into_owned())
         }
         tar::EntryType::Char => {
@@ -373,6 +379,11 @@ fn read_attrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Attrs, ImportErr
             let Ok(key) = ext.key() else { continue };
             let value = ext.value_bytes();
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                if name.is_empty() || name.contains('\0') {
+                    return Err(ImportErrorKind::BadHeader(format!(
+                        "bad xattr name `{name}`"
+                    )));
+                }
                 xattrs.insert(name.as_bytes().to_vec(), value.to_vec());
                 continue;
             }

@@ -15,8 +15,7 @@ use crate::tree::{Child, LayerTree, NodeKind};
 /// The largest decompressed index accepted (a layer of millions of files
 /// stays far below this).
 pub const MAX_INDEX_BYTES: u64 = 512 << 20;
-/// The longest name a directory entry may have (Linux NAME_MAX).
-pub const MAX_NAME_LEN: usize = 255;
+pub use crate::path::MAX_NAME_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {

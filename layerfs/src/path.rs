@@ -13,7 +13,14 @@ pub enum PathError {
     Absolute,
     #[error("`..` climbs above the layer root")]
     ClimbsAboveRoot,
+    #[error("a name contains a NUL byte")]
+    Nul,
+    #[error("a name is longer than {MAX_NAME_LEN} bytes")]
+    NameTooLong,
 }
+
+/// The longest name a directory entry may have (Linux NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
 
 impl LayerPath {
     pub fn root() -> Self {
@@ -33,6 +40,8 @@ impl LayerPath {
                 b".." => {
                     parts.pop().ok_or(PathError::ClimbsAboveRoot)?;
                 }
+                name if name.contains(&0) => return Err(PathError::Nul),
+                name if name.len() > MAX_NAME_LEN => return Err(PathError::NameTooLong),
                 name => parts.push(name.to_vec()),
             }
         }
@@ -108,6 +117,9 @@ mod tests {
         assert_eq!(p("../x"), Err(PathError::ClimbsAboveRoot));
         assert_eq!(p("a/../../x"), Err(PathError::ClimbsAboveRoot));
         assert_eq!(p("./.."), Err(PathError::ClimbsAboveRoot));
+        assert_eq!(LayerPath::parse(b"a/b\0c"), Err(PathError::Nul));
+        assert_eq!(LayerPath::parse(&[b'x'; 256]), Err(PathError::NameTooLong));
+        assert!(LayerPath::parse(&[b'x'; 255]).is_ok());
         let raw = LayerPath::parse(b"d/\xff\xfe").unwrap();
         assert_eq!(raw.components()[1], b"\xff\xfe");
     }

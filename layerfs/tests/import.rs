@@ -37,6 +37,30 @@ fn raw_entry(out: &mut Vec<u8>, name: &[u8], ty: tar::EntryType, data: &[u8], li
     out.resize(out.len().div_ceil(512) * 512, 0);
 }
 
+/// A one-entry tar whose name comes from a PAX `path` record, which may hold
+/// any byte (a plain header cannot carry NUL or names over 100 bytes).
+fn with_pax_path(path: &[u8]) -> Vec<u8> {
+    let mut record = Vec::new();
+    let body = path.len() + " path=\n".len();
+    let mut len = body + body.to_string().len();
+    if len.to_string().len() != body.to_string().len() {
+        len += 1;
+    }
+    record.extend_from_slice(format!("{len} path=").as_bytes());
+    record.extend_from_slice(path);
+    record.push(b'\n');
+    let mut t = Vec::new();
+    raw_entry(
+        &mut t,
+        b"PaxHeaders/x",
+        tar::EntryType::XHeader,
+        &record,
+        b"",
+    );
+    raw_entry(&mut t, b"placeholder", tar::EntryType::Regular, b"", b"");
+    finish_tar(t)
+}
+
 fn finish_tar(mut out: Vec<u8>) -> Vec<u8> {
     out.extend_from_slice(&[0u8; 1024]);
     out
@@ -279,6 +303,21 @@ async fn bad_layers_are_refused_with_the_entry_named() {
             "file as root",
             one(b"./", tar::EntryType::Regular, b""),
             "cannot replace the layer root",
+        ),
+        (
+            "nul in a name",
+            with_pax_path(b"a\0b"),
+            "a name contains a NUL byte",
+        ),
+        (
+            "name too long",
+            with_pax_path(&[b'n'; 300]),
+            "longer than 255 bytes",
+        ),
+        (
+            "empty symlink target",
+            one(b"s", tar::EntryType::Symlink, b""),
+            "symlink without a target",
         ),
         (
             "xz",

@@ -60,7 +60,22 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[async_trait]
 impl BlockStore for LocalStore {
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
-        match tokio::fs::read(self.path_of(key)).await {
+        let path = self.path_of(key);
+        let limit = key.max_stored_bytes();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let file = std::fs::File::open(&path)?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| self.io_err("read", key, std::io::Error::other(e)))?;
+        match read {
+            Ok(bytes) if bytes.len() as u64 > limit => Err(StoreError::too_large(
+                self.location(),
+                key,
+                bytes.len() as u64,
+            )),
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
                 store: self.location(),

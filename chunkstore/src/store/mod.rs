@@ -38,6 +38,18 @@ impl ObjectKey {
     }
 }
 
+impl ObjectKey {
+    /// The largest stored object accepted for this key: a block is one zstd
+    /// frame of at most 4 MiB of plain bytes; an index is kilobytes to a few
+    /// MiB. Anything larger is refused before it is read into memory.
+    pub fn max_stored_bytes(&self) -> u64 {
+        match self {
+            ObjectKey::Block(_) => (crate::codec::MAX_BLOCK_SIZE as u64) + (1 << 20),
+            ObjectKey::Index(_) => 256 << 20,
+        }
+    }
+}
+
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.relative_path())
@@ -70,6 +82,14 @@ pub enum StoreError {
         key: ObjectKey,
         message: String,
     },
+    #[error("{store}: {key} is {size} bytes, more than the {limit} a {kind} may be")]
+    TooLarge {
+        store: String,
+        key: ObjectKey,
+        size: u64,
+        limit: u64,
+        kind: &'static str,
+    },
     #[error("cannot open store {store}: {message}")]
     Open { store: String, message: String },
 }
@@ -86,6 +106,21 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError>;
     /// Where this store is, for messages (`/dir` or `s3://bucket/prefix`).
     fn location(&self) -> String;
+}
+
+impl StoreError {
+    pub(crate) fn too_large(store: String, key: &ObjectKey, size: u64) -> Self {
+        StoreError::TooLarge {
+            store,
+            key: *key,
+            size,
+            limit: key.max_stored_bytes(),
+            kind: match key {
+                ObjectKey::Block(_) => "block",
+                ObjectKey::Index(_) => "layer index",
+            },
+        }
+    }
 }
 
 /// A fetch that did not produce verified bytes.

@@ -146,12 +146,27 @@ impl BlockStore for S3Store {
             }
             Err(e) => return Err(self.err("GET", key, e)),
         };
+        // The length is checked before the body is read into memory, and
+        // again after, in case the server's header lied.
+        let limit = key.max_stored_bytes();
+        let announced = out.content_length().map_or(0, |n| n.max(0) as u64);
+        if announced > limit {
+            return Err(StoreError::too_large(self.location(), key, announced));
+        }
         let body = out
             .body
             .collect()
             .await
             .map_err(|e| self.err("GET body", key, e))?;
-        Ok(body.into_bytes().to_vec())
+        let bytes = body.into_bytes();
+        if bytes.len() as u64 > limit {
+            return Err(StoreError::too_large(
+                self.location(),
+                key,
+                bytes.len() as u64,
+            ));
+        }
+        Ok(bytes.to_vec())
     }
 
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
