@@ -48,10 +48,11 @@ impl LocalStore {
 /// O_DIRECT alignment of buffer address, offset and length.
 const DIRECT_ALIGN: usize = 4096;
 
-thread_local! {
-    /// An aligned staging buffer per blocking thread, reused across blocks.
-    static STAGING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Staging buffers for O_DIRECT writes, reused (a fresh 4 MiB buffer per
+/// block costs page faults) but few, so memory stays bounded however many
+/// threads write.
+static STAGING: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+const STAGING_KEEP: usize = 4;
 
 /// Writes `data` to a new temporary file in `dir` without the page cache:
 /// on this kind of machine a buffered write costs the CPU several times what
@@ -75,17 +76,24 @@ fn write_direct(dir: &Path, data: &[u8]) -> std::io::Result<Option<tempfile::Nam
     // aligned window of a slightly larger buffer, zero-padded, then cut the
     // file back to its true length.
     let rounded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-    let written = STAGING.with(|cell| {
-        let mut staging = cell.borrow_mut();
-        if staging.len() < rounded + DIRECT_ALIGN {
-            staging.resize(rounded + DIRECT_ALIGN, 0);
+    let mut staging = STAGING
+        .lock()
+        .ok()
+        .and_then(|mut s| s.pop())
+        .unwrap_or_default();
+    if staging.len() < rounded + DIRECT_ALIGN {
+        staging.resize(rounded + DIRECT_ALIGN, 0);
+    }
+    let offset = staging.as_ptr().align_offset(DIRECT_ALIGN);
+    let window = &mut staging[offset..offset + rounded];
+    window[..data.len()].copy_from_slice(data);
+    window[data.len()..].fill(0);
+    let written = tmp.write_all(window);
+    if let Ok(mut pool) = STAGING.lock() {
+        if pool.len() < STAGING_KEEP {
+            pool.push(staging);
         }
-        let offset = staging.as_ptr().align_offset(DIRECT_ALIGN);
-        let window = &mut staging[offset..offset + rounded];
-        window[..data.len()].copy_from_slice(data);
-        window[data.len()..].fill(0);
-        tmp.write_all(window)
-    });
+    }
     match written {
         Ok(()) => {}
         // Some filesystems accept the flag at open and refuse the write.
