@@ -40,11 +40,7 @@ impl Progress {
     }
 
     pub fn task(&self, label: String, total: u64) -> Task {
-        let task = Task::start(self.mode, label, total);
-        if self.mode == ProgressMode::Bars {
-            self.multi.add(task.bar.clone());
-        }
-        task
+        Task::start(self.mode, &self.multi, label, total)
     }
 }
 
@@ -57,10 +53,12 @@ pub struct Task {
 }
 
 impl Task {
-    fn start(mode: ProgressMode, label: String, total: u64) -> Self {
+    fn start(mode: ProgressMode, multi: &MultiProgress, label: String, total: u64) -> Self {
         let bar = match mode {
             ProgressMode::Bars => {
-                let bar = ProgressBar::new(total);
+                // Added to the group before it first draws, so concurrent
+                // bars never overwrite each other.
+                let bar = multi.add(ProgressBar::new(total));
                 let style = ProgressStyle::with_template(
                     "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
                 )
