@@ -31,94 +31,74 @@ fn parse_hex32(s: &str, prefix: &'static str) -> Result<[u8; 32], ParseDigestErr
     Ok(out)
 }
 
-/// Id of a block: sha256 of its plain (uncompressed) bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlockId([u8; 32]);
+/// A sha256 newtype: construction, bytes, hex, Debug and parsing. The two
+/// kinds differ only in what they hash and in their text form.
+macro_rules! sha256_type {
+    ($(#[$doc:meta])* $name:ident, display_prefix: $prefix:literal, parse_hint: $hint:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name([u8; 32]);
 
-impl BlockId {
-    /// The id of these plain bytes.
-    pub fn of(plain: &[u8]) -> Self {
-        BlockId(Sha256::digest(plain).into())
-    }
+        impl $name {
+            /// The digest of these bytes.
+            pub fn of(bytes: &[u8]) -> Self {
+                $name(Sha256::digest(bytes).into())
+            }
 
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        BlockId(bytes)
-    }
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                $name(bytes)
+            }
 
-    /// From a 32-byte slice, as stored in an index; `None` for another length.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        Some(BlockId(bytes.try_into().ok()?))
-    }
+            /// From a 32-byte slice, as stored in an index; `None` for another length.
+            pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+                Some($name(bytes.try_into().ok()?))
+            }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
 
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{}", $prefix, self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), &self.to_hex()[..12])
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseDigestError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                parse_hex32(s, $hint).map($name)
+            }
+        }
+    };
 }
 
-impl fmt::Display for BlockId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+sha256_type!(
+    /// Id of a block: sha256 of its plain (uncompressed) bytes. Displays as
+    /// bare hex, the form used in object keys.
+    BlockId,
+    display_prefix: "",
+    parse_hint: ""
+);
 
-impl fmt::Debug for BlockId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlockId({})", &self.to_hex()[..12])
-    }
-}
-
-impl FromStr for BlockId {
-    type Err = ParseDigestError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_hex32(s, "").map(BlockId)
-    }
-}
-
-/// Digest of a layer index blob: sha256 of its stored (compressed) bytes,
-/// which is also its OCI descriptor digest. Displays as `sha256:<hex>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IndexDigest([u8; 32]);
-
-impl IndexDigest {
-    pub fn of(blob: &[u8]) -> Self {
-        IndexDigest(Sha256::digest(blob).into())
-    }
-
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        IndexDigest(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for IndexDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.to_hex())
-    }
-}
-
-impl fmt::Debug for IndexDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IndexDigest({})", &self.to_hex()[..12])
-    }
-}
-
-impl FromStr for IndexDigest {
-    type Err = ParseDigestError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_hex32(s, " after `sha256:`").map(IndexDigest)
-    }
-}
+sha256_type!(
+    /// Digest of a layer index blob: sha256 of its stored (compressed) bytes,
+    /// which is also its OCI descriptor digest. Displays as `sha256:<hex>`.
+    IndexDigest,
+    display_prefix: "sha256:",
+    parse_hint: " after `sha256:`"
+);
 
 #[cfg(test)]
 mod tests {
