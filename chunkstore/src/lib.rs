@@ -3,15 +3,19 @@
 //! Owns block ids (sha256 of the plain bytes), the block codec (zstd, with the
 //! digest checked on every decode), the [`BlockStore`] trait with a local
 //! directory and an S3 implementation, and [`BlockWriter`], which hashes,
-//! compresses and uploads blocks in parallel. It knows nothing of inodes,
+//! compresses and uploads blocks in parallel, and [`BlockCache`], the memory
+//! and disk caches the read path fetches through (one fetch per block however
+//! many readers wait for it). It knows nothing of inodes,
 //! files, layers or containerd: to this crate a block is an opaque run of at
 //! most [`MAX_BLOCK_SIZE`] bytes.
 
+mod cache;
 mod codec;
 mod id;
 mod store;
 mod writer;
 
+pub use cache::{BlockCache, CacheOptions, CacheStats};
 pub use codec::{decode_block, encode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
 pub use id::{BlockId, IndexDigest, ParseDigestError};
 pub use store::{

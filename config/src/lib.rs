@@ -29,6 +29,11 @@
 //! [convert]
 //! zstd_level = 3   # 1..=19
 //! workers = 0      # threads hashing and compressing blocks; 0 = one per core
+//!
+//! [cache]
+//! memory_bytes = 268435456       # plain block bytes kept in memory (256 MiB)
+//! disk_bytes = 10737418240       # stored blocks kept on disk (10 GiB); 0 = none
+//! disk_dir = "/var/lib/slayerfs/cache"   # default: <state_dir>/cache
 //! ```
 
 use std::fmt;
@@ -70,6 +75,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub store: StoreConfig,
     pub convert: ConvertConfig,
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -78,6 +84,29 @@ impl Default for Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             store: StoreConfig::default(),
             convert: ConvertConfig::default(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+/// `[cache]`: the block caches of the read path.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Plain block bytes kept in memory.
+    pub memory_bytes: u64,
+    /// Stored block bytes kept on disk; 0 disables the disk cache.
+    pub disk_bytes: u64,
+    /// Where the disk cache lives; `<state_dir>/cache` if unset.
+    pub disk_dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_bytes: 256 << 20,
+            disk_bytes: 10 << 30,
+            disk_dir: None,
         }
     }
 }
@@ -328,6 +357,28 @@ impl Config {
         if self.convert.workers > 256 {
             return Err(invalid("convert.workers", "must be at most 256"));
         }
+        // A cache smaller than one block would hold nothing.
+        const BLOCK: u64 = 4 << 20;
+        if self.cache.memory_bytes < BLOCK {
+            return Err(invalid(
+                "cache.memory_bytes",
+                format!("must be at least {BLOCK} (one block)"),
+            ));
+        }
+        if self.cache.disk_bytes != 0 && self.cache.disk_bytes < BLOCK {
+            return Err(invalid(
+                "cache.disk_bytes",
+                format!("must be 0 (no disk cache) or at least {BLOCK} (one block)"),
+            ));
+        }
+        if self
+            .cache
+            .disk_dir
+            .as_ref()
+            .is_some_and(|d| !d.is_absolute())
+        {
+            return Err(invalid("cache.disk_dir", "must be an absolute path"));
+        }
         Ok(())
     }
 
@@ -343,6 +394,14 @@ impl Config {
 
     fn default_store(&self) -> StoreLocation {
         StoreLocation::Local(self.state_dir.join("store"))
+    }
+
+    /// The disk cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .disk_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("cache"))
     }
 
     /// The sled database directory.

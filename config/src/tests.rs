@@ -15,6 +15,7 @@ fn no_file_gives_embedded_defaults() {
         StoreLocation::Local("/var/lib/slayerfs/store".into())
     );
     assert_eq!(c.db_dir(), PathBuf::from("/var/lib/slayerfs/db"));
+    assert_eq!(c.cache_dir(), PathBuf::from("/var/lib/slayerfs/cache"));
 }
 
 #[test]

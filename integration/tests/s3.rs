@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use slayerfs_chunkstore::{
-    encode_block, fetch_block, fetch_index, BlockId, BlockStore, FetchError, IndexDigest,
-    ObjectKey, PutOutcome, S3Store, StoreError,
+    encode_block, fetch_block, fetch_index, BlockCache, BlockId, BlockStore, CacheOptions,
+    FetchError, IndexDigest, ObjectKey, PutOutcome, S3Store, StoreError,
 };
 use slayerfs_config::S3Config;
 use slayerfs_integration::fixtures::{awkward_layers, write_image};
@@ -110,6 +110,47 @@ async fn s3_store_puts_gets_and_verifies() {
         fetch_index(&store, &wrong).await,
         Err(FetchError::IndexDigest { .. })
     ));
+}
+
+/// Many readers of one block at once: the S3 server sees one GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reads_fetch_each_block_once_from_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3"), &["blocks"]).unwrap();
+    let store: Arc<dyn BlockStore> = Arc::new(
+        S3Store::open("blocks", "", &s3_config(&server.endpoint()))
+            .await
+            .unwrap(),
+    );
+    let plain: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let (id, stored) = encode_block(&plain, 3).unwrap();
+    store.put(&ObjectKey::Block(id), stored).await.unwrap();
+    let gets_before = server.counters.gets.load(Ordering::Relaxed);
+    let opts = CacheOptions {
+        memory_bytes: 64 << 20,
+        disk: Some((tmp.path().join("cache"), 64 << 20)),
+    };
+    let cache = Arc::new(BlockCache::new(store.clone(), &opts).unwrap());
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let cache = cache.clone();
+        readers.spawn(async move { cache.get(&id).await.map(|b| b.len()) });
+    }
+    while let Some(r) = readers.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), plain.len());
+    }
+    assert_eq!(
+        server.counters.gets.load(Ordering::Relaxed) - gets_before,
+        1
+    );
+    // After a restart the disk cache answers; S3 is not asked again.
+    drop(cache);
+    let cache = BlockCache::new(store, &opts).unwrap();
+    assert_eq!(cache.get(&id).await.unwrap().len(), plain.len());
+    assert_eq!(
+        server.counters.gets.load(Ordering::Relaxed) - gets_before,
+        1
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,235 @@
+//! Block caches for the read path: memory, then a local disk directory, then
+//! the store. However many readers ask for a block at once, it is fetched
+//! once; every copy is verified against its id when it enters memory, so a
+//! damaged disk copy is dropped and fetched again, and a damaged store
+//! object is an error, never data.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use moka::notification::RemovalCause;
+
+use crate::codec::{decode_block, CodecError};
+use crate::id::BlockId;
+use crate::store::{BlockStore, FetchError, ObjectKey, StoreError};
+
+/// Capacities of the caches.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Plain bytes kept in memory.
+    pub memory_bytes: u64,
+    /// A directory for stored (compressed) blocks and its capacity in bytes;
+    /// `None` for no disk cache.
+    pub disk: Option<(PathBuf, u64)>,
+}
+
+/// What the caches did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    /// Blocks fetched from the store.
+    pub fetches: AtomicU64,
+    /// Stored bytes fetched from the store.
+    pub fetched_bytes: AtomicU64,
+    /// Disk copies that failed verification and were dropped.
+    pub disk_corrupt: AtomicU64,
+}
+
+/// Memory and disk caches in front of a block store.
+pub struct BlockCache {
+    store: Arc<dyn BlockStore>,
+    memory: moka::future::Cache<BlockId, Arc<Vec<u8>>>,
+    disk: Option<DiskCache>,
+    stats: Arc<CacheStats>,
+}
+
+impl BlockCache {
+    /// Builds the caches; an existing disk cache directory is taken over
+    /// (its blocks count against the capacity and are served).
+    pub fn new(store: Arc<dyn BlockStore>, opts: &CacheOptions) -> Result<Self, StoreError> {
+        let memory = moka::future::Cache::builder()
+            .max_capacity(opts.memory_bytes)
+            .weigher(|_, v: &Arc<Vec<u8>>| v.len().try_into().unwrap_or(u32::MAX))
+            .build();
+        let disk = match &opts.disk {
+            Some((dir, bytes)) if *bytes > 0 => Some(DiskCache::open(dir, *bytes)?),
+            _ => None,
+        };
+        Ok(BlockCache {
+            store,
+            memory,
+            disk,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlockStore> {
+        &self.store
+    }
+
+    /// The plain bytes of block `id`, verified.
+    pub async fn get(&self, id: &BlockId) -> Result<Arc<Vec<u8>>, Arc<FetchError>> {
+        if let Some(hit) = self.memory.get(id).await {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        // One load per block: concurrent callers wait for the first.
+        self.memory.try_get_with(*id, self.load(*id)).await
+    }
+
+    async fn load(&self, id: BlockId) -> Result<Arc<Vec<u8>>, FetchError> {
+        if let Some(disk) = &self.disk {
+            match disk.read(id).await {
+                Some(Ok(plain)) => {
+                    self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Arc::new(plain));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(block = %id, error = %e, "dropping a damaged disk-cache copy");
+                    self.stats.disk_corrupt.fetch_add(1, Ordering::Relaxed);
+                    disk.remove(id).await;
+                }
+                None => {}
+            }
+        }
+        let stored = self.store.get(&ObjectKey::Block(id)).await?;
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .fetched_bytes
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        let (plain, stored) = decode_off_thread(id, stored)
+            .await
+            .map_err(|source| {
+                tracing::error!(block = %id, store = %self.store.location(), error = %source, "block failed verification");
+                FetchError::Block {
+                    store: self.store.location(),
+                    source,
+                }
+            })?;
+        if let Some(disk) = &self.disk {
+            disk.insert(id, stored).await;
+        }
+        Ok(Arc::new(plain))
+    }
+}
+
+async fn decode_off_thread(id: BlockId, stored: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), CodecError> {
+    tokio::task::spawn_blocking(move || decode_block(&id, &stored).map(|plain| (plain, stored)))
+        .await
+        .map_err(|e| CodecError::Corrupt {
+            id,
+            reason: format!("decoder task failed: {e}"),
+        })?
+}
+
+/// Stored blocks in a directory, least recently used evicted past capacity.
+struct DiskCache {
+    dir: PathBuf,
+    index: moka::sync::Cache<BlockId, u32>,
+}
+
+fn cache_path(dir: &Path, id: &BlockId) -> PathBuf {
+    let h = id.to_hex();
+    dir.join(&h[..2]).join(h)
+}
+
+impl DiskCache {
+    fn open(dir: &Path, capacity: u64) -> Result<Self, StoreError> {
+        let open_err = |e: std::io::Error| StoreError::Open {
+            store: dir.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(open_err)?;
+        let evict_dir = dir.to_path_buf();
+        let index = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_, size: &u32| *size)
+            .eviction_listener(move |id: Arc<BlockId>, _, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Explicit) {
+                    let _ = std::fs::remove_file(cache_path(&evict_dir, &id));
+                }
+            })
+            .build();
+        // Take over what an earlier run left; drop half-written files.
+        for sub in std::fs::read_dir(dir).map_err(open_err)? {
+            let sub = sub.map_err(open_err)?.path();
+            let Ok(files) = std::fs::read_dir(&sub) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                let name = f.file_name();
+                let parsed = name.to_str().and_then(|n| n.parse::<BlockId>().ok());
+                match (parsed, f.metadata()) {
+                    (Some(id), Ok(m)) if cache_path(dir, &id) == path => {
+                        index.insert(id, m.len().try_into().unwrap_or(u32::MAX));
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        Ok(DiskCache {
+            dir: dir.to_path_buf(),
+            index,
+        })
+    }
+
+    /// The verified plain bytes, `None` if not cached, or why the copy is bad.
+    async fn read(&self, id: BlockId) -> Option<Result<Vec<u8>, CodecError>> {
+        self.index.get(&id)?;
+        let path = cache_path(&self.dir, &id);
+        let read = tokio::task::spawn_blocking(move || {
+            let stored = std::fs::read(path).ok()?;
+            Some(decode_block(&id, &stored))
+        })
+        .await
+        .ok()
+        .flatten();
+        if read.is_none() {
+            // Indexed but unreadable (removed behind our back): forget it.
+            self.index.invalidate(&id);
+        }
+        read
+    }
+
+    /// Keeps a stored block; a failure only costs a later refetch.
+    async fn insert(&self, id: BlockId, stored: Vec<u8>) {
+        let path = cache_path(&self.dir, &id);
+        let len: u32 = stored.len().try_into().unwrap_or(u32::MAX);
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+            std::io::Write::write_all(&mut tmp, &stored)?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => self.index.insert(id, len),
+            Ok(Err(e)) => tracing::warn!(block = %id, error = %e, "cannot write to the disk cache"),
+            Err(e) => tracing::warn!(block = %id, error = %e, "disk cache writer failed"),
+        }
+    }
+
+    async fn remove(&self, id: BlockId) {
+        self.index.invalidate(&id);
+        let _ = tokio::fs::remove_file(cache_path(&self.dir, &id)).await;
+    }
+
+    #[cfg(test)]
+    fn settle(&self) {
+        self.index.run_pending_tasks();
+    }
+}
+
+#[cfg(test)]
+mod tests;

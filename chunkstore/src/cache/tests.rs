@@ -1,0 +1,142 @@
+use super::*;
+use crate::codec::encode_block;
+use crate::store::LocalStore;
+
+async fn store_with(blocks: &[Vec<u8>]) -> (tempfile::TempDir, Arc<dyn BlockStore>, Vec<BlockId>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&dir.path().join("store")).unwrap());
+    let mut ids = Vec::new();
+    for b in blocks {
+        let (id, stored) = encode_block(b, 3).unwrap();
+        store.put(&ObjectKey::Block(id), stored).await.unwrap();
+        ids.push(id);
+    }
+    (dir, store, ids)
+}
+
+fn block(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_fetch_a_block_once() {
+    let data = block(1, 1 << 20);
+    let (_dir, store, ids) = store_with(std::slice::from_ref(&data)).await;
+    let cache = Arc::new(
+        BlockCache::new(
+            store,
+            &CacheOptions {
+                memory_bytes: 64 << 20,
+                disk: None,
+            },
+        )
+        .unwrap(),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (cache, id) = (cache.clone(), ids[0]);
+        tasks.spawn(async move { cache.get(&id).await.map(|b| b.len()) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), data.len());
+    }
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_cache_serves_evicted_blocks_and_heals_damage() {
+    let blocks: Vec<Vec<u8>> = (0..4).map(|i| block(i, 1 << 20)).collect();
+    let (dir, store, ids) = store_with(&blocks).await;
+    let disk_dir = dir.path().join("cache");
+    // Memory holds one block; the disk holds all four.
+    let opts = CacheOptions {
+        memory_bytes: (1 << 20) + 1,
+        disk: Some((disk_dir.clone(), 64 << 20)),
+    };
+    let cache = BlockCache::new(store.clone(), &opts).unwrap();
+    for (id, b) in ids.iter().zip(&blocks) {
+        assert_eq!(cache.get(id).await.unwrap().as_slice(), b.as_slice());
+    }
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 4);
+    cache.memory.run_pending_tasks().await;
+    // A new cache over the same directory (a restart) serves from disk.
+    let cache = BlockCache::new(store.clone(), &opts).unwrap();
+    for (id, b) in ids.iter().zip(&blocks) {
+        assert_eq!(cache.get(id).await.unwrap().as_slice(), b.as_slice());
+    }
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 0);
+    assert_eq!(cache.stats().disk_hits.load(Ordering::Relaxed), 4);
+    // A damaged disk copy is dropped and the block fetched again, right.
+    let cache = BlockCache::new(store, &opts).unwrap();
+    std::fs::write(cache_path(&disk_dir, &ids[2]), b"garbage").unwrap();
+    assert_eq!(
+        cache.get(&ids[2]).await.unwrap().as_slice(),
+        blocks[2].as_slice()
+    );
+    assert_eq!(cache.stats().disk_corrupt.load(Ordering::Relaxed), 1);
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn disk_cache_stays_within_capacity() {
+    let blocks: Vec<Vec<u8>> = (0..8).map(|i| block(i, 1 << 20)).collect();
+    let (dir, store, ids) = store_with(&blocks).await;
+    let disk_dir = dir.path().join("cache");
+    let (_, one) = encode_block(&blocks[0], 3).unwrap();
+    let cap = one.len() as u64 * 3;
+    let cache = BlockCache::new(
+        store,
+        &CacheOptions {
+            memory_bytes: 1,
+            disk: Some((disk_dir.clone(), cap)),
+        },
+    )
+    .unwrap();
+    for id in &ids {
+        cache.get(id).await.unwrap();
+    }
+    if let Some(d) = &cache.disk {
+        d.settle();
+    }
+    let used: u64 = std::fs::read_dir(&disk_dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert!(
+        used <= cap + one.len() as u64,
+        "{used} bytes on disk for a {cap}-byte cache"
+    );
+    assert!(used > 0);
+}
+
+#[tokio::test]
+async fn a_damaged_store_object_is_an_error_every_time() {
+    let (dir, store, ids) = store_with(&[block(9, 1000)]).await;
+    let path = dir
+        .path()
+        .join("store")
+        .join(ObjectKey::Block(ids[0]).relative_path());
+    let (_, other) = encode_block(b"not this block", 3).unwrap();
+    std::fs::write(path, other).unwrap();
+    let cache = BlockCache::new(
+        store,
+        &CacheOptions {
+            memory_bytes: 1 << 20,
+            disk: Some((dir.path().join("cache"), 1 << 20)),
+        },
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let err = cache.get(&ids[0]).await.unwrap_err();
+        assert!(err.to_string().contains("hashes to"), "{err}");
+    }
+    assert_eq!(
+        cache.stats().fetches.load(Ordering::Relaxed),
+        2,
+        "an error is not cached"
+    );
+}
