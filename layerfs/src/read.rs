@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
 
-use slayerfs_chunkstore::{fetch_block, BlockId, BlockStore, FetchError};
+use std::sync::Arc;
+
+use slayerfs_chunkstore::{fetch_block, BlockCache, BlockId, BlockStore, FetchError};
 use slayerfs_proto::index::{Inode, LayerIndex};
 
 use crate::geometry::CHUNK_SIZE;
@@ -81,6 +83,10 @@ pub fn resolve(slices: &[SliceView], range: Range<u32>) -> Vec<Segment> {
 pub enum ReadError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Cached(#[from] Arc<FetchError>),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
     #[error("block {0} is shorter than a slice says")]
     ShortBlock(BlockId),
     #[error("writing file data: {0}")]
@@ -154,6 +160,54 @@ pub async fn read_file<W: Write + Send>(
         }
     }
     Ok(())
+}
+
+/// Reads up to `len` bytes at `offset` of a file of `size` bytes (fewer at
+/// the end of the file): `slices_of(chunk)` gives a chunk's slices, oldest
+/// first; blocks come through `cache`; uncovered bytes are zeros. This is
+/// the read path's core, whatever keeps the slices (an index, sled, an upper
+/// layer).
+pub async fn read_range<F>(
+    size: u64,
+    offset: u64,
+    len: u32,
+    mut slices_of: F,
+    cache: &BlockCache,
+) -> Result<Vec<u8>, ReadError>
+where
+    F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
+{
+    let end = size.min(offset.saturating_add(u64::from(len)));
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    let mut pos = offset;
+    while pos < end {
+        let chunk = pos / CHUNK_SIZE;
+        let chunk_start = chunk * CHUNK_SIZE;
+        let chunk_end = end.min(chunk_start + CHUNK_SIZE);
+        let range = (pos - chunk_start) as u32..(chunk_end - chunk_start) as u32;
+        let slices = slices_of(chunk)?;
+        for seg in resolve(&slices, range) {
+            match seg.source {
+                Source::Zeros => out.resize(out.len() + seg.length as usize, 0),
+                Source::Block {
+                    id,
+                    offset_in_block,
+                } => {
+                    let block = cache.get(&id).await?;
+                    let start = offset_in_block as usize;
+                    let bytes = block
+                        .get(start..start + seg.length as usize)
+                        .ok_or(ReadError::ShortBlock(id))?;
+                    out.extend_from_slice(bytes);
+                }
+            }
+        }
+        pos = chunk_end;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
