@@ -98,6 +98,20 @@ impl LayerDb {
         })
     }
 
+    /// A tree of the same database (for the merged views).
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, DbError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    pub(crate) fn generate_id(&self) -> Result<u64, DbError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    pub(crate) fn flush(&self) -> Result<(), DbError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// The layer loaded from index `digest`, if it is loaded completely.
     pub fn layer(&self, digest: &IndexDigest) -> Result<Option<Layer>, DbError> {
         let Some(bytes) = self.layers.get(digest.to_string())? else {

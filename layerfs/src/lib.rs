@@ -3,8 +3,9 @@
 //! Owns the inode/slice model of a layer: importing an OCI layer tar stream
 //! into blocks plus a layer tree ([`import`]), the versioned index codec with
 //! its validation ([`index`]), the sled store that the read path works from
-//! ([`db`]), and reading a file's bytes back through its slices ([`read`]).
-//! Later: the overlay merge, the writable upper layer and the FUSE filesystem.
+//! ([`db`]), the overlay merge of a layer chain ([`merge`]), and reading a
+//! file's bytes back through its slices ([`read`]). Later: the writable upper
+//! layer and the FUSE filesystem.
 //!
 //! It does not know about containerd, registries or OCI manifests: a layer
 //! arrives as a byte stream and leaves as an index and blocks. Block encoding
@@ -15,6 +16,7 @@ pub mod db;
 pub mod geometry;
 pub mod import;
 pub mod index;
+pub mod merge;
 mod packer;
 pub mod path;
 mod pipe;

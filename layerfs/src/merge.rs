@@ -1,0 +1,338 @@
+//! The overlay merge of a layer chain, materialized once per chain in sled
+//! so that lookup and getattr cost one or two point reads however many
+//! layers the chain has.
+//!
+//! OCI layer semantics, top layer first: a name in an upper layer hides the
+//! same name below; a whiteout hides it in every lower layer; a directory
+//! merges with directories of the same name below it until a layer where the
+//! directory is opaque, whited out, or not a directory. Hardlinks of one
+//! layer stay one merged inode.
+//!
+//! Trees (integers big-endian):
+//! - `chains`:         chain key → `ChainRecord`
+//! - `merged_inodes`:  chain id ‖ merged ino → `MergedInode`
+//! - `merged_dentries`: chain id ‖ parent merged ino ‖ name → merged ino
+
+use std::collections::{BTreeMap, HashMap};
+
+use sha2::{Digest, Sha256};
+use slayerfs_proto::index::{Inode, InodeKind};
+use slayerfs_proto::store::{ChainRecord, MergedInode, MergedSource};
+use slayerfs_proto::Message;
+
+use crate::db::{DbError, Layer, LayerDb, LayerId};
+use crate::geometry::Ino;
+
+/// A built merged view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainId(pub u64);
+
+/// One layer's copy of a merged inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub layer: LayerId,
+    pub ino: Ino,
+}
+
+/// The merged namespace of a chain of layers.
+pub struct MergedView<'db> {
+    db: &'db LayerDb,
+    chain: ChainId,
+}
+
+fn corrupt(tree: &'static str, reason: String) -> DbError {
+    DbError::Corrupt { tree, reason }
+}
+
+fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, DbError> {
+    M::decode(bytes).map_err(|e| corrupt(tree, e.to_string()))
+}
+
+/// The key of a chain: the layers' index digests, bottom first, hashed.
+pub fn chain_key(layers: &[Layer]) -> String {
+    let mut h = Sha256::new();
+    for l in layers {
+        h.update(l.record.index_digest.as_bytes());
+        h.update(b"\n");
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+fn key2(chain: ChainId, ino: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&chain.0.to_be_bytes());
+    k[8..].copy_from_slice(&ino.to_be_bytes());
+    k
+}
+
+/// A name being decided while merging one directory.
+enum Pending {
+    /// Whited out (or hidden under an upper non-directory).
+    Hidden,
+    /// Decided: `sources` top first; `open` while lower directories may
+    /// still merge into it.
+    Entry {
+        sources: Vec<Source>,
+        is_dir: bool,
+        open: bool,
+    },
+}
+
+impl<'db> MergedView<'db> {
+    /// The merged view of `layers` (bottom first), built on first use.
+    pub fn open(db: &'db LayerDb, layers: &[Layer]) -> Result<Self, DbError> {
+        let key = chain_key(layers);
+        let chains = db.tree("chains")?;
+        if let Some(bytes) = chains.get(&key)? {
+            let rec: ChainRecord = decode("chains", &bytes)?;
+            if rec.ready {
+                return Ok(MergedView {
+                    db,
+                    chain: ChainId(rec.id),
+                });
+            }
+        }
+        let chain = ChainId(db.generate_id()? + 1);
+        let mut rec = ChainRecord {
+            id: chain.0,
+            layers: layers.iter().map(|l| l.id.0).collect(),
+            inode_count: 0,
+            ready: false,
+        };
+        chains.insert(&key, rec.encode_to_vec())?;
+        rec.inode_count = Self::build(db, chain, layers)?;
+        rec.ready = true;
+        db.flush()?;
+        chains.insert(&key, rec.encode_to_vec())?;
+        db.flush()?;
+        Ok(MergedView { db, chain })
+    }
+
+    fn is_opaque_dir(db: &LayerDb, s: Source) -> Result<(bool, bool), DbError> {
+        let (inode, _) = db
+            .inode(s.layer, s.ino)?
+            .ok_or_else(|| corrupt("inodes", format!("{} has no {}", s.layer, s.ino)))?;
+        Ok((inode.kind == InodeKind::Directory as i32, inode.opaque))
+    }
+
+    fn build(db: &LayerDb, chain: ChainId, layers: &[Layer]) -> Result<u64, DbError> {
+        let inodes_tree = db.tree("merged_inodes")?;
+        let dentries_tree = db.tree("merged_dentries")?;
+        let mut inodes = sled::Batch::default();
+        let mut dentries = sled::Batch::default();
+        // Root: every layer's root, top first, down to an opaque one.
+        let mut root = Vec::new();
+        for l in layers.iter().rev() {
+            let s = Source {
+                layer: l.id,
+                ino: Ino::ROOT,
+            };
+            root.push(s);
+            if Self::is_opaque_dir(db, s)?.1 {
+                break;
+            }
+        }
+        let mut next = 2u64;
+        let mut links: HashMap<Source, u64> = HashMap::new();
+        let mut stack = vec![(1u64, root)];
+        while let Some((mino, sources)) = stack.pop() {
+            let mut names: BTreeMap<Vec<u8>, Pending> = BTreeMap::new();
+            for dir in &sources {
+                for (name, d) in db.children(dir.layer, dir.ino)? {
+                    let child = Source {
+                        layer: dir.layer,
+                        ino: Ino(d.ino),
+                    };
+                    match names.get_mut(&name) {
+                        None if d.whiteout => {
+                            names.insert(name, Pending::Hidden);
+                        }
+                        None => {
+                            let (is_dir, opaque) = Self::is_opaque_dir(db, child)?;
+                            names.insert(
+                                name,
+                                Pending::Entry {
+                                    sources: vec![child],
+                                    is_dir,
+                                    open: is_dir && !opaque,
+                                },
+                            );
+                        }
+                        Some(Pending::Entry {
+                            sources,
+                            is_dir: true,
+                            open: open @ true,
+                        }) => {
+                            if d.whiteout {
+                                *open = false;
+                            } else {
+                                let (is_dir, opaque) = Self::is_opaque_dir(db, child)?;
+                                if is_dir {
+                                    sources.push(child);
+                                    *open = !opaque;
+                                } else {
+                                    *open = false;
+                                }
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            let mut subdirs = 0u32;
+            for (name, p) in names {
+                let Pending::Entry {
+                    sources: found,
+                    is_dir,
+                    ..
+                } = p
+                else {
+                    continue;
+                };
+                let top = found[0];
+                let child_ino = if is_dir {
+                    subdirs += 1;
+                    let n = next;
+                    next += 1;
+                    stack.push((n, found));
+                    n
+                } else {
+                    *links.entry(top).or_insert_with(|| {
+                        let n = next;
+                        next += 1;
+                        n
+                    })
+                };
+                let mut k = key2(chain, mino).to_vec();
+                k.extend_from_slice(&name);
+                dentries.insert(k, &child_ino.to_be_bytes());
+                if !is_dir {
+                    let rec = MergedInode {
+                        sources: vec![MergedSource {
+                            layer: top.layer.0,
+                            ino: top.ino.0,
+                        }],
+                        nlink: 0,
+                    };
+                    inodes.insert(&key2(chain, child_ino), rec.encode_to_vec());
+                }
+            }
+            let rec = MergedInode {
+                sources: sources
+                    .iter()
+                    .map(|s| MergedSource {
+                        layer: s.layer.0,
+                        ino: s.ino.0,
+                    })
+                    .collect(),
+                nlink: 2 + subdirs,
+            };
+            inodes.insert(&key2(chain, mino), rec.encode_to_vec());
+        }
+        inodes_tree.apply_batch(inodes)?;
+        dentries_tree.apply_batch(dentries)?;
+        Ok(next - 1)
+    }
+
+    pub fn chain(&self) -> ChainId {
+        self.chain
+    }
+
+    /// The merged inode `name` in directory `dir`, if visible.
+    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, DbError> {
+        let mut k = key2(self.chain, dir.0).to_vec();
+        k.extend_from_slice(name);
+        let Some(v) = self.db.tree("merged_dentries")?.get(k)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = v
+            .as_ref()
+            .try_into()
+            .map_err(|_| corrupt("merged_dentries", "value of the wrong length".into()))?;
+        Ok(Some(Ino(u64::from_be_bytes(bytes))))
+    }
+
+    /// The layers holding a merged inode, topmost first.
+    pub fn sources(&self, ino: Ino) -> Result<Vec<Source>, DbError> {
+        Ok(self
+            .record(ino)?
+            .sources
+            .into_iter()
+            .map(|s| Source {
+                layer: LayerId(s.layer),
+                ino: Ino(s.ino),
+            })
+            .collect())
+    }
+
+    fn record(&self, ino: Ino) -> Result<MergedInode, DbError> {
+        let bytes = self
+            .db
+            .tree("merged_inodes")?
+            .get(key2(self.chain, ino.0))?
+            .ok_or_else(|| {
+                corrupt(
+                    "merged_inodes",
+                    format!("chain {} has no {ino}", self.chain.0),
+                )
+            })?;
+        decode("merged_inodes", &bytes)
+    }
+
+    /// Attributes as the merged view shows them: the topmost copy's, as the
+    /// kernel's overlayfs does (a directory a layer only implied has mode
+    /// 0755, root's, no xattrs, like containerd creates it). Its mtime, which
+    /// extraction would set to the time of extraction, is taken from the
+    /// first layer that described the directory, so it is stable. Also the
+    /// link count.
+    pub fn attrs(&self, ino: Ino) -> Result<(Inode, u32), DbError> {
+        let rec = self.record(ino)?;
+        let mut top: Option<(Inode, u32)> = None;
+        for s in &rec.sources {
+            let (inode, nlink) = self
+                .db
+                .inode(LayerId(s.layer), Ino(s.ino))?
+                .ok_or_else(|| {
+                    corrupt("inodes", format!("layer {} has no ino {}", s.layer, s.ino))
+                })?;
+            match &mut top {
+                None => {
+                    let nlink = if inode.kind == InodeKind::Directory as i32 {
+                        rec.nlink
+                    } else {
+                        nlink
+                    };
+                    let implicit = inode.implicit;
+                    top = Some((inode, nlink));
+                    if !implicit {
+                        break;
+                    }
+                }
+                Some((t, _)) => {
+                    if !inode.implicit {
+                        t.mtime_sec = inode.mtime_sec;
+                        t.mtime_nsec = inode.mtime_nsec;
+                        break;
+                    }
+                }
+            }
+        }
+        top.ok_or_else(|| corrupt("merged_inodes", format!("{ino} has no source")))
+    }
+
+    /// The entries of a merged directory, in name order.
+    pub fn children(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>, DbError> {
+        self.db
+            .tree("merged_dentries")?
+            .scan_prefix(key2(self.chain, dir.0))
+            .map(|item| {
+                let (k, v) = item?;
+                let bytes: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("merged_dentries", "value of the wrong length".into()))?;
+                Ok((k[16..].to_vec(), Ino(u64::from_be_bytes(bytes))))
+            })
+            .collect()
+    }
+}
