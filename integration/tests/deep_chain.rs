@@ -1,0 +1,111 @@
+//! A 128-layer chain: the merged view resolves every name as OCI layer
+//! semantics say. (That a lookup costs the same on 128 layers as on one is by
+//! construction — one dentry read in the materialized merge — and is for the
+//! filesystem benchmark to measure, not this test.)
+
+use std::sync::Arc;
+
+use slayerfs_chunkstore::{BlockStore, LocalStore, WriterOptions};
+use slayerfs_integration::fixtures::{layer_tar, Compression, FEntry, FKind, FLayer};
+use slayerfs_layerfs::convert::{convert_layer, Expected};
+use slayerfs_layerfs::db::LayerDb;
+use slayerfs_layerfs::merge::MergedView;
+use slayerfs_layerfs::Ino;
+
+const LAYERS: usize = 128;
+
+/// Layer i: adds `f/<i>`, rewrites `shared` (mode encodes i), whites out
+/// `f/<i-1>` when i is even, and at i = 64 makes `d` opaque over the
+/// `d/below-<j>` files of the layers before.
+fn layer(i: usize) -> FLayer {
+    let mut entries = vec![
+        FEntry::new("f", FKind::Dir),
+        FEntry::new(
+            format!("f/{i}"),
+            FKind::File(format!("file {i}").into_bytes()),
+        ),
+        FEntry::new("shared", FKind::File(format!("layer {i}").into_bytes()))
+            .mode(0o600 + (i as u32 % 64)),
+    ];
+    if i % 2 == 0 && i > 0 {
+        entries.push(FEntry::new(format!("f/{}", i - 1), FKind::Whiteout));
+    }
+    if i < 64 {
+        entries.push(FEntry::new(
+            format!("d/below-{i}"),
+            FKind::File(b"x".to_vec()),
+        ));
+    } else if i == 64 {
+        entries.push(FEntry::new("d", FKind::Opaque));
+        entries.push(FEntry::new("d/kept", FKind::File(b"k".to_vec())));
+    }
+    FLayer {
+        entries,
+        compression: Compression::None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_128_layer_chain_resolves_like_overlay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&tmp.path().join("store")).unwrap());
+    let db = LayerDb::open(&tmp.path().join("db")).unwrap();
+    let opts = WriterOptions {
+        workers: 2,
+        zstd_level: 1,
+    };
+    let mut layers = Vec::new();
+    for i in 0..LAYERS {
+        let tar = layer_tar(&layer(i));
+        let conv = convert_layer(
+            std::io::Cursor::new(tar),
+            store.clone(),
+            opts,
+            "sha256:test",
+            Expected::default(),
+        )
+        .await
+        .unwrap();
+        layers.push(db.load_index(&conv.digest, &conv.index).unwrap());
+    }
+    let view = MergedView::open(&db, &layers).unwrap();
+    let f = view.lookup(Ino::ROOT, b"f").unwrap().unwrap();
+    for i in 0..LAYERS {
+        let whited_out = i % 2 == 1 && i + 1 < LAYERS;
+        let found = view.lookup(f, i.to_string().as_bytes()).unwrap();
+        assert_eq!(found.is_some(), !whited_out, "f/{i}");
+    }
+    let shared = view.lookup(Ino::ROOT, b"shared").unwrap().unwrap();
+    let (attrs, _) = view.attrs(shared).unwrap();
+    assert_eq!(
+        attrs.mode,
+        0o600 + ((LAYERS as u32 - 1) % 64),
+        "the top layer's copy wins"
+    );
+    let sources = view.sources(shared).unwrap();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].layer, layers[LAYERS - 1].id);
+    let d = view.lookup(Ino::ROOT, b"d").unwrap().unwrap();
+    let names: Vec<Vec<u8>> = view
+        .children(d)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        vec![b"kept".to_vec()],
+        "an opaque directory hides every lower child"
+    );
+    // `f` merges all 128 layers' directories.
+    assert_eq!(view.sources(f).unwrap().len(), LAYERS);
+    assert_eq!(view.children(f).unwrap().len(), LAYERS / 2 + 1);
+
+    // A second view of the same chain is the same materialized merge.
+    let again = MergedView::open(&db, &layers).unwrap();
+    assert_eq!(again.chain(), view.chain());
+    // Another chain (its bottom layer alone) is a merge of its own.
+    let one = MergedView::open(&db, &layers[..1]).unwrap();
+    assert!(one.lookup(Ino::ROOT, b"shared").unwrap().is_some());
+    assert_ne!(one.chain(), view.chain());
+}
