@@ -27,7 +27,7 @@ fn layer(i: usize) -> FLayer {
         FEntry::new("shared", FKind::File(format!("layer {i}").into_bytes()))
             .mode(0o600 + (i as u32 % 64)),
     ];
-    if i % 2 == 0 && i > 0 {
+    if i.is_multiple_of(2) && i > 0 {
         entries.push(FEntry::new(format!("f/{}", i - 1), FKind::Whiteout));
     }
     if i < 64 {
