@@ -12,7 +12,7 @@ use moka::notification::RemovalCause;
 
 use crate::codec::{decode_block, CodecError};
 use crate::id::BlockId;
-use crate::store::{BlockStore, FetchError, ObjectKey, StoreError};
+use crate::store::{decode_off_thread, BlockStore, FetchError, ObjectKey, StoreError};
 
 /// Capacities of the caches.
 #[derive(Debug, Clone)]
@@ -117,15 +117,6 @@ impl BlockCache {
         }
         Ok(Arc::new(plain))
     }
-}
-
-async fn decode_off_thread(id: BlockId, stored: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), CodecError> {
-    tokio::task::spawn_blocking(move || decode_block(&id, &stored).map(|plain| (plain, stored)))
-        .await
-        .map_err(|e| CodecError::Corrupt {
-            id,
-            reason: format!("decoder task failed: {e}"),
-        })?
 }
 
 /// Stored blocks in a directory, least recently used evicted past capacity.

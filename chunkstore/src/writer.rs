@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::{Compressor, MAX_BLOCK_SIZE};
 use crate::id::BlockId;
-use crate::store::{BlockStore, ObjectKey, PutOutcome, StoreError};
+use crate::store::{BlockStore, ObjectKey, StoreError};
 
 /// How blocks are written.
 #[derive(Debug, Clone, Copy)]
@@ -305,11 +305,10 @@ impl Job {
         self.pool.give(data);
         let stored = stored.map_err(|e| fail(e.to_string()))?;
         let len = stored.len() as u64;
-        let outcome = match self.store.put(&key, stored).await? {
-            PutOutcome::Written => Outcome::Written { stored: len },
-            PutOutcome::AlreadyPresent => Outcome::Present,
-        };
-        Ok((seq, id, outcome))
+        // Existence was checked above, before compressing; asking again
+        // would be a second HEAD per new block.
+        self.store.write(&key, stored).await?;
+        Ok((seq, id, Outcome::Written { stored: len }))
     }
 }
 

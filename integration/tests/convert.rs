@@ -66,7 +66,7 @@ async fn awkward_image_round_trips_through_blocks_and_indexes() {
         );
         let index = img.layer_index(desc).unwrap();
         assert_eq!(index.source_digest, written.layer_digests[i]);
-        assert_layer_matches(&index, layer, store.as_ref()).await;
+        assert_layer_matches(&index, layer, &store).await;
         // The store holds the same index blob, for nodes that only know the digest.
         let digest: IndexDigest = desc.digest().to_string().parse().unwrap();
         let from_store = slayerfs_chunkstore::fetch_index(store.as_ref(), &digest)

@@ -3,11 +3,14 @@
 //! construction — one dentry read in the materialized merge — and is for the
 //! filesystem benchmark to measure, not this test.)
 
+mod common;
+
 use std::sync::Arc;
 
-use slayerfs_chunkstore::{BlockStore, LocalStore, WriterOptions};
+use common::convert_and_load;
+
+use slayerfs_chunkstore::{BlockStore, LocalStore};
 use slayerfs_integration::fixtures::{layer_tar, Compression, FEntry, FKind, FLayer};
-use slayerfs_layerfs::convert::{convert_layer, Expected};
 use slayerfs_layerfs::db::LayerDb;
 use slayerfs_layerfs::merge::MergedView;
 use slayerfs_layerfs::Ino;
@@ -50,23 +53,9 @@ async fn a_128_layer_chain_resolves_like_overlay() {
     let tmp = tempfile::tempdir().unwrap();
     let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&tmp.path().join("store")).unwrap());
     let db = LayerDb::open(&tmp.path().join("db")).unwrap();
-    let opts = WriterOptions {
-        workers: 2,
-        zstd_level: 1,
-    };
     let mut layers = Vec::new();
     for i in 0..LAYERS {
-        let tar = layer_tar(&layer(i));
-        let conv = convert_layer(
-            std::io::Cursor::new(tar),
-            store.clone(),
-            opts,
-            "sha256:test",
-            Expected::default(),
-        )
-        .await
-        .unwrap();
-        layers.push(db.load_index(&conv.digest, &conv.index).unwrap());
+        layers.push(convert_and_load(layer_tar(&layer(i)), &store, &db).await);
     }
     let view = MergedView::open(&db, &layers).unwrap();
     let f = view.lookup(Ino::ROOT, b"f").unwrap().unwrap();

@@ -2,6 +2,8 @@
 //! the same layers, entry by entry: names, types, modes, owners, sizes,
 //! contents, symlink targets, devices, user xattrs, hardlink groups, mtimes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -10,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use common::convert_and_load;
 use sha2::{Digest, Sha256};
-use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, LocalStore, WriterOptions};
+use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, LocalStore};
 use slayerfs_integration::fixtures::{awkward_layers, compress, layer_tar};
-use slayerfs_layerfs::convert::{convert_layer, Expected};
 use slayerfs_layerfs::db::LayerDb;
 use slayerfs_layerfs::merge::MergedView;
 use slayerfs_layerfs::read::read_range;
@@ -159,9 +161,31 @@ fn extract_for_overlay(tar: &[u8], dir: &Path, scratch: &Path) {
     }
 }
 
+/// Fills in each entry's hardlink group: for a non-directory, the smallest
+/// path sharing its inode (`K`: the kernel's st_ino, or our merged inode).
+fn with_link_groups<K: Ord + Clone>(
+    tree: BTreeMap<Vec<u8>, (Entry, K)>,
+) -> BTreeMap<Vec<u8>, Entry> {
+    let mut first: BTreeMap<K, Vec<u8>> = BTreeMap::new();
+    for (p, (e, ino)) in &tree {
+        if e.kind != 'd' {
+            first.entry(ino.clone()).or_insert_with(|| p.clone());
+        }
+    }
+    tree.into_iter()
+        .map(|(p, (mut e, ino))| {
+            e.link_group = if e.kind == 'd' {
+                p.clone()
+            } else {
+                first[&ino].clone()
+            };
+            (p, e)
+        })
+        .collect()
+}
+
 fn kernel_tree(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
     let mut out = BTreeMap::new();
-    let mut by_ino: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new())];
     while let Some((path, rel)) = stack.pop() {
         let m = std::fs::symlink_metadata(&path).unwrap();
@@ -202,9 +226,6 @@ fn kernel_tree(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
             xattrs: user_xattrs(&path),
             link_group: Vec::new(),
         };
-        if kind != 'd' {
-            by_ino.entry(m.ino()).or_insert_with(|| rel.clone());
-        }
         if kind == 'd' {
             for e in std::fs::read_dir(&path).unwrap().flatten() {
                 let mut r = rel.clone();
@@ -215,23 +236,7 @@ fn kernel_tree(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
         }
         out.insert(rel, (entry, m.ino()));
     }
-    // Hardlink groups: the smallest path of each inode.
-    let mut first: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    for (p, (e, ino)) in &out {
-        if e.kind != 'd' {
-            first.entry(*ino).or_insert_with(|| p.clone());
-        }
-    }
-    out.into_iter()
-        .map(|(p, (mut e, ino))| {
-            e.link_group = if e.kind == 'd' {
-                p.clone()
-            } else {
-                first[&ino].clone()
-            };
-            (p, e)
-        })
-        .collect()
+    with_link_groups(out)
 }
 
 async fn merged_tree(
@@ -299,22 +304,7 @@ async fn merged_tree(
         }
         out.insert(rel, (entry, ino));
     }
-    let mut first: BTreeMap<Ino, Vec<u8>> = BTreeMap::new();
-    for (p, (e, ino)) in &out {
-        if e.kind != 'd' {
-            first.entry(*ino).or_insert_with(|| p.clone());
-        }
-    }
-    out.into_iter()
-        .map(|(p, (mut e, ino))| {
-            e.link_group = if e.kind == 'd' {
-                p.clone()
-            } else {
-                first[&ino].clone()
-            };
-            (p, e)
-        })
-        .collect()
+    with_link_groups(out)
 }
 
 struct Unmount(PathBuf);
@@ -331,25 +321,11 @@ async fn merged_view_equals_kernel_overlayfs() {
     let layers = awkward_layers();
     let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&tmp.path().join("store")).unwrap());
     let db = LayerDb::open(&tmp.path().join("db")).unwrap();
-    let opts = WriterOptions {
-        workers: 2,
-        zstd_level: 3,
-    };
     let mut loaded = Vec::new();
     let mut lowerdirs = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         let tar = layer_tar(layer);
-        let blob = compress(&tar, layer.compression);
-        let conv = convert_layer(
-            std::io::Cursor::new(blob),
-            store.clone(),
-            opts,
-            "sha256:test",
-            Expected::default(),
-        )
-        .await
-        .unwrap();
-        loaded.push(db.load_index(&conv.digest, &conv.index).unwrap());
+        loaded.push(convert_and_load(compress(&tar, layer.compression), &store, &db).await);
         let dir = tmp.path().join(format!("l{i}"));
         extract_for_overlay(&tar, &dir, tmp.path());
         lowerdirs.push(dir);

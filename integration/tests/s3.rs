@@ -243,7 +243,7 @@ async fn convert_into_s3_and_read_everything_back() {
             .unwrap();
     for (desc, layer) in img.manifest.layers().iter().zip(&layers) {
         let index = img.layer_index(desc).unwrap();
-        assert_layer_matches(&index, layer, store.as_ref()).await;
+        assert_layer_matches(&index, layer, &store).await;
     }
 
     // Again: no block is uploaded twice.

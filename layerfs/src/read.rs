@@ -1,16 +1,15 @@
 //! Reading file bytes through slices: the newest slice covering a byte wins,
 //! and bytes no slice covers are zeros (holes).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
 
 use std::sync::Arc;
 
-use slayerfs_chunkstore::{fetch_block, BlockCache, BlockId, BlockStore, FetchError};
+use slayerfs_chunkstore::{BlockCache, BlockId, BlockStore, CacheOptions, FetchError};
 use slayerfs_proto::index::{Inode, LayerIndex};
 
-use crate::geometry::CHUNK_SIZE;
+use crate::geometry::{BLOCK_SIZE, CHUNK_SIZE};
 
 /// A slice of one chunk with its block id resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,42 +121,33 @@ pub fn chunk_slices(
 }
 
 /// Streams the whole content of a regular file of an index to `sink`,
-/// fetching (and verifying) each block once.
+/// a block at a time through [`read_range`] and a small block cache of its own.
 pub async fn read_file<W: Write + Send>(
     index: &LayerIndex,
     inode: &Inode,
-    store: &dyn BlockStore,
+    store: &Arc<dyn BlockStore>,
     sink: &mut W,
 ) -> Result<(), ReadError> {
-    let mut blocks: HashMap<BlockId, Vec<u8>> = HashMap::new();
-    let chunks = inode.size.div_ceil(CHUNK_SIZE);
-    for chunk in 0..chunks {
-        let len = (inode.size - chunk * CHUNK_SIZE).min(CHUNK_SIZE) as u32;
-        let slices = chunk_slices(index, inode, chunk)?;
-        for seg in resolve(&slices, 0..len) {
-            match seg.source {
-                Source::Zeros => sink.write_all(&vec![0u8; seg.length as usize])?,
-                Source::Block {
-                    id,
-                    offset_in_block,
-                } => {
-                    if !blocks.contains_key(&id) {
-                        // A file's blocks are not revisited once passed,
-                        // except packed ones; keep the cache small.
-                        if blocks.len() > 4 {
-                            blocks.clear();
-                        }
-                        blocks.insert(id, fetch_block(store, &id).await?);
-                    }
-                    let data = &blocks[&id];
-                    let start = offset_in_block as usize;
-                    let bytes = data
-                        .get(start..start + seg.length as usize)
-                        .ok_or(ReadError::ShortBlock(id))?;
-                    sink.write_all(bytes)?;
-                }
-            }
-        }
+    let cache = BlockCache::new(
+        store.clone(),
+        &CacheOptions {
+            memory_bytes: 4 * BLOCK_SIZE as u64,
+            disk: None,
+        },
+    )
+    .map_err(FetchError::from)?;
+    let mut offset = 0;
+    while offset < inode.size {
+        let piece = read_range(
+            inode.size,
+            offset,
+            BLOCK_SIZE as u32,
+            |chunk| chunk_slices(index, inode, chunk),
+            &cache,
+        )
+        .await?;
+        sink.write_all(&piece)?;
+        offset += piece.len() as u64;
     }
     Ok(())
 }

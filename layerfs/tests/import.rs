@@ -105,7 +105,7 @@ fn lookup<'a>(index: &'a LayerIndex, path: &str) -> Option<&'a Inode> {
     Some(&index.inodes[(ino - 1) as usize])
 }
 
-async fn content(index: &LayerIndex, store: &dyn BlockStore, path: &str) -> Vec<u8> {
+async fn content(index: &LayerIndex, store: &Arc<dyn BlockStore>, path: &str) -> Vec<u8> {
     let mut out = Vec::new();
     read_file(index, lookup(index, path).unwrap(), store, &mut out)
         .await
@@ -137,11 +137,11 @@ async fn files_pack_align_and_hole_as_specified() {
     let (_dir, store, res) = convert(gzip(&finish_tar(tar))).await;
     let conv = res.unwrap();
     let index = &conv.index;
-    assert_eq!(content(index, store.as_ref(), "a").await, small_a);
-    assert_eq!(content(index, store.as_ref(), "b").await, small_b);
-    assert_eq!(content(index, store.as_ref(), "big").await, big);
-    assert_eq!(content(index, store.as_ref(), "link").await, small_a);
-    assert_eq!(content(index, store.as_ref(), "empty").await, b"");
+    assert_eq!(content(index, &store, "a").await, small_a);
+    assert_eq!(content(index, &store, "b").await, small_b);
+    assert_eq!(content(index, &store, "big").await, big);
+    assert_eq!(content(index, &store, "link").await, small_a);
+    assert_eq!(content(index, &store, "empty").await, b"");
     let big_inode = lookup(index, "big").unwrap();
     assert_eq!(big_inode.slices.len(), 2, "the two zero blocks are holes");
     assert!(big_inode

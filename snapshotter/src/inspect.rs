@@ -4,7 +4,6 @@
 use std::io::Write;
 
 use oci_spec::image::{Descriptor, ImageManifest};
-use slayerfs_chunkstore::IndexDigest;
 use slayerfs_layerfs::index::decode_index;
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex, MEDIA_TYPE};
 
@@ -198,9 +197,4 @@ pub fn print_tree(index: &LayerIndex, out: &mut dyn Write) -> std::io::Result<()
         }
     }
     Ok(())
-}
-
-/// Digest of an index, as its annotation states it.
-pub fn index_digest(d: &Descriptor) -> Option<IndexDigest> {
-    annotation(d, ANNOTATION_INDEX).parse().ok()
 }

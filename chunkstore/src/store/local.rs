@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{BlockStore, ObjectKey, PutOutcome, StoreError};
+use super::{BlockStore, ObjectKey, StoreError};
 
 /// Objects as files under a root directory, written to a temporary file,
 /// synced, then renamed into place, so a crash never leaves a partial object.
@@ -156,16 +156,12 @@ impl BlockStore for LocalStore {
             .map_err(|e| self.io_err("stat", key, e))
     }
 
-    async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError> {
-        if self.exists(key).await? {
-            return Ok(PutOutcome::AlreadyPresent);
-        }
+    async fn write(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
         let path = self.path_of(key);
         tokio::task::spawn_blocking(move || write_atomically(&path, &data))
             .await
             .map_err(|e| self.io_err("write", key, std::io::Error::other(e)))?
-            .map_err(|e| self.io_err("write", key, e))?;
-        Ok(PutOutcome::Written)
+            .map_err(|e| self.io_err("write", key, e))
     }
 
     fn location(&self) -> String {

@@ -101,9 +101,19 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     /// The stored bytes of `key`, unverified (see [`fetch_block`]).
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError>;
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError>;
-    /// Stores `data` under `key` unless the key exists. A reader never sees a
-    /// partly written object.
-    async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError>;
+    /// Stores `data` under `key`, replacing what is there (the same bytes,
+    /// as keys name their content). A reader never sees a partly written
+    /// object. Callers that checked [`BlockStore::exists`] themselves use
+    /// this; everyone else uses [`BlockStore::put`].
+    async fn write(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError>;
+    /// Stores `data` under `key` unless the key exists.
+    async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        if self.exists(key).await? {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        self.write(key, data).await?;
+        Ok(PutOutcome::Written)
+    }
     /// Where this store is, for messages (`/dir` or `s3://bucket/prefix`).
     fn location(&self) -> String;
 }
@@ -141,21 +151,28 @@ pub enum FetchError {
 /// Fetches a block and returns its plain bytes, verified against `id`.
 pub async fn fetch_block(store: &dyn BlockStore, id: &BlockId) -> Result<Vec<u8>, FetchError> {
     let stored = store.get(&ObjectKey::Block(*id)).await?;
-    let id = *id;
-    // Decompression and hashing are CPU work; keep them off the reactor.
-    let decoded = tokio::task::spawn_blocking(move || decode_block(&id, &stored))
+    decode_off_thread(*id, stored)
         .await
-        .map_err(|e| FetchError::Block {
+        .map(|(plain, _)| plain)
+        .map_err(|source| FetchError::Block {
             store: store.location(),
-            source: CodecError::Corrupt {
-                id,
-                reason: format!("decoder task failed: {e}"),
-            },
-        })?;
-    decoded.map_err(|source| FetchError::Block {
-        store: store.location(),
-        source,
-    })
+            source,
+        })
+}
+
+/// Decodes and verifies a stored block on a blocking thread (decompression
+/// and hashing are CPU work, kept off the reactor); returns the plain bytes
+/// and, for callers that keep it, the stored form.
+pub(crate) async fn decode_off_thread(
+    id: BlockId,
+    stored: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), CodecError> {
+    tokio::task::spawn_blocking(move || decode_block(&id, &stored).map(|plain| (plain, stored)))
+        .await
+        .map_err(|e| CodecError::Corrupt {
+            id,
+            reason: format!("decoder task failed: {e}"),
+        })?
 }
 
 /// Fetches a layer index blob, verified against its digest.

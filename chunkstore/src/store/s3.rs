@@ -13,7 +13,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use slayerfs_config::S3Config;
 
-use super::{BlockStore, ObjectKey, PutOutcome, StoreError};
+use super::{BlockStore, ObjectKey, StoreError};
 
 /// Objects under `s3://bucket/prefix/`. Retries with exponential backoff and
 /// per-attempt timeouts come from the SDK, bounded by the config.
@@ -184,10 +184,7 @@ impl BlockStore for S3Store {
         }
     }
 
-    async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError> {
-        if self.exists(key).await? {
-            return Ok(PutOutcome::AlreadyPresent);
-        }
+    async fn write(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -196,7 +193,7 @@ impl BlockStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err("PUT", key, e))?;
-        Ok(PutOutcome::Written)
+        Ok(())
     }
 
     fn location(&self) -> String {

@@ -3,11 +3,14 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use slayerfs_chunkstore::BlockStore;
+use slayerfs_chunkstore::{BlockStore, WriterOptions};
 use slayerfs_integration::bins::bin;
 use slayerfs_integration::fixtures::{FEntry, FKind, FLayer};
+use slayerfs_layerfs::convert::{convert_layer, Expected};
+use slayerfs_layerfs::db::{Layer, LayerDb};
 use slayerfs_layerfs::read::read_file;
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 
@@ -108,7 +111,7 @@ fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
 
 /// Checks that `index` records exactly the entries of `layer`, with the
 /// file contents readable from `store`.
-pub async fn assert_layer_matches(index: &LayerIndex, layer: &FLayer, store: &dyn BlockStore) {
+pub async fn assert_layer_matches(index: &LayerIndex, layer: &FLayer, store: &Arc<dyn BlockStore>) {
     let mut explicit = 0usize;
     let mut whiteouts = 0usize;
     for e in &layer.entries {
@@ -213,4 +216,23 @@ impl std::io::Write for HashWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Converts one layer blob into `store` (library path, no CLI) and loads its
+/// index into `db`.
+pub async fn convert_and_load(blob: Vec<u8>, store: &Arc<dyn BlockStore>, db: &LayerDb) -> Layer {
+    let opts = WriterOptions {
+        workers: 2,
+        zstd_level: 1,
+    };
+    let conv = convert_layer(
+        std::io::Cursor::new(blob),
+        store.clone(),
+        opts,
+        "sha256:test",
+        Expected::default(),
+    )
+    .await
+    .unwrap();
+    db.load_index(&conv.digest, &conv.index).unwrap()
 }
