@@ -73,6 +73,11 @@ impl BlockCache {
         &self.store
     }
 
+    /// Whether block `id` is in memory now.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.memory.contains_key(id)
+    }
+
     /// The plain bytes of block `id`, verified.
     pub async fn get(&self, id: &BlockId) -> Result<Arc<Vec<u8>>, Arc<FetchError>> {
         if let Some(hit) = self.memory.get(id).await {

@@ -52,7 +52,7 @@ fn layer(i: usize) -> FLayer {
 async fn a_128_layer_chain_resolves_like_overlay() {
     let tmp = tempfile::tempdir().unwrap();
     let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&tmp.path().join("store")).unwrap());
-    let db = LayerDb::open(&tmp.path().join("db")).unwrap();
+    let db = std::sync::Arc::new(LayerDb::open(&tmp.path().join("db")).unwrap());
     let mut layers = Vec::new();
     for i in 0..LAYERS {
         layers.push(convert_and_load(layer_tar(&layer(i)), &store, &db).await);

@@ -240,7 +240,7 @@ fn kernel_tree(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
 }
 
 async fn merged_tree(
-    view: &MergedView<'_>,
+    view: &MergedView,
     db: &LayerDb,
     cache: &BlockCache,
 ) -> BTreeMap<Vec<u8>, Entry> {
@@ -265,6 +265,7 @@ async fn merged_tree(
                 inode.size as u32,
                 |c| Ok(db.chunk_slices(top.layer, top.ino, c)?),
                 cache,
+                None,
             )
             .await
             .unwrap();
@@ -320,7 +321,7 @@ async fn merged_view_equals_kernel_overlayfs() {
     let tmp = tempfile::tempdir().unwrap();
     let layers = awkward_layers();
     let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&tmp.path().join("store")).unwrap());
-    let db = LayerDb::open(&tmp.path().join("db")).unwrap();
+    let db = std::sync::Arc::new(LayerDb::open(&tmp.path().join("db")).unwrap());
     let mut loaded = Vec::new();
     let mut lowerdirs = Vec::new();
     for (i, layer) in layers.iter().enumerate() {

@@ -22,7 +22,7 @@ use slayerfs_proto::store::{ChunkSlices, DentryRecord, InodeRecord, LayerRecord,
 use slayerfs_proto::Message;
 
 use crate::geometry::Ino;
-use crate::read::SliceView;
+use crate::read::{Backing, SliceView};
 
 /// Short id of an imported layer, the key prefix of its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -289,8 +289,10 @@ impl LayerDb {
                 Ok(SliceView {
                     offset_in_chunk: s.offset_in_chunk,
                     length: s.length,
-                    block,
-                    offset_in_block: s.offset_in_block,
+                    backing: Backing::Block {
+                        id: block,
+                        offset_in_block: s.offset_in_block,
+                    },
                 })
             })
             .collect()
@@ -330,8 +332,15 @@ impl LayerDb {
             }
             for chunk in chunk_keys {
                 for s in self.chunk_slices(id, ino, chunk)? {
-                    let block = *position.entry(s.block).or_insert_with(|| {
-                        blocks.push(s.block.as_bytes().to_vec());
+                    let Backing::Block {
+                        id: block_id,
+                        offset_in_block,
+                    } = s.backing
+                    else {
+                        continue;
+                    };
+                    let block = *position.entry(block_id).or_insert_with(|| {
+                        blocks.push(block_id.as_bytes().to_vec());
                         (blocks.len() - 1) as u32
                     });
                     slices.push(Slice {
@@ -339,7 +348,7 @@ impl LayerDb {
                         offset_in_chunk: s.offset_in_chunk,
                         length: s.length,
                         block,
-                        offset_in_block: s.offset_in_block,
+                        offset_in_block,
                     });
                 }
             }

@@ -14,6 +14,7 @@
 //! - `merged_dentries`: chain id ‖ parent merged ino ‖ name → merged ino
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use slayerfs_proto::index::{Inode, InodeKind};
@@ -35,9 +36,13 @@ pub struct Source {
 }
 
 /// The merged namespace of a chain of layers.
-pub struct MergedView<'db> {
-    db: &'db LayerDb,
+#[derive(Clone)]
+pub struct MergedView {
+    db: Arc<LayerDb>,
     chain: ChainId,
+    inode_count: u64,
+    inodes: sled::Tree,
+    dentries: sled::Tree,
 }
 
 fn corrupt(tree: &'static str, reason: String) -> DbError {
@@ -78,18 +83,25 @@ enum Pending {
     },
 }
 
-impl<'db> MergedView<'db> {
+impl MergedView {
+    fn with(db: &Arc<LayerDb>, rec: &ChainRecord) -> Result<Self, DbError> {
+        Ok(MergedView {
+            db: db.clone(),
+            chain: ChainId(rec.id),
+            inode_count: rec.inode_count,
+            inodes: db.tree("merged_inodes")?,
+            dentries: db.tree("merged_dentries")?,
+        })
+    }
+
     /// The merged view of `layers` (bottom first), built on first use.
-    pub fn open(db: &'db LayerDb, layers: &[Layer]) -> Result<Self, DbError> {
+    pub fn open(db: &Arc<LayerDb>, layers: &[Layer]) -> Result<Self, DbError> {
         let key = chain_key(layers);
         let chains = db.tree("chains")?;
         if let Some(bytes) = chains.get(&key)? {
             let rec: ChainRecord = decode("chains", &bytes)?;
             if rec.ready {
-                return Ok(MergedView {
-                    db,
-                    chain: ChainId(rec.id),
-                });
+                return Self::with(db, &rec);
             }
         }
         let chain = ChainId(db.generate_id()? + 1);
@@ -105,7 +117,7 @@ impl<'db> MergedView<'db> {
         db.flush()?;
         chains.insert(&key, rec.encode_to_vec())?;
         db.flush()?;
-        Ok(MergedView { db, chain })
+        Self::with(db, &rec)
     }
 
     fn is_opaque_dir(db: &LayerDb, s: Source) -> Result<(bool, bool), DbError> {
@@ -238,11 +250,21 @@ impl<'db> MergedView<'db> {
         self.chain
     }
 
+    /// Merged inodes are numbered `1..=inode_count()`; 1 is the root.
+    pub fn inode_count(&self) -> u64 {
+        self.inode_count
+    }
+
+    /// The layer store the view reads from.
+    pub fn db(&self) -> &LayerDb {
+        &self.db
+    }
+
     /// The merged inode `name` in directory `dir`, if visible.
     pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, DbError> {
         let mut k = key2(self.chain, dir.0).to_vec();
         k.extend_from_slice(name);
-        let Some(v) = self.db.tree("merged_dentries")?.get(k)? else {
+        let Some(v) = self.dentries.get(k)? else {
             return Ok(None);
         };
         let bytes: [u8; 8] = v
@@ -266,16 +288,12 @@ impl<'db> MergedView<'db> {
     }
 
     fn record(&self, ino: Ino) -> Result<MergedInode, DbError> {
-        let bytes = self
-            .db
-            .tree("merged_inodes")?
-            .get(key2(self.chain, ino.0))?
-            .ok_or_else(|| {
-                corrupt(
-                    "merged_inodes",
-                    format!("chain {} has no {ino}", self.chain.0),
-                )
-            })?;
+        let bytes = self.inodes.get(key2(self.chain, ino.0))?.ok_or_else(|| {
+            corrupt(
+                "merged_inodes",
+                format!("chain {} has no {ino}", self.chain.0),
+            )
+        })?;
         decode("merged_inodes", &bytes)
     }
 
@@ -322,8 +340,7 @@ impl<'db> MergedView<'db> {
 
     /// The entries of a merged directory, in name order.
     pub fn children(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>, DbError> {
-        self.db
-            .tree("merged_dentries")?
+        self.dentries
             .scan_prefix(key2(self.chain, dir.0))
             .map(|item| {
                 let (k, v) = item?;

@@ -11,20 +11,75 @@ use slayerfs_proto::index::{Inode, LayerIndex};
 
 use crate::geometry::{BLOCK_SIZE, CHUNK_SIZE};
 
-/// A slice of one chunk with its block id resolved.
+/// Where the bytes of a slice live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// In a block of the store, from this offset of its plain bytes.
+    Block { id: BlockId, offset_in_block: u32 },
+    /// In the upper layer's local data file of the inode, at the same file
+    /// offset (the data file is laid out like the file, sparse).
+    Local,
+}
+
+/// A slice of one chunk with its backing resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SliceView {
     pub offset_in_chunk: u32,
     pub length: u32,
-    pub block: BlockId,
-    pub offset_in_block: u32,
+    pub backing: Backing,
+}
+
+impl SliceView {
+    /// The part `[a, b)` (chunk-relative, inside this slice) of the slice.
+    pub fn clip(&self, a: u32, b: u32) -> SliceView {
+        let skip = a - self.offset_in_chunk;
+        SliceView {
+            offset_in_chunk: a,
+            length: b - a,
+            backing: match self.backing {
+                Backing::Block {
+                    id,
+                    offset_in_block,
+                } => Backing::Block {
+                    id,
+                    offset_in_block: offset_in_block + skip,
+                },
+                Backing::Local => Backing::Local,
+            },
+        }
+    }
+
+    fn end(&self) -> u32 {
+        self.offset_in_chunk + self.length
+    }
+
+    /// Whether `next` continues this slice's bytes without a seam.
+    fn continued_by(&self, next: &SliceView) -> bool {
+        if self.end() != next.offset_in_chunk {
+            return false;
+        }
+        match (self.backing, next.backing) {
+            (Backing::Local, Backing::Local) => true,
+            (
+                Backing::Block {
+                    id: a,
+                    offset_in_block: oa,
+                },
+                Backing::Block {
+                    id: b,
+                    offset_in_block: ob,
+                },
+            ) => a == b && oa + self.length == ob,
+            _ => false,
+        }
+    }
 }
 
 /// Where the bytes of a piece of a read come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Zeros,
-    Block { id: BlockId, offset_in_block: u32 },
+    Slice(Backing),
 }
 
 /// A run of bytes of a chunk, chunk-relative.
@@ -55,10 +110,7 @@ pub fn resolve(slices: &[SliceView], range: Range<u32>) -> Vec<Segment> {
             out.push(Segment {
                 offset_in_chunk: a,
                 length: b - a,
-                source: Source::Block {
-                    id: s.block,
-                    offset_in_block: s.offset_in_block + (a - s_start),
-                },
+                source: Source::Slice(s.clip(a, b).backing),
             });
             if gap.start < a {
                 rest.push(gap.start..a);
@@ -78,6 +130,29 @@ pub fn resolve(slices: &[SliceView], range: Range<u32>) -> Vec<Segment> {
     out
 }
 
+/// The canonical form of a chunk's slices: what [`resolve`] shows over the
+/// whole chunk, without holes, adjacent pieces of one source joined; sorted
+/// and non-overlapping. Keeps an upper file's slice list from growing with
+/// every write to the same range.
+pub fn normalize(slices: &[SliceView]) -> Vec<SliceView> {
+    let mut out: Vec<SliceView> = Vec::new();
+    for seg in resolve(slices, 0..CHUNK_SIZE as u32) {
+        let Source::Slice(backing) = seg.source else {
+            continue;
+        };
+        let s = SliceView {
+            offset_in_chunk: seg.offset_in_chunk,
+            length: seg.length,
+            backing,
+        };
+        match out.last_mut() {
+            Some(last) if last.continued_by(&s) => last.length += s.length,
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error(transparent)]
@@ -86,12 +161,18 @@ pub enum ReadError {
     Cached(#[from] Arc<FetchError>),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Upper(#[from] crate::upper::UpperError),
     #[error("block {0} is shorter than a slice says")]
     ShortBlock(BlockId),
     #[error("writing file data: {0}")]
     Sink(#[from] std::io::Error),
     #[error("slice refers to block {0} beyond the block table")]
     BadBlock(u32),
+    #[error("reading the upper data file: {0}")]
+    Local(std::io::Error),
+    #[error("a slice refers to the upper data file, but the file has none")]
+    NoLocalData,
 }
 
 /// The slices of one chunk of an index inode, block ids resolved.
@@ -113,8 +194,10 @@ pub fn chunk_slices(
             Ok(SliceView {
                 offset_in_chunk: s.offset_in_chunk,
                 length: s.length,
-                block: id,
-                offset_in_block: s.offset_in_block,
+                backing: Backing::Block {
+                    id,
+                    offset_in_block: s.offset_in_block,
+                },
             })
         })
         .collect()
@@ -144,6 +227,7 @@ pub async fn read_file<W: Write + Send>(
             BLOCK_SIZE as u32,
             |chunk| chunk_slices(index, inode, chunk),
             &cache,
+            None,
         )
         .await?;
         sink.write_all(&piece)?;
@@ -154,15 +238,16 @@ pub async fn read_file<W: Write + Send>(
 
 /// Reads up to `len` bytes at `offset` of a file of `size` bytes (fewer at
 /// the end of the file): `slices_of(chunk)` gives a chunk's slices, oldest
-/// first; blocks come through `cache`; uncovered bytes are zeros. This is
-/// the read path's core, whatever keeps the slices (an index, sled, an upper
-/// layer).
+/// first; blocks come through `cache`, local slices from the upper data file
+/// `local`; uncovered bytes are zeros. This is the read path's core, whatever
+/// keeps the slices (an index, sled, an upper layer).
 pub async fn read_range<F>(
     size: u64,
     offset: u64,
     len: u32,
     mut slices_of: F,
     cache: &BlockCache,
+    local: Option<&std::fs::File>,
 ) -> Result<Vec<u8>, ReadError>
 where
     F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
@@ -182,10 +267,17 @@ where
         for seg in resolve(&slices, range) {
             match seg.source {
                 Source::Zeros => out.resize(out.len() + seg.length as usize, 0),
-                Source::Block {
+                Source::Slice(Backing::Local) => {
+                    let file = local.ok_or(ReadError::NoLocalData)?;
+                    let at = chunk_start + u64::from(seg.offset_in_chunk);
+                    let start = out.len();
+                    out.resize(start + seg.length as usize, 0);
+                    read_local(file, at, &mut out[start..])?;
+                }
+                Source::Slice(Backing::Block {
                     id,
                     offset_in_block,
-                } => {
+                }) => {
                     let block = cache.get(&id).await?;
                     let start = offset_in_block as usize;
                     let bytes = block
@@ -200,6 +292,25 @@ where
     Ok(out)
 }
 
+/// Fills `buf` from `file` at `at`; bytes past the end of the file (a data
+/// file cut short by a crash before fsync) read as zeros.
+fn read_local(file: &std::fs::File, at: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadError::Local(e)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,8 +319,20 @@ mod tests {
         SliceView {
             offset_in_chunk: off,
             length: len,
-            block: BlockId::from_bytes([tag; 32]),
-            offset_in_block: 0,
+            backing: Backing::Block {
+                id: BlockId::from_bytes([tag; 32]),
+                offset_in_block: 0,
+            },
+        }
+    }
+
+    fn tag_at(s: &SliceView, b: u32) -> (u8, u32) {
+        match s.backing {
+            Backing::Block {
+                id,
+                offset_in_block,
+            } => (id.as_bytes()[0], offset_in_block + b - s.offset_in_chunk),
+            Backing::Local => (0, b),
         }
     }
 
@@ -221,12 +344,7 @@ mod tests {
                     .iter()
                     .rev()
                     .find(|s| b >= s.offset_in_chunk && b < s.offset_in_chunk + s.length)
-                    .map(|s| {
-                        (
-                            s.block.as_bytes()[0],
-                            s.offset_in_block + b - s.offset_in_chunk,
-                        )
-                    })
+                    .map(|s| tag_at(s, b))
             })
             .collect()
     }
@@ -249,10 +367,14 @@ mod tests {
                 for i in 0..s.length {
                     got.push(match s.source {
                         Source::Zeros => None,
-                        Source::Block {
-                            id,
-                            offset_in_block,
-                        } => Some((id.as_bytes()[0], offset_in_block + i)),
+                        Source::Slice(backing) => Some(tag_at(
+                            &SliceView {
+                                offset_in_chunk: s.offset_in_chunk,
+                                length: s.length,
+                                backing,
+                            },
+                            s.offset_in_chunk + i,
+                        )),
                     });
                 }
                 pos += s.length;
@@ -260,5 +382,30 @@ mod tests {
             assert_eq!(pos, range.end);
             assert_eq!(got, naive(&slices, range));
         }
+    }
+
+    #[test]
+    fn normalize_keeps_what_resolve_shows() {
+        let local = |off, len| SliceView {
+            offset_in_chunk: off,
+            length: len,
+            backing: Backing::Local,
+        };
+        let slices = [
+            sv(0, 100, 1),
+            local(50, 10),
+            local(60, 5),
+            sv(90, 30, 3),
+            sv(200, 5, 5),
+            local(10, 5),
+        ];
+        let norm = normalize(&slices);
+        for w in norm.windows(2) {
+            assert!(w[0].end() < w[1].offset_in_chunk || !w[0].continued_by(&w[1]));
+            assert!(w[0].end() <= w[1].offset_in_chunk, "sorted, no overlap");
+        }
+        // The two adjacent local writes are one slice.
+        assert!(norm.contains(&local(50, 15)));
+        assert_eq!(naive(&norm, 0..300), naive(&slices, 0..300));
     }
 }

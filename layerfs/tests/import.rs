@@ -198,6 +198,7 @@ async fn files_pack_align_and_hole_as_specified() {
             len,
             |chunk| Ok(db.chunk_slices(layer.id, big_ino, chunk)?),
             &cache,
+            None,
         )
         .await
         .unwrap();

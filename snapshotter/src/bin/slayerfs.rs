@@ -1,5 +1,5 @@
-//! `slayerfs`: convert images into SlayerFS blocks and indexes, and inspect
-//! converted images.
+//! `slayerfs`: convert images into SlayerFS blocks and indexes, inspect
+//! converted images, and mount them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use slayerfs_config::{Config, StoreLocation};
 use slayerfs_snapshotter::convert::convert_image;
 use slayerfs_snapshotter::image_ref::ImageRef;
 use slayerfs_snapshotter::inspect::{print_layers, print_tree, ConvertedImage};
+use slayerfs_snapshotter::mount;
 use slayerfs_snapshotter::progress::{human_bytes, ProgressMode};
 
 #[derive(Parser)]
@@ -73,6 +74,105 @@ enum Command {
         #[arg(long)]
         layer: Option<usize>,
     },
+    /// Serve a converted image as a directory (read-only unless --rw).
+    ///
+    /// Stays in the foreground until unmounted (fusermount3 -u MOUNTPOINT,
+    /// SIGINT or SIGTERM); --daemon returns once the mount is in place.
+    Mount {
+        /// Image: oci:DIR[:TAG].
+        src: String,
+        /// Directory to mount on.
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Writable: changes go to the upper layer in --upper.
+        #[arg(long, requires = "upper")]
+        rw: bool,
+        /// Upper layer directory (created if missing; kept across mounts).
+        #[arg(long, requires = "rw")]
+        upper: Option<PathBuf>,
+        /// Detach once mounted.
+        #[arg(long)]
+        daemon: bool,
+        /// With --daemon: where the detached process logs.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Threads answering the kernel.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+}
+
+/// Re-runs this command without `--daemon`, detached, and returns once its
+/// mount is in place (or it failed).
+fn spawn_daemon(mountpoint: &std::path::Path, log: Option<&PathBuf>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locating this program")?;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut given = std::env::args_os().skip(1);
+    while let Some(a) = given.next() {
+        if a == "--log" {
+            given.next();
+        } else if a != "--daemon" && !a.as_encoded_bytes().starts_with(b"--log=") {
+            args.push(a);
+        }
+    }
+    let out = match log {
+        Some(path) => std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log {}", path.display()))?,
+        ),
+        None => std::process::Stdio::null(),
+    };
+    let err = match log {
+        Some(path) => std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log {}", path.display()))?,
+        ),
+        None => std::process::Stdio::null(),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our
+    // session so that it outlives the terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount process")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the mount process exited ({status}) before mounting{}",
+                log.map(|l| format!("; see {}", l.display()))
+                    .unwrap_or_default()
+            );
+        }
+        if mount::is_mount_point(mountpoint)? {
+            println!("mounted at {} (pid {})", mountpoint.display(), child.id());
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the mount process (pid {}) did not mount within 120 s",
+                child.id()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn load_config(path: Option<&PathBuf>, store: Option<&StoreArgs>) -> anyhow::Result<Config> {
@@ -180,6 +280,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Mount {
+            src,
+            mountpoint,
+            store,
+            rw: _,
+            upper,
+            daemon: _,
+            log: _,
+            threads,
+        } => {
+            let config = load_config(cli.config.as_ref(), Some(&store))?;
+            let mountpoint = mount::check_mountpoint(&mountpoint)?;
+            let image = ConvertedImage::open(&ImageRef::parse(&src)?)?;
+            let location = config.store_location();
+            let store = open_store(&location, &config).await?;
+            let rootfs = mount::image_rootfs(
+                &image,
+                store,
+                &config,
+                upper.as_deref(),
+                tokio::runtime::Handle::current(),
+            )
+            .with_context(|| format!("preparing {src}"))?;
+            let opts = slayerfs_layerfs::fuse::MountOptions {
+                threads,
+                fs_name: format!("slayerfs:{src}"),
+            };
+            let mode = match &upper {
+                Some(dir) => format!("read-write, upper {}", dir.display()),
+                None => "read-only".to_string(),
+            };
+            mount::serve(std::sync::Arc::new(rootfs), &mountpoint, opts, || {
+                eprintln!(
+                    "slayerfs: {src} mounted at {} ({mode}); unmount with `fusermount3 -u {}` or Ctrl-C",
+                    mountpoint.display(),
+                    mountpoint.display()
+                );
+            })
+            .await?;
+            eprintln!("slayerfs: {} unmounted", mountpoint.display());
+        }
     }
     Ok(())
 }
@@ -199,16 +340,37 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Mount {
+        daemon: true,
+        mountpoint,
+        log,
+        ..
+    } = &cli.command
+    {
+        // Detach before any thread exists: the mount runs in a fresh
+        // process of its own.
+        return match spawn_daemon(mountpoint, log.as_ref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("slayerfs: {}", one_line(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let default_level = match cli.verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // fuser warns when the kernel already dropped a mount it unmounts at
+    // exit (after `fusermount3 -u`), which is the normal way to stop.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},fuser=error"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

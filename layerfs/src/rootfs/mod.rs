@@ -1,0 +1,530 @@
+//! The filesystem a container sees: the merged view of its image layers plus
+//! an optional writable upper layer, as one inode space.
+//!
+//! Merged lower inodes keep their numbers (`1..=lower.inode_count()`); the
+//! upper hands out numbers above. A name resolves in the upper first (an
+//! entry, or a whiteout hiding the lower name), then in the merged lower
+//! view. Because names point at inode numbers, renaming a lower entry or a
+//! whole lower directory only writes two upper names; changing a lower
+//! inode copies its attributes and slice list up under the same number, so
+//! hardlinks stay hardlinks and no file data is copied.
+//!
+//! This module decides what operations mean; [`crate::fuse`] speaks the
+//! FUSE protocol on top of it.
+
+mod mutate;
+mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use slayerfs_chunkstore::BlockCache;
+use slayerfs_proto::index::{Inode, InodeKind};
+use slayerfs_proto::store::UpperInode;
+
+use crate::db::DbError;
+use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
+use crate::merge::MergedView;
+use crate::read::{read_range, resolve, Backing, ReadError, SliceView, Source};
+use crate::upper::{Upper, UpperError};
+
+pub use mutate::{NewNode, SetAttr};
+
+/// Why an operation failed; [`FsError::errno`] is what the caller sees.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a directory")]
+    NotDir,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("file too large")]
+    TooLarge,
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Upper(#[from] UpperError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("upper data file of {ino}: {source}")]
+    Data { ino: Ino, source: std::io::Error },
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::Invalid => libc::EINVAL,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::TooLarge => libc::EFBIG,
+            FsError::Data { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Db(_) | FsError::Upper(_) | FsError::Read(_) => libc::EIO,
+        }
+    }
+
+    /// Failures of our own state or of the store, worth a log line (the
+    /// others are answers to what the caller asked).
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            FsError::Db(_) | FsError::Upper(_) | FsError::Read(_) | FsError::Data { .. }
+        )
+    }
+}
+
+/// A second, with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Time {
+    pub fn now() -> Time {
+        Time::from(SystemTime::now())
+    }
+}
+
+impl From<SystemTime> for Time {
+    fn from(t: SystemTime) -> Time {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                Time { sec, nsec }
+            }
+        }
+    }
+}
+
+/// What `stat` shows for an inode.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ino: Ino,
+    /// Attributes (no slices, no children).
+    pub inode: Inode,
+    pub nlink: u32,
+    pub atime: Time,
+    pub ctime: Time,
+}
+
+impl Attr {
+    pub fn kind(&self) -> InodeKind {
+        InodeKind::from_i32(self.inode.kind).unwrap_or(InodeKind::Unspecified)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind() == InodeKind::Directory
+    }
+
+    pub fn mtime(&self) -> Time {
+        Time {
+            sec: self.inode.mtime_sec,
+            nsec: self.inode.mtime_nsec,
+        }
+    }
+
+    fn from_upper(ino: Ino, rec: UpperInode) -> Result<Attr, FsError> {
+        let inode = rec.inode.ok_or_else(|| {
+            FsError::Upper(UpperError::Corrupt {
+                tree: "upper_inodes",
+                reason: format!("{ino} has no attributes"),
+            })
+        })?;
+        Ok(Attr {
+            ino,
+            nlink: rec.nlink,
+            atime: Time {
+                sec: rec.atime_sec,
+                nsec: rec.atime_nsec,
+            },
+            ctime: Time {
+                sec: rec.ctime_sec,
+                nsec: rec.ctime_nsec,
+            },
+            inode,
+        })
+    }
+
+    fn into_upper(self) -> UpperInode {
+        UpperInode {
+            inode: Some(self.inode),
+            nlink: self.nlink,
+            ctime_sec: self.ctime.sec,
+            ctime_nsec: self.ctime.nsec,
+            atime_sec: self.atime.sec,
+            atime_nsec: self.atime.nsec,
+        }
+    }
+}
+
+/// How a mount reads ahead.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadAhead {
+    /// Blocks fetched ahead of a read, within the same file.
+    pub blocks: u32,
+}
+
+impl Default for ReadAhead {
+    fn default() -> Self {
+        ReadAhead { blocks: 4 }
+    }
+}
+
+struct OpenFile {
+    count: u32,
+    data: Option<Arc<File>>,
+}
+
+/// A merged lower view with an optional upper layer.
+pub struct Rootfs {
+    lower: MergedView,
+    upper: Option<Upper>,
+    cache: Arc<BlockCache>,
+    runtime: tokio::runtime::Handle,
+    read_ahead: ReadAhead,
+    /// Serialises changes, so that a change spanning several records is
+    /// never seen half done by another change.
+    changes: Mutex<()>,
+    open: Mutex<HashMap<Ino, OpenFile>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Rootfs {
+    /// The filesystem over `lower`, writable if `upper` is given; blocks
+    /// come through `cache`, whose fetches run on `runtime`. Inodes an
+    /// earlier mount unlinked while they were open are removed now.
+    pub fn new(
+        lower: MergedView,
+        upper: Option<Upper>,
+        cache: Arc<BlockCache>,
+        runtime: tokio::runtime::Handle,
+        read_ahead: ReadAhead,
+    ) -> Result<Self, FsError> {
+        if let Some(up) = &upper {
+            for (ino, rec) in up.inodes()? {
+                if rec.nlink == 0 {
+                    up.remove_inode(ino)?;
+                }
+            }
+        }
+        Ok(Rootfs {
+            lower,
+            upper,
+            cache,
+            runtime,
+            read_ahead,
+            changes: Mutex::new(()),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    pub fn upper(&self) -> Option<&Upper> {
+        self.upper.as_ref()
+    }
+
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    fn lower_attr(&self, ino: Ino) -> Result<Attr, FsError> {
+        if ino.0 == 0 || ino.0 > self.lower.inode_count() {
+            return Err(FsError::NotFound);
+        }
+        let (inode, nlink) = self.lower.attrs(ino)?;
+        let t = Time {
+            sec: inode.mtime_sec,
+            nsec: inode.mtime_nsec,
+        };
+        Ok(Attr {
+            ino,
+            inode,
+            nlink,
+            atime: t,
+            ctime: t,
+        })
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        if let Some(up) = &self.upper {
+            if let Some(rec) = up.inode(ino)? {
+                return Attr::from_upper(ino, rec);
+            }
+        }
+        self.lower_attr(ino)
+    }
+
+    /// The lower view's entry `name` of `dir` (none for upper directories).
+    fn lower_name(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, FsError> {
+        if dir.0 > self.lower.inode_count() {
+            return Ok(None);
+        }
+        Ok(self.lower.lookup(dir, name)?)
+    }
+
+    /// The inode `name` of `dir` refers to, if any.
+    fn resolve(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, FsError> {
+        if let Some(up) = &self.upper {
+            if let Some(d) = up.dentry(dir, name)? {
+                return Ok((!d.whiteout).then_some(Ino(d.ino)));
+            }
+        }
+        self.lower_name(dir, name)
+    }
+
+    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Attr, FsError> {
+        let ino = self.resolve(dir, name)?.ok_or(FsError::NotFound)?;
+        self.getattr(ino)
+    }
+
+    /// A directory's entries in name order.
+    pub fn readdir(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>, FsError> {
+        if !self.getattr(dir)?.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        let lower = if dir.0 <= self.lower.inode_count() {
+            self.lower.children(dir)?
+        } else {
+            Vec::new()
+        };
+        let Some(up) = &self.upper else {
+            return Ok(lower);
+        };
+        let mut names: BTreeMap<Vec<u8>, Ino> = lower.into_iter().collect();
+        for (name, d) in up.dentries(dir)? {
+            if d.whiteout {
+                names.remove(&name);
+            } else {
+                names.insert(name, Ino(d.ino));
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, FsError> {
+        let attr = self.getattr(ino)?;
+        if attr.kind() != InodeKind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        Ok(attr.inode.symlink_target)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let attr = self.getattr(ino)?;
+        attr.inode
+            .xattrs
+            .into_iter()
+            .find(|x| x.name == name)
+            .map(|x| x.value)
+            .ok_or(FsError::NoAttr)
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, FsError> {
+        Ok(self
+            .getattr(ino)?
+            .inode
+            .xattrs
+            .into_iter()
+            .map(|x| x.name)
+            .collect())
+    }
+
+    /// Notes an open file (its data file stays open while it is).
+    pub fn opened(&self, ino: Ino) {
+        lock(&self.open)
+            .entry(ino)
+            .or_insert(OpenFile {
+                count: 0,
+                data: None,
+            })
+            .count += 1;
+    }
+
+    /// Notes a close; the last close of an unlinked inode removes it.
+    pub fn released(&self, ino: Ino) -> Result<(), FsError> {
+        {
+            let mut open = lock(&self.open);
+            let Some(entry) = open.get_mut(&ino) else {
+                return Ok(());
+            };
+            entry.count = entry.count.saturating_sub(1);
+            if entry.count > 0 {
+                return Ok(());
+            }
+            open.remove(&ino);
+        }
+        let Some(up) = &self.upper else {
+            return Ok(());
+        };
+        let _changes = lock(&self.changes);
+        if self.is_open(ino) {
+            return Ok(());
+        }
+        match up.inode(ino)? {
+            Some(rec) if rec.nlink == 0 => up.remove_inode(ino)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn is_open(&self, ino: Ino) -> bool {
+        lock(&self.open).contains_key(&ino)
+    }
+
+    /// The inode's upper data file, kept open while the inode is.
+    fn data_file(&self, up: &Upper, ino: Ino, create: bool) -> Result<Option<Arc<File>>, FsError> {
+        if let Some(OpenFile {
+            data: Some(file), ..
+        }) = lock(&self.open).get(&ino)
+        {
+            return Ok(Some(file.clone()));
+        }
+        let file = up
+            .data_file(ino, create)
+            .map_err(|source| FsError::Data { ino, source })?
+            .map(Arc::new);
+        if let (Some(f), Some(entry)) = (&file, lock(&self.open).get_mut(&ino)) {
+            entry.data = Some(f.clone());
+        }
+        Ok(file)
+    }
+
+    /// Up to `len` bytes at `offset`; blocks a file will read next are
+    /// fetched ahead.
+    pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+        if let Some(up) = &self.upper {
+            if let Some(rec) = up.inode(ino)? {
+                let attr = Attr::from_upper(ino, rec)?;
+                let size = attr.inode.size;
+                let local = self.data_file(up, ino, false)?;
+                let slices = |c| up.chunk_slices(ino, c).map_err(ReadError::from);
+                let data = self.runtime.block_on(read_range(
+                    size,
+                    offset,
+                    len,
+                    slices,
+                    &self.cache,
+                    local.as_deref(),
+                ))?;
+                self.read_ahead(size, offset + data.len() as u64, slices);
+                return Ok(data);
+            }
+        }
+        let sources = self.lower.sources(ino)?;
+        let src = sources.first().ok_or(FsError::NotFound)?;
+        let db = self.lower.db();
+        let (inode, _) = db.inode(src.layer, src.ino)?.ok_or(FsError::NotFound)?;
+        if inode.kind == InodeKind::Directory as i32 {
+            return Err(FsError::IsDir);
+        }
+        let slices = |c| {
+            db.chunk_slices(src.layer, src.ino, c)
+                .map_err(ReadError::from)
+        };
+        let data = self.runtime.block_on(read_range(
+            inode.size,
+            offset,
+            len,
+            slices,
+            &self.cache,
+            None,
+        ))?;
+        self.read_ahead(inode.size, offset + data.len() as u64, slices);
+        Ok(data)
+    }
+
+    /// Starts fetching the blocks behind bytes `[from, from + window)` of a
+    /// file that are not in memory yet.
+    fn read_ahead<F>(&self, size: u64, from: u64, slices_of: F)
+    where
+        F: Fn(u64) -> Result<Vec<SliceView>, ReadError>,
+    {
+        let window = u64::from(self.read_ahead.blocks) * BLOCK_SIZE as u64;
+        let end = size.min(from.saturating_add(window));
+        let mut pos = from;
+        let mut wanted = Vec::new();
+        while pos < end {
+            let chunk = pos / CHUNK_SIZE;
+            let chunk_start = chunk * CHUNK_SIZE;
+            let chunk_end = end.min(chunk_start + CHUNK_SIZE);
+            let Ok(slices) = slices_of(chunk) else {
+                return;
+            };
+            let range = (pos - chunk_start) as u32..(chunk_end - chunk_start) as u32;
+            for seg in resolve(&slices, range) {
+                if let Source::Slice(Backing::Block { id, .. }) = seg.source {
+                    if !wanted.contains(&id) && !self.cache.contains(&id) {
+                        wanted.push(id);
+                    }
+                }
+            }
+            pos = chunk_end;
+        }
+        for id in wanted {
+            let cache = self.cache.clone();
+            self.runtime.spawn(async move {
+                if let Err(e) = cache.get(&id).await {
+                    tracing::debug!(block = %id, error = %e, "read-ahead failed");
+                }
+            });
+        }
+    }
+
+    /// Makes what was written so far durable.
+    pub fn fsync(&self, ino: Option<Ino>) -> Result<(), FsError> {
+        let Some(up) = &self.upper else {
+            return Ok(());
+        };
+        if let Some(ino) = ino {
+            if let Some(f) = self.data_file(up, ino, false)? {
+                f.sync_data()
+                    .map_err(|source| FsError::Data { ino, source })?;
+            }
+        }
+        up.flush()?;
+        Ok(())
+    }
+
+    fn writable(&self) -> Result<&Upper, FsError> {
+        self.upper.as_ref().ok_or(FsError::ReadOnly)
+    }
+}

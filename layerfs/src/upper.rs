@@ -1,0 +1,328 @@
+//! The records of a writable upper layer: its inodes (new ones and lower ones
+//! copied up), names and whiteouts, slice lists, and the local data files
+//! that hold the bytes written through it.
+//!
+//! A data file is laid out like the file it belongs to and sparse: a write
+//! of N bytes at offset X writes N bytes at X of `data/<ino>` and records a
+//! local slice `[X, X+N)`; the rest of the file keeps pointing at the blocks
+//! it came from. What a write means for the namespace is decided by
+//! [`crate::rootfs`]; this module only keeps records.
+//!
+//! Trees and keys are described in `store.proto` next to `UpperRecord`.
+//! Records are written without a flush; [`Upper::flush`] (fsync, unmount)
+//! makes them durable.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use slayerfs_chunkstore::BlockId;
+use slayerfs_proto::store::{ChunkSlices, DentryRecord, StoredSlice, UpperInode, UpperRecord};
+use slayerfs_proto::Message;
+
+use crate::geometry::Ino;
+use crate::read::{Backing, SliceView};
+
+/// Which upper layer of a database (one per writable mount or snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UpperId(pub u64);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpperError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree `{tree}`: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+    #[error(
+        "the upper layer was made over other lower layers (chain {found}), not this image (chain {expected})"
+    )]
+    OtherChain { found: String, expected: String },
+    #[error("upper data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn corrupt(tree: &'static str, reason: impl Into<String>) -> UpperError {
+    UpperError::Corrupt {
+        tree,
+        reason: reason.into(),
+    }
+}
+
+fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, UpperError> {
+    M::decode(bytes).map_err(|e| corrupt(tree, e.to_string()))
+}
+
+/// The records of one upper layer.
+pub struct Upper {
+    id: UpperId,
+    meta: sled::Tree,
+    inodes: sled::Tree,
+    dentries: sled::Tree,
+    slices: sled::Tree,
+    db: sled::Db,
+    data_dir: PathBuf,
+    record: Mutex<UpperRecord>,
+}
+
+impl Upper {
+    /// Opens upper `id` of `db` over the lower chain `chain_key` with
+    /// `lower_inodes` merged inodes, creating it if new; file data lives in
+    /// `data_dir`. An upper made over another chain is refused.
+    pub fn open(
+        db: &sled::Db,
+        id: UpperId,
+        data_dir: &Path,
+        chain_key: &str,
+        lower_inodes: u64,
+    ) -> Result<Self, UpperError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| UpperError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let meta = db.open_tree("upper_meta")?;
+        let record = match meta.get(id.0.to_be_bytes())? {
+            Some(bytes) => {
+                let rec: UpperRecord = decode("upper_meta", &bytes)?;
+                if rec.chain_key != chain_key || rec.lower_inodes != lower_inodes {
+                    return Err(UpperError::OtherChain {
+                        found: rec.chain_key,
+                        expected: chain_key.to_string(),
+                    });
+                }
+                rec
+            }
+            None => {
+                let rec = UpperRecord {
+                    chain_key: chain_key.to_string(),
+                    lower_inodes,
+                    next_ino: lower_inodes + 1,
+                };
+                meta.insert(id.0.to_be_bytes(), rec.encode_to_vec())?;
+                db.flush()?;
+                rec
+            }
+        };
+        Ok(Upper {
+            id,
+            inodes: db.open_tree("upper_inodes")?,
+            dentries: db.open_tree("upper_dentries")?,
+            slices: db.open_tree("upper_slices")?,
+            meta,
+            db: db.clone(),
+            data_dir: data_dir.to_path_buf(),
+            record: Mutex::new(record),
+        })
+    }
+
+    fn key(&self, ino: Ino) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&self.id.0.to_be_bytes());
+        k[8..].copy_from_slice(&ino.0.to_be_bytes());
+        k
+    }
+
+    fn key_with(&self, ino: Ino, tail: &[u8]) -> Vec<u8> {
+        let mut k = self.key(ino).to_vec();
+        k.extend_from_slice(tail);
+        k
+    }
+
+    /// A fresh inode number, never handed out before by this upper.
+    pub fn allocate_ino(&self) -> Result<Ino, UpperError> {
+        let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let ino = Ino(rec.next_ino);
+        rec.next_ino += 1;
+        self.meta
+            .insert(self.id.0.to_be_bytes(), rec.encode_to_vec())?;
+        Ok(ino)
+    }
+
+    pub fn inode(&self, ino: Ino) -> Result<Option<UpperInode>, UpperError> {
+        self.inodes
+            .get(self.key(ino))?
+            .map(|b| decode("upper_inodes", &b))
+            .transpose()
+    }
+
+    pub fn has_inode(&self, ino: Ino) -> Result<bool, UpperError> {
+        Ok(self.inodes.contains_key(self.key(ino))?)
+    }
+
+    pub fn put_inode(&self, ino: Ino, rec: &UpperInode) -> Result<(), UpperError> {
+        self.inodes.insert(self.key(ino), rec.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Every inode of the upper (for recovery and for turning it into a
+    /// layer).
+    pub fn inodes(&self) -> Result<Vec<(Ino, UpperInode)>, UpperError> {
+        self.inodes
+            .scan_prefix(self.id.0.to_be_bytes())
+            .map(|item| {
+                let (k, v) = item?;
+                let tail: [u8; 8] = k[8..]
+                    .try_into()
+                    .map_err(|_| corrupt("upper_inodes", "key of the wrong length"))?;
+                Ok((Ino(u64::from_be_bytes(tail)), decode("upper_inodes", &v)?))
+            })
+            .collect()
+    }
+
+    /// Forgets an inode: its record, slices and data file.
+    pub fn remove_inode(&self, ino: Ino) -> Result<(), UpperError> {
+        self.inodes.remove(self.key(ino))?;
+        self.truncate_slices(ino, 0)?;
+        match std::fs::remove_file(self.data_path(ino)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(%ino, error = %e, "cannot remove an upper data file"),
+        }
+        Ok(())
+    }
+
+    pub fn dentry(&self, dir: Ino, name: &[u8]) -> Result<Option<DentryRecord>, UpperError> {
+        self.dentries
+            .get(self.key_with(dir, name))?
+            .map(|b| decode("upper_dentries", &b))
+            .transpose()
+    }
+
+    pub fn put_dentry(&self, dir: Ino, name: &[u8], rec: DentryRecord) -> Result<(), UpperError> {
+        self.dentries
+            .insert(self.key_with(dir, name), rec.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn remove_dentry(&self, dir: Ino, name: &[u8]) -> Result<(), UpperError> {
+        self.dentries.remove(self.key_with(dir, name))?;
+        Ok(())
+    }
+
+    /// A directory's upper names in byte order, whiteouts included.
+    pub fn dentries(&self, dir: Ino) -> Result<Vec<(Vec<u8>, DentryRecord)>, UpperError> {
+        self.dentries
+            .scan_prefix(self.key(dir))
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k[16..].to_vec(), decode("upper_dentries", &v)?))
+            })
+            .collect()
+    }
+
+    /// Removes every upper name of a directory.
+    pub fn clear_dentries(&self, dir: Ino) -> Result<(), UpperError> {
+        let mut batch = sled::Batch::default();
+        for k in self.dentries.scan_prefix(self.key(dir)).keys() {
+            batch.remove(k?);
+        }
+        self.dentries.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// One chunk's slices, sorted and non-overlapping.
+    pub fn chunk_slices(&self, ino: Ino, chunk: u64) -> Result<Vec<SliceView>, UpperError> {
+        let Some(bytes) = self.slices.get(self.key_with(ino, &chunk.to_be_bytes()))? else {
+            return Ok(Vec::new());
+        };
+        let list: ChunkSlices = decode("upper_slices", &bytes)?;
+        list.slices.into_iter().map(slice_from_record).collect()
+    }
+
+    pub fn put_chunk_slices(
+        &self,
+        ino: Ino,
+        chunk: u64,
+        slices: &[SliceView],
+    ) -> Result<(), UpperError> {
+        let key = self.key_with(ino, &chunk.to_be_bytes());
+        if slices.is_empty() {
+            self.slices.remove(key)?;
+        } else {
+            let list = ChunkSlices {
+                slices: slices.iter().map(slice_record).collect(),
+            };
+            self.slices.insert(key, list.encode_to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// Drops the slice lists of chunks `from` and above.
+    pub fn truncate_slices(&self, ino: Ino, from: u64) -> Result<(), UpperError> {
+        let start = self.key_with(ino, &from.to_be_bytes());
+        let end = self.key_with(ino, &u64::MAX.to_be_bytes());
+        let mut batch = sled::Batch::default();
+        for k in self.slices.range(start..=end).keys() {
+            batch.remove(k?);
+        }
+        self.slices.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn data_path(&self, ino: Ino) -> PathBuf {
+        self.data_dir.join(ino.0.to_string())
+    }
+
+    /// The inode's data file, created if `create`.
+    pub fn data_file(&self, ino: Ino, create: bool) -> std::io::Result<Option<File>> {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .open(self.data_path(ino))
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Makes every record written so far durable.
+    pub fn flush(&self) -> Result<(), UpperError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn slice_record(s: &SliceView) -> StoredSlice {
+    let (block_id, offset_in_block) = match s.backing {
+        Backing::Block {
+            id,
+            offset_in_block,
+        } => (id.as_bytes().to_vec(), offset_in_block),
+        Backing::Local => (Vec::new(), 0),
+    };
+    StoredSlice {
+        offset_in_chunk: s.offset_in_chunk,
+        length: s.length,
+        block_id,
+        offset_in_block,
+    }
+}
+
+fn slice_from_record(s: StoredSlice) -> Result<SliceView, UpperError> {
+    let backing = if s.block_id.is_empty() {
+        Backing::Local
+    } else {
+        Backing::Block {
+            id: BlockId::from_slice(&s.block_id).ok_or_else(|| {
+                corrupt(
+                    "upper_slices",
+                    format!("block id of {} bytes", s.block_id.len()),
+                )
+            })?,
+            offset_in_block: s.offset_in_block,
+        }
+    };
+    Ok(SliceView {
+        offset_in_chunk: s.offset_in_chunk,
+        length: s.length,
+        backing,
+    })
+}

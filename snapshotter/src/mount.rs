@@ -1,0 +1,198 @@
+//! Mounting a converted image: its layers loaded into a layer store, their
+//! merged view, an optional upper layer, and the FUSE session serving them
+//! at a directory until it is unmounted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, IndexDigest};
+use slayerfs_config::Config;
+use slayerfs_layerfs::db::LayerDb;
+use slayerfs_layerfs::fuse::{session_config, MountOptions, SlayerFuse};
+use slayerfs_layerfs::merge::{chain_key, MergedView};
+use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
+use slayerfs_layerfs::upper::{Upper, UpperId};
+
+use crate::inspect::ConvertedImage;
+
+/// The upper layer `slayerfs mount` keeps in an upper directory.
+const MOUNT_UPPER: UpperId = UpperId(1);
+
+/// The filesystem of a converted image, writable when `upper_dir` is given
+/// (its sled records in `upper_dir/db`, file data in `upper_dir/data`).
+pub fn image_rootfs(
+    image: &ConvertedImage,
+    store: Arc<dyn BlockStore>,
+    config: &Config,
+    upper_dir: Option<&Path>,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<Rootfs> {
+    let db = match upper_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the upper directory {}", dir.display()))?;
+            sled::open(dir.join("db")).with_context(|| {
+                format!(
+                    "opening the upper layer's database in {} (is it mounted elsewhere?)",
+                    dir.display()
+                )
+            })?
+        }
+        // A read-only mount keeps its layer records only while it runs.
+        None => sled::Config::new()
+            .temporary(true)
+            .open()
+            .context("creating a temporary layer database")?,
+    };
+    let layer_db = Arc::new(LayerDb::from_db(db.clone())?);
+    layer_db.recover()?;
+    let mut layers = Vec::new();
+    for desc in image.manifest.layers() {
+        let index = image.layer_index(desc)?;
+        let digest: IndexDigest = desc
+            .digest()
+            .to_string()
+            .parse()
+            .with_context(|| format!("layer digest {}", desc.digest()))?;
+        layers.push(layer_db.load_index(&digest, &index)?);
+    }
+    if layers.is_empty() {
+        bail!("the image has no layers");
+    }
+    let view = MergedView::open(&layer_db, &layers)?;
+    let upper = match upper_dir {
+        Some(dir) => Some(Upper::open(
+            &db,
+            MOUNT_UPPER,
+            &dir.join("data"),
+            &chain_key(&layers),
+            view.inode_count(),
+        )?),
+        None => None,
+    };
+    let disk = (config.cache.disk_bytes > 0).then(|| (config.cache_dir(), config.cache.disk_bytes));
+    let cache = BlockCache::new(
+        store,
+        &CacheOptions {
+            memory_bytes: config.cache.memory_bytes,
+            disk,
+        },
+    )?;
+    Ok(Rootfs::new(
+        view,
+        upper,
+        Arc::new(cache),
+        runtime,
+        ReadAhead::default(),
+    )?)
+}
+
+/// Whether `path` is a mount point now.
+pub fn is_mount_point(path: &Path) -> std::io::Result<bool> {
+    let path = path.canonicalize()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| Path::new(&unescape_mount_path(mp)) == path))
+}
+
+/// Mount paths in mountinfo escape space, tab, newline and backslash as
+/// octal.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks that `mountpoint` is an empty-or-not directory nothing is
+/// mounted on.
+pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(mountpoint)
+        .with_context(|| format!("mount point {}", mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    if is_mount_point(mountpoint).context("reading the mount table")? {
+        bail!(
+            "{} is already a mount point; unmount it first (fusermount3 -u {})",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    Ok(mountpoint.canonicalize()?)
+}
+
+/// Serves `rootfs` at `mountpoint` until it is unmounted, by
+/// `fusermount3 -u`/`umount`, or by SIGINT/SIGTERM (which unmount it);
+/// `ready` runs once the mount is in place. Upper records are flushed
+/// before returning.
+pub async fn serve(
+    rootfs: Arc<Rootfs>,
+    mountpoint: &Path,
+    opts: MountOptions,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let config = session_config(rootfs.is_writable(), &opts);
+    let mut session = fuser::Session::new(SlayerFuse::new(rootfs.clone()), mountpoint, &config)
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let worker = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = done_tx.send(());
+            r
+        })
+        .context("starting the FUSE session")?;
+    ready();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = done_rx => {}
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: unmounting");
+            unmounter.unmount().context("unmounting")?;
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT: unmounting");
+            unmounter.unmount().context("unmounting")?;
+        }
+    }
+    let result = tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .context("waiting for the FUSE session")?;
+    rootfs.fsync(None).context("flushing the upper layer")?;
+    match result {
+        Ok(r) => r.context("FUSE session"),
+        Err(_) => bail!("the FUSE session panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path(r"/a\040b\011c"), "/a b\tc");
+        assert_eq!(unescape_mount_path(r"/a\134x"), r"/a\x");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+}
