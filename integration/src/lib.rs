@@ -7,4 +7,6 @@
 
 pub mod bins;
 pub mod fixtures;
+pub mod mount;
 pub mod s3;
+pub mod tree;
