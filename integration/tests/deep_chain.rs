@@ -1,5 +1,6 @@
 //! A 128-layer chain: the merged view resolves every name as OCI layer
-//! semantics say. (That a lookup costs the same on 128 layers as on one is by
+//! semantics say, and a mount of the 128-layer image shows what the
+//! kernel's overlayfs shows over the same layers. (That a lookup costs the same on 128 layers as on one is by
 //! construction — one dentry read in the materialized merge — and is for the
 //! filesystem benchmark to measure, not this test.)
 
@@ -9,8 +10,11 @@ use std::sync::Arc;
 
 use common::convert_and_load;
 
+use common::{assert_ok, slayerfs};
 use slayerfs_chunkstore::{BlockStore, LocalStore};
-use slayerfs_integration::fixtures::{layer_tar, Compression, FEntry, FKind, FLayer};
+use slayerfs_integration::fixtures::{layer_tar, write_image, Compression, FEntry, FKind, FLayer};
+use slayerfs_integration::mount::SlayerMount;
+use slayerfs_integration::tree::{extract_for_overlay, mount_overlay, snapshot};
 use slayerfs_layerfs::db::LayerDb;
 use slayerfs_layerfs::merge::MergedView;
 use slayerfs_layerfs::Ino;
@@ -97,4 +101,77 @@ async fn a_128_layer_chain_resolves_like_overlay() {
     let one = MergedView::open(&db, &layers[..1]).unwrap();
     assert!(one.lookup(Ino::ROOT, b"shared").unwrap().is_some());
     assert_ne!(one.chain(), view.chain());
+}
+
+#[test]
+fn a_128_layer_image_mounts_and_looks_like_overlayfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layers: Vec<FLayer> = (0..LAYERS).map(layer).collect();
+    write_image(&root.join("src"), "v1", &layers).unwrap();
+    let store = root.join("store");
+    let image = format!("oci:{}:v1", root.join("conv").display());
+    assert_ok(&slayerfs(
+        &[
+            "convert",
+            "-q",
+            &format!("oci:{}:v1", root.join("src").display()),
+            &image,
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let m = SlayerMount::start(
+        &image,
+        &root.join("mnt"),
+        store.to_str().unwrap(),
+        &root.join("state"),
+        &[],
+    )
+    .unwrap();
+    let mnt = &m.mountpoint;
+    for i in 0..LAYERS {
+        let whited_out = i % 2 == 1 && i + 1 < LAYERS;
+        let p = mnt.join(format!("f/{i}"));
+        assert_eq!(p.exists(), !whited_out, "f/{i}");
+        if !whited_out {
+            assert_eq!(std::fs::read(&p).unwrap(), format!("file {i}").into_bytes());
+        }
+    }
+    assert_eq!(
+        std::fs::read(mnt.join("shared")).unwrap(),
+        format!("layer {}", LAYERS - 1).into_bytes()
+    );
+    let d: Vec<_> = std::fs::read_dir(mnt.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(d, vec![std::ffi::OsString::from("kept")]);
+
+    // The kernel's overlayfs over the same 128 layers shows the same tree
+    // (short layer paths: the mount options must fit in a page).
+    let mut lowers = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let dir = root.join(format!("{i}"));
+        extract_for_overlay(&layer_tar(l), &dir, root);
+        lowers.push(dir);
+    }
+    let _k = mount_overlay(&lowers, None, &root.join("k"));
+    let strip = |t: std::collections::BTreeMap<Vec<u8>, slayerfs_integration::tree::Entry>| {
+        t.into_iter()
+            .filter(|(p, _)| !p.is_empty())
+            .map(|(p, mut e)| {
+                if e.kind == 'd' {
+                    e.mtime = None;
+                }
+                (p, e)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let ours = strip(snapshot(mnt));
+    let kernel = strip(snapshot(&root.join("k")));
+    assert_eq!(ours, kernel);
+    assert!(ours.len() > LAYERS / 2);
+    m.unmount().unwrap();
 }

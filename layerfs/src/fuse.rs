@@ -624,7 +624,7 @@ impl Filesystem for SlayerFuse {
         // The space an upper layer can grow into; a read-only mount has none.
         let mut s = (0u64, 0u64, 0u64, 0u64, 0u64, 4096u32);
         if let Some(up) = self.fs.upper() {
-            if let Ok(v) = nix_statvfs(up.data_dir()) {
+            if let Ok(v) = crate::upper::statvfs(up.data_dir()) {
                 s = v;
             }
         }
@@ -720,26 +720,4 @@ impl Filesystem for SlayerFuse {
             Err(e) => reply.error(errno("create", parent.0, e)),
         }
     }
-}
-
-/// Blocks, free, available, files, free files and block size of the
-/// filesystem holding `path`.
-fn nix_statvfs(path: &Path) -> std::io::Result<(u64, u64, u64, u64, u64, u32)> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut s = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs succeeded and filled `s`.
-    let s = unsafe { s.assume_init() };
-    Ok((
-        s.f_blocks,
-        s.f_bfree,
-        s.f_bavail,
-        s.f_files,
-        s.f_ffree,
-        s.f_frsize as u32,
-    ))
 }

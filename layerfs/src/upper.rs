@@ -283,6 +283,12 @@ impl Upper {
         &self.data_dir
     }
 
+    /// Bytes an unprivileged writer may still use where the data lives.
+    pub fn available_bytes(&self) -> std::io::Result<u64> {
+        let (_, _, avail, _, _, frsize) = statvfs(&self.data_dir)?;
+        Ok(avail.saturating_mul(u64::from(frsize)))
+    }
+
     /// Makes every record written so far durable.
     pub fn flush(&self) -> Result<(), UpperError> {
         self.db.flush()?;
@@ -325,4 +331,27 @@ fn slice_from_record(s: StoredSlice) -> Result<SliceView, UpperError> {
         length: s.length,
         backing,
     })
+}
+
+/// Blocks, free, available, files, free files and fragment size of the
+/// filesystem holding `path`.
+pub fn statvfs(path: &Path) -> std::io::Result<(u64, u64, u64, u64, u64, u32)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded and filled `s`.
+    let s = unsafe { s.assume_init() };
+    Ok((
+        s.f_blocks,
+        s.f_bfree,
+        s.f_bavail,
+        s.f_files,
+        s.f_ffree,
+        s.f_frsize as u32,
+    ))
 }

@@ -7,6 +7,11 @@ use std::os::unix::fs::FileExt;
 use slayerfs_proto::index::InodeKind;
 
 use super::{lock, Attr, FsError, Rootfs, Time};
+
+/// Space a write leaves free on the upper's filesystem, so that the
+/// records describing data already written can always be updated (and
+/// files removed) when the data fills it.
+const RECORD_RESERVE: u64 = 16 << 20;
 use crate::geometry::{chunk_of, Ino, CHUNK_SIZE};
 use crate::read::{normalize, Backing, SliceView};
 use crate::upper::Upper;
@@ -47,6 +52,15 @@ impl Rootfs {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or(FsError::TooLarge)?;
+        let available = up
+            .available_bytes()
+            .map_err(|source| FsError::Data { ino, source })?;
+        if available < RECORD_RESERVE + data.len() as u64 {
+            return Err(FsError::Data {
+                ino,
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
         let file = self.data_file(up, ino, true)?.ok_or(FsError::NotFound)?;
         file.write_all_at(data, offset)
             .map_err(|source| FsError::Data { ino, source })?;
