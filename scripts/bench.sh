@@ -3,6 +3,7 @@
 # run; results and the command go to BENCHMARKS.md by hand.
 #
 #   scripts/bench.sh convert    conversion speed and peak memory
+#   scripts/bench.sh fs         the mounted filesystem beside kernel overlayfs
 #
 # BENCH_DIR (default /var/tmp/slayerfs-bench) holds the generated image and
 # the stores; the image is generated once and reused. Each figure, baseline
@@ -60,8 +61,8 @@ best_of() {
   echo "$best"
 }
 
-layer_blobs() { # layer_blobs TAG: paths of the image's layer blobs
-  python3 - "$work/image" "$1" <<'PY'
+layer_blobs() { # layer_blobs TAG [IMAGE_DIR]: paths of the image's layer blobs
+  python3 - "${2:-$work/image}" "$1" <<'PY'
 import json, sys
 root, tag = sys.argv[1], sys.argv[2]
 idx = json.load(open(f"{root}/index.json"))
@@ -112,13 +113,7 @@ bench_convert() {
   row "gzip -> local dir"
   fresh_local
 
-  rm -rf "$work/s3"
-  local port_file=$work/s3.port
-  "$bin/slayerfs-test-s3" --root "$work/s3" --bucket bench > "$port_file" &
-  local s3_pid=$!
-  for _ in $(seq 100); do grep -q listening "$port_file" 2>/dev/null && break; sleep 0.1; done
-  local endpoint="http://$(awk '{print $3}' "$port_file")"
-  export AWS_ACCESS_KEY_ID=slayerfs-test AWS_SECRET_ACCESS_KEY=slayerfs-test-secret
+  start_s3
   fresh_bucket() { rm -rf "$work/s3/bench" "$work/out"; mkdir -p "$work/s3/bench"; }
   timed fresh_bucket "$bin/slayerfs" convert -q "oci:$img:tar" "oci:$work/out:s3" --store s3://bench --s3-endpoint "$endpoint"
   row "tar -> local S3 server"
@@ -128,7 +123,24 @@ bench_convert() {
   rm -rf "$work/s3" "$work/store" "$work/out"
 }
 
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# Starts the S3 test server on $work/s3 with bucket `bench`; sets $endpoint
+# and $s3_pid.
+start_s3() {
+  rm -rf "$work/s3"
+  local port_file=$work/s3.port
+  "$bin/slayerfs-test-s3" --root "$work/s3" --bucket bench > "$port_file" &
+  s3_pid=$!
+  for _ in $(seq 100); do grep -q listening "$port_file" 2>/dev/null && break; sleep 0.1; done
+  endpoint="http://$(awk '{print $3}' "$port_file")"
+  export AWS_ACCESS_KEY_ID=slayerfs-test AWS_SECRET_ACCESS_KEY=slayerfs-test-secret
+}
+
+source scripts/bench-fs.sh
+
 case "$what" in
   convert) bench_convert ;;
-  *) echo "bench.sh: unknown benchmark '$what' (known: convert)" >&2; exit 2 ;;
+  fs) bench_fs ;;
+  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs)" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 //! `slayerfs-gen-image --out DIR`: writes a large benchmark image to an OCI
 //! layout, streaming (never the whole layer in memory): one layer of many
-//! small files and one of a few large files, tagged `tar` (uncompressed
+//! small files (or `--spread N` layers sharing them out) and one of a few
+//! large files (none with `--large-files 0`), tagged `tar` (uncompressed
 //! layers) and, with `--gzip`, `gzip` (the same layers gzip-compressed).
 //!
 //! File contents mix text-like runs (compressible) with pseudo-random runs,
@@ -24,6 +25,10 @@ struct Args {
     large_files: usize,
     #[arg(long, default_value_t = 200)]
     large_mib: u64,
+    /// Layers the small files are dealt out to (file i goes to layer i % N);
+    /// the merged tree is the same whatever N.
+    #[arg(long, default_value_t = 1)]
+    spread: usize,
     /// Also write gzip-compressed copies of the layers, tagged `gzip`.
     #[arg(long)]
     gzip: bool,
@@ -143,13 +148,16 @@ fn file_header(size: u64, mode: u32) -> tar::Header {
     h
 }
 
-fn small_layer(w: &mut dyn Write, count: usize) -> anyhow::Result<()> {
+fn small_layer(w: &mut dyn Write, count: usize, layer: usize, of: usize) -> anyhow::Result<()> {
     let mut b = tar::Builder::new(w);
     let mut sizes = Content::new(u64::MAX, 99);
     for i in 0..count {
         // 1 KiB to 64 KiB, skewed small like real images.
         let r = sizes.next();
         let size = 1024 + (r % 64_512) * (r >> 60) / 15;
+        if i % of != layer {
+            continue;
+        }
         let path = format!("usr/share/bench/{:03}/file-{i:06}.dat", i % 500);
         let mut h = file_header(size, 0o644);
         b.append_data(&mut h, path, Content::new(size, i as u64))?;
@@ -177,11 +185,19 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(args.out.join("blobs/sha256"))?;
     let mut plain = Vec::new();
-    let (d1, s1) = write_blob(&args.out, |w| small_layer(w, args.small_files))?;
-    let (d2, s2) = write_blob(&args.out, |w| {
-        large_layer(w, args.large_files, args.large_mib)
-    })?;
-    for (digest, size) in [(d1, s1), (d2, s2)] {
+    let spread = args.spread.max(1);
+    let mut blobs = Vec::new();
+    for layer in 0..spread {
+        blobs.push(write_blob(&args.out, |w| {
+            small_layer(w, args.small_files, layer, spread)
+        })?);
+    }
+    if args.large_files > 0 {
+        blobs.push(write_blob(&args.out, |w| {
+            large_layer(w, args.large_files, args.large_mib)
+        })?);
+    }
+    for (digest, size) in blobs {
         plain.push(LayerBlob {
             digest: digest.clone(),
             size,
