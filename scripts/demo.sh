@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SlayerFS demo: installs what it needs, builds, makes a sample multi-layer
 # image, converts it into the embedded default block store
-# (/var/lib/slayerfs/store) and shows what was converted.
+# (/var/lib/slayerfs/store), shows what was converted, and mounts it
+# read-only and writable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,3 +58,31 @@ echo "== layer 2 as its index records it"
 echo
 echo "== converting again writes no new blocks"
 "$bin/slayerfs" convert -q "oci:$work/sample:latest" "oci:$work/sample-slayerfs:latest" | grep blocks
+
+mnt=$work/mnt
+mkdir -p "$mnt"
+trap 'mountpoint -q "$mnt" && fusermount3 -u "$mnt"; true' EXIT
+echo
+echo "== mounting it read-only at $mnt"
+"$bin/slayerfs" mount --daemon --log "$work/mount.log" "oci:$work/sample-slayerfs:latest" "$mnt"
+ls -l "$mnt" "$mnt/app"
+echo "etc/motd (layer 3 replaced layer 1's):  $(cat "$mnt/etc/motd")"
+echo "app/hello.txt:                          $(cat "$mnt/app/hello.txt")"
+echo "app/hello-hardlink.txt (whited out):     $(ls "$mnt/app/hello-hardlink.txt" 2>&1 | sed 's/.*: //')"
+echo "app/data.bin sha256:                     $(sha256sum < "$mnt/app/data.bin" | cut -c1-16)… (5 x busybox: $(for _ in 1 2 3 4 5; do cat /bin/busybox; done | sha256sum | cut -c1-16)…)"
+echo "app/sparse.img: $(stat -c %s "$mnt/app/sparse.img") bytes, non-zero bytes: $(tr -d '\0' < "$mnt/app/sparse.img" | wc -c)"
+"$mnt/bin/busybox" echo "busybox from the image runs: $("$mnt/bin/busybox" | head -1)"
+fusermount3 -u "$mnt"
+
+echo
+echo "== mounting it writable (upper layer in $work/upper), changing it, remounting"
+"$bin/slayerfs" mount --rw --upper "$work/upper" --daemon --log "$work/mount.log" "oci:$work/sample-slayerfs:latest" "$mnt"
+echo "changed in the upper layer" > "$mnt/etc/motd"
+printf 'X' | dd of="$mnt/app/data.bin" bs=1 seek=5000000 conv=notrunc status=none
+rm "$mnt/app/hello.txt"
+fusermount3 -u "$mnt"
+"$bin/slayerfs" mount --rw --upper "$work/upper" --daemon --log "$work/mount.log" "oci:$work/sample-slayerfs:latest" "$mnt"
+echo "etc/motd: $(cat "$mnt/etc/motd")"
+echo "app/: $(ls "$mnt/app" | tr '\n' ' ')"
+echo "upper data files (bytes on disk): $(du -sh "$work/upper/data" | cut -f1) — the 1-byte change to the 10 MB data.bin copied nothing"
+fusermount3 -u "$mnt"

@@ -55,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            store.get(&ObjectKey::Block(id)).await.map(|b| b.len() as u64)
+            store
+                .get(&ObjectKey::Block(id))
+                .await
+                .map(|b| b.len() as u64)
         }));
     }
     let mut bytes = 0;
