@@ -379,25 +379,67 @@ fn a_full_upper_fails_the_write_and_keeps_what_was_written() {
     m.unmount().unwrap();
 }
 
-#[test]
-fn missing_blocks_are_eio_naming_the_block_and_nothing_hangs() {
-    let img = image(&[base_layer()]);
-    let blocks = img.store.join("blocks");
-    std::fs::remove_dir_all(&blocks).unwrap();
-    std::fs::create_dir_all(&blocks).unwrap();
-    let m = img.mount("mnt", false);
-    // Names and attributes come from the index: they still work.
-    let meta = std::fs::metadata(m.mountpoint.join("lib/three-blocks")).unwrap();
-    assert_eq!(meta.len(), (12 * MIB + 100) as u64);
+/// The hex names of the blocks in a local store.
+fn block_names(store: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for sub in std::fs::read_dir(store.join("blocks")).unwrap().flatten() {
+        for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            names.push(f.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names
+}
+
+/// Reading `rel` fails with EIO in bounded time, and the log names one of
+/// `blocks`.
+fn assert_eio_naming_a_block(m: &SlayerMount, rel: &str, blocks: &[String]) {
     let started = Instant::now();
-    let r = std::fs::read(m.mountpoint.join("lib/three-blocks"));
+    let r = std::fs::read(m.mountpoint.join(rel));
     assert_eq!(errno(r), libc::EIO);
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "EIO came in bounded time"
     );
-    let log = m.log_text();
-    assert!(log.contains("block"), "the log names the block: {log}");
+    // The log is written by the mount process; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = m.log_text();
+        if blocks.iter().any(|b| log.contains(b.as_str())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the log names the block: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn damaged_or_missing_blocks_are_eio_naming_the_block_and_nothing_hangs() {
+    let img = image(&[base_layer()]);
+    let blocks = block_names(&img.store);
+    assert!(blocks.len() >= 3);
+    // Damaged: every stored block replaced by other bytes.
+    for sub in std::fs::read_dir(img.store.join("blocks"))
+        .unwrap()
+        .flatten()
+    {
+        for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            std::fs::write(f.path(), b"not a zstd frame of the right bytes").unwrap();
+        }
+    }
+    let m = img.mount("damaged", false);
+    // Names and attributes come from the index: they still work.
+    let meta = std::fs::metadata(m.mountpoint.join("lib/three-blocks")).unwrap();
+    assert_eq!(meta.len(), (12 * MIB + 100) as u64);
+    assert_eio_naming_a_block(&m, "lib/three-blocks", &blocks);
+    assert_eio_naming_a_block(&m, "etc/motd", &blocks);
+    m.unmount().unwrap();
+
+    // Missing: the store has no blocks at all.
+    std::fs::remove_dir_all(img.store.join("blocks")).unwrap();
+    std::fs::create_dir_all(img.store.join("blocks")).unwrap();
+    let m = img.mount("missing", false);
+    assert_eio_naming_a_block(&m, "lib/three-blocks", &blocks);
+    assert!(m.mountpoint.join("etc/motd").exists());
     m.unmount().unwrap();
 }
 
