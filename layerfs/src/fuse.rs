@@ -431,7 +431,7 @@ impl Filesystem for SlayerFuse {
     ) {
         let _span = tracing::debug_span!("read", ino = ino.0, offset, size).entered();
         match self.fs.read(Ino(ino.0), offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.as_slice()),
             Err(e) => reply.error(errno("read", ino.0, e)),
         }
     }

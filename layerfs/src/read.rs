@@ -236,6 +236,38 @@ pub async fn read_file<W: Write + Send>(
     Ok(())
 }
 
+/// Bytes read from a file: a range of one cached block when the read falls
+/// inside one (no copy), or a buffer of their own.
+#[derive(Debug, Clone)]
+pub enum ReadBytes {
+    Block(Arc<Vec<u8>>, Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl ReadBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadBytes::Block(block, range) => &block[range.clone()],
+            ReadBytes::Owned(v) => v,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ReadBytes::Block(block, range) => block[range].to_vec(),
+            ReadBytes::Owned(v) => v,
+        }
+    }
+}
+
 /// Reads up to `len` bytes at `offset` of a file of `size` bytes (fewer at
 /// the end of the file): `slices_of(chunk)` gives a chunk's slices, oldest
 /// first; blocks come through `cache`, local slices from the upper data file
@@ -245,25 +277,70 @@ pub async fn read_range<F>(
     size: u64,
     offset: u64,
     len: u32,
-    mut slices_of: F,
+    slices_of: F,
     cache: &BlockCache,
     local: Option<&std::fs::File>,
 ) -> Result<Vec<u8>, ReadError>
 where
     F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
 {
+    Ok(read_range_shared(size, offset, len, slices_of, cache, local)
+        .await?
+        .into_vec())
+}
+
+/// [`read_range`] without a copy when the bytes lie in one block.
+pub async fn read_range_shared<F>(
+    size: u64,
+    offset: u64,
+    len: u32,
+    mut slices_of: F,
+    cache: &BlockCache,
+    local: Option<&std::fs::File>,
+) -> Result<ReadBytes, ReadError>
+where
+    F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
+{
     let end = size.min(offset.saturating_add(u64::from(len)));
     if offset >= end {
-        return Ok(Vec::new());
+        return Ok(ReadBytes::Owned(Vec::new()));
+    }
+    let first_chunk = offset / CHUNK_SIZE;
+    let chunk_start = first_chunk * CHUNK_SIZE;
+    let first_slices = slices_of(first_chunk)?;
+    if end <= chunk_start + CHUNK_SIZE {
+        let range = (offset - chunk_start) as u32..(end - chunk_start) as u32;
+        if let [Segment {
+            source:
+                Source::Slice(Backing::Block {
+                    id,
+                    offset_in_block,
+                }),
+            length,
+            ..
+        }] = resolve(&first_slices, range)[..]
+        {
+            let block = cache.get(&id).await?;
+            let start = offset_in_block as usize;
+            let stop = start + length as usize;
+            if stop > block.len() {
+                return Err(ReadError::ShortBlock(id));
+            }
+            return Ok(ReadBytes::Block(block, start..stop));
+        }
     }
     let mut out = Vec::with_capacity((end - offset) as usize);
     let mut pos = offset;
+    let mut first = Some(first_slices);
     while pos < end {
         let chunk = pos / CHUNK_SIZE;
         let chunk_start = chunk * CHUNK_SIZE;
         let chunk_end = end.min(chunk_start + CHUNK_SIZE);
         let range = (pos - chunk_start) as u32..(chunk_end - chunk_start) as u32;
-        let slices = slices_of(chunk)?;
+        let slices = match first.take() {
+            Some(s) => s,
+            None => slices_of(chunk)?,
+        };
         for seg in resolve(&slices, range) {
             match seg.source {
                 Source::Zeros => out.resize(out.len() + seg.length as usize, 0),
@@ -289,7 +366,7 @@ where
         }
         pos = chunk_end;
     }
-    Ok(out)
+    Ok(ReadBytes::Owned(out))
 }
 
 /// Fills `buf` from `file` at `at`; bytes past the end of the file (a data

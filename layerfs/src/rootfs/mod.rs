@@ -27,7 +27,7 @@ use slayerfs_proto::store::UpperInode;
 use crate::db::DbError;
 use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
 use crate::merge::MergedView;
-use crate::read::{read_range, resolve, Backing, ReadError, SliceView, Source};
+use crate::read::{read_range_shared, resolve, Backing, ReadBytes, ReadError, SliceView, Source};
 use crate::upper::{Upper, UpperError};
 
 pub use mutate::{NewNode, SetAttr};
@@ -430,14 +430,14 @@ impl Rootfs {
 
     /// Up to `len` bytes at `offset`; blocks a file will read next are
     /// fetched ahead.
-    pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+    pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<ReadBytes, FsError> {
         if let Some(up) = &self.upper {
             if let Some(rec) = up.inode(ino)? {
                 let attr = Attr::from_upper(ino, rec)?;
                 let size = attr.inode.size;
                 let local = self.data_file(up, ino, false)?;
                 let slices = |c| up.chunk_slices(ino, c).map_err(ReadError::from);
-                let data = self.runtime.block_on(read_range(
+                let data = self.runtime.block_on(read_range_shared(
                     size,
                     offset,
                     len,
@@ -460,7 +460,7 @@ impl Rootfs {
             db.chunk_slices(src.layer, src.ino, c)
                 .map_err(ReadError::from)
         };
-        let data = self.runtime.block_on(read_range(
+        let data = self.runtime.block_on(read_range_shared(
             inode.size,
             offset,
             len,
