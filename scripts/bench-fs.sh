@@ -86,6 +86,11 @@ bench_fs() {
     n=$(find "$fs/lower-$img" -mindepth 1 -maxdepth 1 -type d | wc -l)
     # Relative layer paths, top first, keep the options within a page.
     lowers=$(seq $((n - 1)) -1 0 | paste -sd:)
+    # overlayfs wants two layers at least when it has no upper one.
+    if [ "$n" = 1 ] && [ "${2:-}" != rw ]; then
+      mkdir -p "$fs/lower-empty"
+      lowers="$lowers:$fs/lower-empty"
+    fi
     if [ "${2:-}" = rw ]; then
       rm -rf "$fs/kupper" "$fs/kwork"
       mkdir -p "$fs/kupper" "$fs/kwork"

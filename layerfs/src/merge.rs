@@ -225,8 +225,21 @@ impl MergedView {
                             ino: top.ino.0,
                         }],
                         nlink: 0,
+                        mtime_source: 0,
                     };
                     inodes.insert(&key2(chain, child_ino), rec.encode_to_vec());
+                }
+            }
+            // Decided here, once, so that attrs() reads one or two inodes
+            // however many layers imply the directory.
+            let mut mtime_source = 0;
+            for (i, s) in sources.iter().enumerate() {
+                let (inode, _) = db
+                    .inode(s.layer, s.ino)?
+                    .ok_or_else(|| corrupt("inodes", format!("{} has no {}", s.layer, s.ino)))?;
+                if !inode.implicit {
+                    mtime_source = i as u32;
+                    break;
                 }
             }
             let rec = MergedInode {
@@ -238,6 +251,7 @@ impl MergedView {
                     })
                     .collect(),
                 nlink: 2 + subdirs,
+                mtime_source,
             };
             inodes.insert(&key2(chain, mino), rec.encode_to_vec());
         }
@@ -305,37 +319,30 @@ impl MergedView {
     /// link count.
     pub fn attrs(&self, ino: Ino) -> Result<(Inode, u32), DbError> {
         let rec = self.record(ino)?;
-        let mut top: Option<(Inode, u32)> = None;
-        for s in &rec.sources {
-            let (inode, nlink) = self
-                .db
+        let inode_of = |s: &MergedSource| {
+            self.db
                 .inode(LayerId(s.layer), Ino(s.ino))?
-                .ok_or_else(|| {
-                    corrupt("inodes", format!("layer {} has no ino {}", s.layer, s.ino))
-                })?;
-            match &mut top {
-                None => {
-                    let nlink = if inode.kind == InodeKind::Directory as i32 {
-                        rec.nlink
-                    } else {
-                        nlink
-                    };
-                    let implicit = inode.implicit;
-                    top = Some((inode, nlink));
-                    if !implicit {
-                        break;
-                    }
-                }
-                Some((t, _)) => {
-                    if !inode.implicit {
-                        t.mtime_sec = inode.mtime_sec;
-                        t.mtime_nsec = inode.mtime_nsec;
-                        break;
-                    }
-                }
-            }
+                .ok_or_else(|| corrupt("inodes", format!("layer {} has no ino {}", s.layer, s.ino)))
+        };
+        let top = rec
+            .sources
+            .first()
+            .ok_or_else(|| corrupt("merged_inodes", format!("{ino} has no source")))?;
+        let (mut inode, nlink) = inode_of(top)?;
+        let nlink = if inode.kind == InodeKind::Directory as i32 {
+            rec.nlink
+        } else {
+            nlink
+        };
+        if inode.implicit && rec.mtime_source > 0 {
+            let from = rec.sources.get(rec.mtime_source as usize).ok_or_else(|| {
+                corrupt("merged_inodes", format!("{ino}: mtime source out of range"))
+            })?;
+            let (described, _) = inode_of(from)?;
+            inode.mtime_sec = described.mtime_sec;
+            inode.mtime_nsec = described.mtime_nsec;
         }
-        top.ok_or_else(|| corrupt("merged_inodes", format!("{ino} has no source")))
+        Ok((inode, nlink))
     }
 
     /// The entries of a merged directory, in name order.

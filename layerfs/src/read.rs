@@ -284,9 +284,11 @@ pub async fn read_range<F>(
 where
     F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
 {
-    Ok(read_range_shared(size, offset, len, slices_of, cache, local)
-        .await?
-        .into_vec())
+    Ok(
+        read_range_shared(size, offset, len, slices_of, cache, local)
+            .await?
+            .into_vec(),
+    )
 }
 
 /// [`read_range`] without a copy when the bytes lie in one block.
