@@ -34,6 +34,7 @@
 //! memory_bytes = 268435456       # plain block bytes kept in memory (256 MiB)
 //! disk_bytes = 10737418240       # stored blocks kept on disk (10 GiB); 0 = none
 //! disk_dir = "/var/lib/slayerfs/cache"   # default: <state_dir>/cache
+//! read_ahead_blocks = 8          # blocks fetched ahead of a sequential reader; 0..=64
 //! ```
 
 use std::fmt;
@@ -99,6 +100,8 @@ pub struct CacheConfig {
     pub disk_bytes: u64,
     /// Where the disk cache lives; `<state_dir>/cache` if unset.
     pub disk_dir: Option<PathBuf>,
+    /// Blocks of a file fetched ahead of where it is being read.
+    pub read_ahead_blocks: u32,
 }
 
 impl Default for CacheConfig {
@@ -107,6 +110,7 @@ impl Default for CacheConfig {
             memory_bytes: 256 << 20,
             disk_bytes: 10 << 30,
             disk_dir: None,
+            read_ahead_blocks: 8,
         }
     }
 }
@@ -379,6 +383,9 @@ impl Config {
         {
             return Err(invalid("cache.disk_dir", "must be an absolute path"));
         }
+        if self.cache.read_ahead_blocks > 64 {
+            return Err(invalid("cache.read_ahead_blocks", "must be at most 64"));
+        }
         Ok(())
     }
 
@@ -407,6 +414,11 @@ impl Config {
     /// The sled database directory.
     pub fn db_dir(&self) -> PathBuf {
         self.state_dir.join("db")
+    }
+
+    /// Where read-only mounts keep their layer records while they run.
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.state_dir.join("mounts")
     }
 
     /// Worker threads for conversion, `0` resolved to the number of cores.

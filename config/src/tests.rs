@@ -33,6 +33,8 @@ fn full_file_parses() {
         [convert]
         zstd_level = 5
         workers = 3
+        [cache]
+        read_ahead_blocks = 0
         "#,
     )
     .unwrap();
@@ -45,6 +47,7 @@ fn full_file_parses() {
     );
     assert_eq!(c.store.s3.max_attempts, 2);
     assert_eq!(c.convert_workers(), 3);
+    assert_eq!(c.cache.read_ahead_blocks, 0);
     assert!(
         !format!("{:?}", c.store.s3).contains("\"s\""),
         "secret leaked into Debug"
@@ -67,6 +70,8 @@ fn errors_name_the_key() {
             "[store.s3]\naccess_key_id = \"k\"",
             "store.s3.secret_access_key",
         ),
+        ("[cache]\nread_ahead_blocks = 65", "cache.read_ahead_blocks"),
+        ("[cache]\nmemory_bytes = 1", "cache.memory_bytes"),
     ];
     for (text, key) in cases {
         let err = Config::from_toml(text).unwrap_err().to_string();

@@ -40,10 +40,17 @@ pub fn image_rootfs(
             })?
         }
         // A read-only mount keeps its layer records only while it runs.
-        None => sled::Config::new()
-            .temporary(true)
-            .open()
-            .context("creating a temporary layer database")?,
+        None => {
+            let mounts = config.mounts_dir();
+            remove_stale_mount_dbs(&mounts);
+            let dir = mounts.join(std::process::id().to_string());
+            let _ = std::fs::remove_dir_all(&dir);
+            sled::Config::new()
+                .path(&dir)
+                .temporary(true)
+                .open()
+                .with_context(|| format!("creating a layer database in {}", dir.display()))?
+        }
     };
     let layer_db = Arc::new(LayerDb::from_db(db.clone())?);
     layer_db.recover()?;
@@ -84,8 +91,29 @@ pub fn image_rootfs(
         upper,
         Arc::new(cache),
         runtime,
-        ReadAhead::default(),
+        ReadAhead {
+            blocks: config.cache.read_ahead_blocks,
+        },
     )?)
+}
+
+/// Removes the layer databases of read-only mounts whose process is gone
+/// (killed before it could remove its own).
+fn remove_stale_mount_dbs(mounts: &Path) {
+    let Ok(entries) = std::fs::read_dir(mounts) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a stale mount database");
+            }
+        }
+    }
 }
 
 /// Whether `path` is a mount point now.

@@ -199,7 +199,7 @@ pub struct ReadAhead {
 
 impl Default for ReadAhead {
     fn default() -> Self {
-        ReadAhead { blocks: 4 }
+        ReadAhead { blocks: 8 }
     }
 }
 
