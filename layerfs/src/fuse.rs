@@ -76,6 +76,8 @@ type Listing = Arc<Vec<(Vec<u8>, Ino)>>;
 pub struct SlayerFuse {
     fs: Arc<Rootfs>,
     dirs: Mutex<HashMap<u64, Listing>>,
+    /// Listings of a read-only mount's directories, by inode.
+    ro_listings: moka::sync::Cache<u64, Listing>,
     next_fh: AtomicU64,
 }
 
@@ -148,6 +150,10 @@ impl SlayerFuse {
         SlayerFuse {
             fs,
             dirs: Mutex::new(HashMap::new()),
+            ro_listings: moka::sync::Cache::builder()
+                .max_capacity(1 << 20)
+                .weigher(|_, l: &Listing| l.len().try_into().unwrap_or(u32::MAX))
+                .build(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -172,12 +178,26 @@ impl SlayerFuse {
         }
     }
 
-    fn listing(&self, fh: FileHandle) -> Option<Listing> {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
+    /// The listing a readdir continues: the one taken at opendir, or on a
+    /// read-only mount (no opendir, see there) the directory's own, which
+    /// never changes.
+    fn listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Listing, Errno> {
+        if fh.0 != 0 {
+            return self
+                .dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fh.0)
+                .cloned()
+                .ok_or(Errno::EBADF);
+        }
+        let dir = Ino(ino.0);
+        self.ro_listings
+            .try_get_with(ino.0, || self.fs.readdir(dir).map(Arc::new))
+            .map_err(|e| match Arc::try_unwrap(e) {
+                Ok(e) => errno("readdir", ino.0, e),
+                Err(shared) => Errno::from_i32(shared.errno()),
+            })
     }
 
     fn open_flags(&self) -> FopenFlags {
@@ -493,6 +513,12 @@ impl Filesystem for SlayerFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _span = tracing::debug_span!("opendir", ino = ino.0).entered();
+        if !self.fs.is_writable() {
+            // Directories of a read-only mount never change: the kernel may
+            // stop sending opendir/releasedir (two round trips per directory
+            // walked) and readdir serves the directory's own listing.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.readdir(Ino(ino.0)) {
             Ok(entries) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -500,12 +526,7 @@ impl Filesystem for SlayerFuse {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(fh, Arc::new(entries));
-                let flags = if self.fs.is_writable() {
-                    FopenFlags::empty()
-                } else {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                };
-                reply.opened(FileHandle(fh), flags);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno("opendir", ino.0, e)),
         }
@@ -520,8 +541,9 @@ impl Filesystem for SlayerFuse {
         mut reply: ReplyDirectory,
     ) {
         let _span = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
-        let Some(list) = self.listing(fh) else {
-            return reply.error(Errno::EBADF);
+        let list = match self.listing(ino, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         // Offsets: 1 is ".", 2 is "..", 2 + i + 1 follows entry i.
         let mut next = offset;
@@ -558,8 +580,9 @@ impl Filesystem for SlayerFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _span = tracing::debug_span!("readdirplus", ino = ino.0, offset).entered();
-        let Some(list) = self.listing(fh) else {
-            return reply.error(Errno::EBADF);
+        let list = match self.listing(ino, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         let mut next = offset;
         if next < 2 {
