@@ -269,3 +269,26 @@ pub fn mount_overlay(lowers: &[PathBuf], rw: Option<(&Path, &Path)>, mnt: &Path)
         .arg(mnt));
     Unmount(mnt.to_path_buf())
 }
+
+/// Asserts that two snapshots hold the same paths with the same entries,
+/// naming the paths only one side has and the first entry that differs.
+pub fn assert_same_trees(ours: &BTreeMap<Vec<u8>, Entry>, reference: &BTreeMap<Vec<u8>, Entry>) {
+    let show = |p: &Vec<u8>| String::from_utf8_lossy(p).into_owned();
+    let only_ours: Vec<String> = ours
+        .keys()
+        .filter(|p| !reference.contains_key(*p))
+        .map(show)
+        .collect();
+    let only_reference: Vec<String> = reference
+        .keys()
+        .filter(|p| !ours.contains_key(*p))
+        .map(show)
+        .collect();
+    assert!(
+        only_ours.is_empty() && only_reference.is_empty(),
+        "only ours: {only_ours:?}\nonly the reference: {only_reference:?}"
+    );
+    for (p, r) in reference {
+        assert_eq!(&ours[p], r, "{}", show(p));
+    }
+}

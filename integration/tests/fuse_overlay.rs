@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use common::{assert_ok, slayerfs};
 use slayerfs_integration::fixtures::{awkward_layers, layer_tar, write_image};
 use slayerfs_integration::mount::SlayerMount;
-use slayerfs_integration::tree::{extract_for_overlay, mount_overlay, snapshot, Entry};
+use slayerfs_integration::tree::{
+    assert_same_trees, extract_for_overlay, mount_overlay, snapshot, Entry,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -239,27 +241,6 @@ fn without_mtimes(t: BTreeMap<Vec<u8>, Entry>, all: bool) -> BTreeMap<Vec<u8>, E
         .collect()
 }
 
-fn assert_same(ours: &BTreeMap<Vec<u8>, Entry>, kernel: &BTreeMap<Vec<u8>, Entry>) {
-    let show = |p: &Vec<u8>| String::from_utf8_lossy(p).into_owned();
-    let only_ours: Vec<String> = ours
-        .keys()
-        .filter(|p| !kernel.contains_key(*p))
-        .map(show)
-        .collect();
-    let only_kernel: Vec<String> = kernel
-        .keys()
-        .filter(|p| !ours.contains_key(*p))
-        .map(show)
-        .collect();
-    assert!(
-        only_ours.is_empty() && only_kernel.is_empty(),
-        "only ours: {only_ours:?}\nonly kernel: {only_kernel:?}"
-    );
-    for (p, k) in kernel {
-        assert_eq!(&ours[p], k, "{}", show(p));
-    }
-}
-
 #[test]
 fn read_only_mount_equals_kernel_overlayfs() {
     let fx = fixture();
@@ -268,7 +249,7 @@ fn read_only_mount_equals_kernel_overlayfs() {
     let ours = without_mtimes(without_root(snapshot(&mnt)), false);
     let _k = mount_overlay(&fx.lowers, None, &fx.root.join("kernel"));
     let kernel = without_mtimes(without_root(snapshot(&fx.root.join("kernel"))), false);
-    assert_same(&ours, &kernel);
+    assert_same_trees(&ours, &kernel);
     assert!(kernel.len() > 30, "{} entries compared", kernel.len());
     // File mtimes were compared, including ns and one before 1970.
     assert_eq!(ours[&b"/old-mtime".to_vec()].mtime, Some((-1, 500_000_000)));
@@ -321,7 +302,7 @@ fn the_same_changes_give_the_same_answers_and_tree_as_overlayfs() {
     assert!(failures >= 12, "the script checks errors too ({failures})");
     let ours = without_mtimes(without_root(snapshot(&mnt)), true);
     let kernel = without_mtimes(without_root(snapshot(&kmnt)), true);
-    assert_same(&ours, &kernel);
+    assert_same_trees(&ours, &kernel);
 
     // Spot checks of what the script did.
     let big = std::fs::read(mnt.join("data/big")).unwrap();
@@ -344,6 +325,6 @@ fn the_same_changes_give_the_same_answers_and_tree_as_overlayfs() {
     m.unmount().unwrap();
     let m = SlayerMount::start(&fx.image, &mnt, &fx.store, &state, &args).unwrap();
     let again = without_mtimes(without_root(snapshot(&mnt)), true);
-    assert_same(&again, &kernel);
+    assert_same_trees(&again, &kernel);
     m.unmount().unwrap();
 }

@@ -11,7 +11,7 @@ use common::convert_and_load;
 use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, LocalStore};
 use slayerfs_integration::fixtures::{awkward_layers, compress, layer_tar};
 use slayerfs_integration::tree::{
-    extract_for_overlay, mount_overlay, sha, snapshot, with_link_groups, Entry,
+    assert_same_trees, extract_for_overlay, mount_overlay, sha, snapshot, with_link_groups, Entry,
 };
 use slayerfs_layerfs::db::LayerDb;
 use slayerfs_layerfs::merge::MergedView;
@@ -128,24 +128,7 @@ async fn merged_view_equals_kernel_overlayfs() {
     let mut ours = ours;
     ours.remove(&Vec::new());
 
-    let show = |p: &Vec<u8>| String::from_utf8_lossy(p).into_owned();
-    let only_ours: Vec<String> = ours
-        .keys()
-        .filter(|p| !kernel.contains_key(*p))
-        .map(show)
-        .collect();
-    let only_kernel: Vec<String> = kernel
-        .keys()
-        .filter(|p| !ours.contains_key(*p))
-        .map(show)
-        .collect();
-    assert!(
-        only_ours.is_empty() && only_kernel.is_empty(),
-        "only ours: {only_ours:?}\nonly kernel: {only_kernel:?}"
-    );
-    for (p, k) in &kernel {
-        assert_eq!(&ours[p], k, "{}", show(p));
-    }
+    assert_same_trees(&ours, &kernel);
     assert!(
         kernel.len() > 30,
         "the comparison covered {} entries",

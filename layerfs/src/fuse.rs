@@ -200,6 +200,48 @@ impl SlayerFuse {
             })
     }
 
+    /// Hands the entries of a directory from `offset` on to `add` (with
+    /// the offset of the entry after each) until `add` says the reply is
+    /// full. Offsets: 1 is ".", 2 is "..", 3 + i follows entry i.
+    fn walk_listing(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut add: impl FnMut(INodeNo, u64, &OsStr, &Attr) -> bool,
+    ) -> Result<(), Errno> {
+        let list = self.listing(ino, fh)?;
+        let mut next = offset;
+        if next < 2 {
+            let dir = self
+                .fs
+                .getattr(Ino(ino.0))
+                .map_err(|e| errno("readdir", ino.0, e))?;
+            while next < 2 {
+                let name = if next == 0 { "." } else { ".." };
+                if add(ino, next + 1, OsStr::new(name), &dir) {
+                    return Ok(());
+                }
+                next += 1;
+            }
+        }
+        for (i, (name, child)) in list.iter().enumerate().skip((next - 2) as usize) {
+            let attr = self
+                .fs
+                .getattr(*child)
+                .map_err(|e| errno("readdir", ino.0, e))?;
+            if add(
+                INodeNo(child.0),
+                3 + i as u64,
+                OsStr::from_bytes(name),
+                &attr,
+            ) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn open_flags(&self) -> FopenFlags {
         FopenFlags::FOPEN_KEEP_CACHE
     }
@@ -541,34 +583,13 @@ impl Filesystem for SlayerFuse {
         mut reply: ReplyDirectory,
     ) {
         let _span = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
-        let list = match self.listing(ino, fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        // Offsets: 1 is ".", 2 is "..", 2 + i + 1 follows entry i.
-        let mut next = offset;
-        while next < 2 {
-            let name = if next == 0 { "." } else { ".." };
-            if reply.add(ino, next + 1, FileType::Directory, name) {
-                return reply.ok();
-            }
-            next += 1;
+        let r = self.walk_listing(ino, fh, offset, |child, next, name, attr| {
+            reply.add(child, next, file_type(attr.kind()), name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        for (i, (name, child)) in list.iter().enumerate().skip((next - 2) as usize) {
-            let kind = match self.fs.getattr(*child) {
-                Ok(a) => file_type(a.kind()),
-                Err(e) => return reply.error(errno("readdir", ino.0, e)),
-            };
-            if reply.add(
-                INodeNo(child.0),
-                3 + i as u64,
-                kind,
-                OsStr::from_bytes(name),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -580,41 +601,13 @@ impl Filesystem for SlayerFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _span = tracing::debug_span!("readdirplus", ino = ino.0, offset).entered();
-        let list = match self.listing(ino, fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        let mut next = offset;
-        if next < 2 {
-            let dir = match self.fs.getattr(Ino(ino.0)) {
-                Ok(a) => file_attr(&a),
-                Err(e) => return reply.error(errno("readdirplus", ino.0, e)),
-            };
-            while next < 2 {
-                let name = if next == 0 { "." } else { ".." };
-                if reply.add(ino, next + 1, name, &TTL, &dir, Generation(0)) {
-                    return reply.ok();
-                }
-                next += 1;
-            }
+        let r = self.walk_listing(ino, fh, offset, |child, next, name, attr| {
+            reply.add(child, next, name, &TTL, &file_attr(attr), Generation(0))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        for (i, (name, child)) in list.iter().enumerate().skip((next - 2) as usize) {
-            let attr = match self.fs.getattr(*child) {
-                Ok(a) => file_attr(&a),
-                Err(e) => return reply.error(errno("readdirplus", ino.0, e)),
-            };
-            if reply.add(
-                INodeNo(child.0),
-                3 + i as u64,
-                OsStr::from_bytes(name),
-                &TTL,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn releasedir(
