@@ -195,6 +195,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
                 'c'
             } else if ft.is_block_device() {
                 'b'
+            } else if ft.is_socket() {
+                's'
             } else {
                 'p'
             }

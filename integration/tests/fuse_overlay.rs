@@ -40,6 +40,8 @@ enum Op {
     RemoveXattr(&'static str, &'static str),
     Mknod(&'static str, u32, u32, u32),
     Open(&'static str),
+    /// Binds a unix socket there (and closes it: the name stays).
+    Bind(&'static str),
 }
 
 fn cpath(root: &Path, rel: &str) -> CString {
@@ -115,6 +117,7 @@ fn apply(root: &Path, op: &Op) -> Result<(), i32> {
             })
         }
         Op::Open(rel) => io(std::fs::File::open(p(rel)).map(drop)),
+        Op::Bind(rel) => io(std::os::unix::net::UnixListener::bind(p(rel)).map(drop)),
     }
 }
 
@@ -174,6 +177,10 @@ fn script() -> Vec<Op> {
         Mknod("fifo2", libc::S_IFIFO | 0o640, 0, 0),
         Mknod("chr", libc::S_IFCHR | 0o600, 1, 5),
         Mknod("blk", libc::S_IFBLK | 0o600, 8, 1),
+        Bind("tmp/app.sock"),
+        Bind("tmp/app.sock"),
+        Unlink("tmp/app.sock"),
+        Bind("run.sock"),
     ]
 }
 

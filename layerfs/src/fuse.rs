@@ -88,6 +88,7 @@ fn file_type(kind: InodeKind) -> FileType {
         InodeKind::CharDevice => FileType::CharDevice,
         InodeKind::BlockDevice => FileType::BlockDevice,
         InodeKind::Fifo => FileType::NamedPipe,
+        InodeKind::Socket => FileType::Socket,
         InodeKind::Regular | InodeKind::Unspecified => FileType::RegularFile,
     }
 }
@@ -350,8 +351,8 @@ impl Filesystem for SlayerFuse {
             libc::S_IFCHR => InodeKind::CharDevice,
             libc::S_IFBLK => InodeKind::BlockDevice,
             libc::S_IFIFO => InodeKind::Fifo,
-            // Sockets have no place in an OCI layer.
-            _ => return reply.error(Errno::EOPNOTSUPP),
+            libc::S_IFSOCK => InodeKind::Socket,
+            _ => return reply.error(Errno::EINVAL),
         };
         let node = self.new_node(req, kind, mode & !umask, decode_dev(rdev), Vec::new());
         self.reply_entry(

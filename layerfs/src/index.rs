@@ -236,6 +236,9 @@ fn validate_inode(index: &LayerIndex, ino: u64, inode: &Inode) -> Result<(), Ind
     if kind == InodeKind::Unspecified {
         return Err(bad("kind is unspecified".into()));
     }
+    if kind == InodeKind::Socket {
+        return Err(bad("a socket cannot be part of a layer".into()));
+    }
     if inode.mode & !0o7777 != 0 {
         return Err(bad(format!("mode {:o} has bits outside 07777", inode.mode)));
     }

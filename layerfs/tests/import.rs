@@ -459,4 +459,19 @@ fn fuzzed_indexes_are_errors_not_panics() {
     );
     assert!(decode_index(b"garbage").is_err());
     assert!(decode_index(&conv.blob[..conv.blob.len() - 3]).is_err());
+
+    // A socket (upper layers only) is not a layer's.
+    let mut index = decode_index(&conv.blob).unwrap();
+    let file = index
+        .inodes
+        .iter()
+        .position(|i| i.kind == slayerfs_proto::index::InodeKind::Regular as i32)
+        .unwrap();
+    index.inodes[file].kind = slayerfs_proto::index::InodeKind::Socket as i32;
+    index.inodes[file].size = 0;
+    index.inodes[file].slices.clear();
+    let blob =
+        zstd::encode_all(slayerfs_proto::Message::encode_to_vec(&index).as_slice(), 1).unwrap();
+    let err = decode_index(&blob).unwrap_err().to_string();
+    assert!(err.contains("socket"), "{err}");
 }

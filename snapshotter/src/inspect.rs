@@ -102,6 +102,7 @@ fn type_char(kind: i32) -> char {
         Some(InodeKind::CharDevice) => 'c',
         Some(InodeKind::BlockDevice) => 'b',
         Some(InodeKind::Fifo) => 'p',
+        Some(InodeKind::Socket) => 's',
         _ => '?',
     }
 }
