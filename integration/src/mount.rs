@@ -78,10 +78,6 @@ impl SlayerMount {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// What the mount process logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -262,10 +262,6 @@ impl Rootfs {
         self.upper.as_ref()
     }
 
-    pub fn cache(&self) -> &Arc<BlockCache> {
-        &self.cache
-    }
-
     fn lower_attr(&self, ino: Ino) -> Result<Attr, FsError> {
         if ino.0 == 0 || ino.0 > self.lower.inode_count() {
             return Err(FsError::NotFound);

@@ -1,270 +1,23 @@
-//! The FUSE protocol over a [`Rootfs`], with `fuser` (no libfuse).
-//!
-//! Inode numbers are the rootfs's own, stable for the life of the upper
-//! layer. The kernel may keep entries, attributes and file pages for long:
-//! this process is the only writer, and every change it makes passes through
-//! the kernel, which updates its caches from our replies.
+//! The FUSE operations, each a call into the rootfs and a reply.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, SessionACL, TimeOrNow,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use slayerfs_proto::index::InodeKind;
 
+use super::attr::{decode_dev, file_attr, file_type, time_or_now};
+use super::{errno, SlayerFuse, FILE_OPEN_FLAGS, MAX_IO, TTL};
 use crate::geometry::Ino;
-use crate::rootfs::{Attr, FsError, NewNode, Rootfs, SetAttr, Time};
-
-/// How long the kernel may trust what we tell it.
-const TTL: Duration = Duration::from_secs(24 * 3600);
-const MAX_IO: u32 = 1 << 20;
-
-/// Options of a mount.
-#[derive(Debug, Clone)]
-pub struct MountOptions {
-    /// Worker threads answering the kernel.
-    pub threads: usize,
-    /// Shown as the source in the mount table.
-    pub fs_name: String,
-}
-
-impl Default for MountOptions {
-    fn default() -> Self {
-        MountOptions {
-            threads: 4,
-            fs_name: "slayerfs".into(),
-        }
-    }
-}
-
-/// The session configuration of a mount: any uid may use it, permissions
-/// are checked by the kernel, device nodes and setuid binaries work.
-pub fn session_config(writable: bool, opts: &MountOptions) -> fuser::Config {
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(opts.fs_name.clone()),
-        MountOption::Subtype("slayerfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
-        if writable {
-            MountOption::RW
-        } else {
-            MountOption::RO
-        },
-    ];
-    config.acl = SessionACL::All;
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = true;
-    config
-}
-
-/// A directory listing taken at opendir, so readdir can resume at any
-/// offset while the directory changes.
-type Listing = Arc<Vec<(Vec<u8>, Ino)>>;
-
-/// The FUSE side of a mount.
-pub struct SlayerFuse {
-    fs: Arc<Rootfs>,
-    dirs: Mutex<HashMap<u64, Listing>>,
-    /// Listings of a read-only mount's directories, by inode.
-    ro_listings: moka::sync::Cache<u64, Listing>,
-    next_fh: AtomicU64,
-}
-
-fn file_type(kind: InodeKind) -> FileType {
-    match kind {
-        InodeKind::Directory => FileType::Directory,
-        InodeKind::Symlink => FileType::Symlink,
-        InodeKind::CharDevice => FileType::CharDevice,
-        InodeKind::BlockDevice => FileType::BlockDevice,
-        InodeKind::Fifo => FileType::NamedPipe,
-        InodeKind::Socket => FileType::Socket,
-        InodeKind::Regular | InodeKind::Unspecified => FileType::RegularFile,
-    }
-}
-
-fn system_time(t: Time) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec.into())
-    }
-}
-
-/// The kernel's 32-bit device number encoding (`new_encode_dev`).
-fn encode_dev(major: u32, minor: u32) -> u32 {
-    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
-}
-
-fn decode_dev(dev: u32) -> (u32, u32) {
-    ((dev & 0xfff00) >> 8, (dev & 0xff) | ((dev >> 12) & 0xfff00))
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    let mtime = system_time(a.mtime());
-    FileAttr {
-        ino: INodeNo(a.ino.0),
-        size: a.inode.size,
-        blocks: a.inode.size.div_ceil(512),
-        atime: system_time(a.atime),
-        mtime,
-        ctime: system_time(a.ctime),
-        crtime: mtime,
-        kind: file_type(a.kind()),
-        perm: (a.inode.mode & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.inode.uid,
-        gid: a.inode.gid,
-        rdev: encode_dev(a.inode.rdev_major, a.inode.rdev_minor),
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-fn time_or_now(t: TimeOrNow) -> Time {
-    match t {
-        TimeOrNow::SpecificTime(t) => Time::from(t),
-        TimeOrNow::Now => Time::now(),
-    }
-}
-
-/// The errno of a failure; faults of our state or of the store are logged.
-fn errno(op: &'static str, ino: u64, e: FsError) -> Errno {
-    if e.is_fault() {
-        tracing::error!(op, ino, error = %e, "filesystem operation failed");
-    }
-    Errno::from_i32(e.errno())
-}
-
-impl SlayerFuse {
-    pub fn new(fs: Arc<Rootfs>) -> Self {
-        SlayerFuse {
-            fs,
-            dirs: Mutex::new(HashMap::new()),
-            ro_listings: moka::sync::Cache::builder()
-                .max_capacity(1 << 20)
-                .weigher(|_, l: &Listing| l.len().try_into().unwrap_or(u32::MAX))
-                .build(),
-            next_fh: AtomicU64::new(1),
-        }
-    }
-
-    fn reply_entry(
-        &self,
-        op: &'static str,
-        parent: u64,
-        r: Result<Attr, FsError>,
-        reply: ReplyEntry,
-    ) {
-        match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(op, parent, e)),
-        }
-    }
-
-    fn reply_empty(&self, op: &'static str, ino: u64, r: Result<(), FsError>, reply: ReplyEmpty) {
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(op, ino, e)),
-        }
-    }
-
-    /// The listing a readdir continues: the one taken at opendir, or on a
-    /// read-only mount (no opendir, see there) the directory's own, which
-    /// never changes.
-    fn listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Listing, Errno> {
-        if fh.0 != 0 {
-            return self
-                .dirs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&fh.0)
-                .cloned()
-                .ok_or(Errno::EBADF);
-        }
-        let dir = Ino(ino.0);
-        self.ro_listings
-            .try_get_with(ino.0, || self.fs.readdir(dir).map(Arc::new))
-            .map_err(|e| match Arc::try_unwrap(e) {
-                Ok(e) => errno("readdir", ino.0, e),
-                Err(shared) => Errno::from_i32(shared.errno()),
-            })
-    }
-
-    /// Hands the entries of a directory from `offset` on to `add` (with
-    /// the offset of the entry after each) until `add` says the reply is
-    /// full. Offsets: 1 is ".", 2 is "..", 3 + i follows entry i.
-    fn walk_listing(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut add: impl FnMut(INodeNo, u64, &OsStr, &Attr) -> bool,
-    ) -> Result<(), Errno> {
-        let list = self.listing(ino, fh)?;
-        let mut next = offset;
-        if next < 2 {
-            let dir = self
-                .fs
-                .getattr(Ino(ino.0))
-                .map_err(|e| errno("readdir", ino.0, e))?;
-            while next < 2 {
-                let name = if next == 0 { "." } else { ".." };
-                if add(ino, next + 1, OsStr::new(name), &dir) {
-                    return Ok(());
-                }
-                next += 1;
-            }
-        }
-        for (i, (name, child)) in list.iter().enumerate().skip((next - 2) as usize) {
-            let attr = self
-                .fs
-                .getattr(*child)
-                .map_err(|e| errno("readdir", ino.0, e))?;
-            if add(
-                INodeNo(child.0),
-                3 + i as u64,
-                OsStr::from_bytes(name),
-                &attr,
-            ) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn open_flags(&self) -> FopenFlags {
-        FopenFlags::FOPEN_KEEP_CACHE
-    }
-
-    fn new_node(
-        &self,
-        req: &Request,
-        kind: InodeKind,
-        mode: u32,
-        rdev: (u32, u32),
-        target: Vec<u8>,
-    ) -> NewNode {
-        NewNode {
-            kind,
-            mode,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev,
-            symlink_target: target,
-        }
-    }
-}
+use crate::rootfs::SetAttr;
 
 impl Filesystem for SlayerFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -475,7 +228,7 @@ impl Filesystem for SlayerFuse {
             Ok(a) if a.is_dir() => reply.error(Errno::EISDIR),
             Ok(_) => {
                 self.fs.opened(Ino(ino.0));
-                reply.opened(FileHandle(0), self.open_flags());
+                reply.opened(FileHandle(0), FILE_OPEN_FLAGS);
             }
             Err(e) => reply.error(errno("open", ino.0, e)),
         }
@@ -731,7 +484,7 @@ impl Filesystem for SlayerFuse {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(0),
-                    self.open_flags(),
+                    FILE_OPEN_FLAGS,
                 );
             }
             Err(e) => reply.error(errno("create", parent.0, e)),
