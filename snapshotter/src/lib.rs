@@ -16,3 +16,4 @@ pub mod inspect;
 pub mod mount;
 pub mod oci_layout;
 pub mod progress;
+pub mod records;

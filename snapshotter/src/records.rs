@@ -1,0 +1,428 @@
+//! containerd snapshot records in sled: key, kind, parent, labels, times,
+//! with the rules containerd's snapshots API sets for them — a parent must
+//! exist and be committed, keys are unique, only an active snapshot can be
+//! committed, a snapshot with children cannot be removed, labels have a
+//! size limit. Each change is one sled transaction over the records and the
+//! parent→children index, flushed before it returns, so concurrent clients
+//! and a crash never leave half a change.
+//!
+//! It knows nothing of mounts or layers; the snapshot service decides what
+//! a record's state means on disk.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use slayerfs_proto::store::{SnapshotKind, SnapshotRecord};
+use slayerfs_proto::Message;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::Transactional;
+
+/// containerd's limit on one label: key and value together.
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("snapshot {0}: not found")]
+    NotFound(String),
+    #[error("snapshot {0}: already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("snapshot records: {0}")]
+    Store(#[from] sled::Error),
+    #[error("corrupt snapshot record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A snapshot as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub key: String,
+    pub id: u64,
+    pub kind: SnapshotKind,
+    pub parent: String,
+    pub labels: BTreeMap<String, String>,
+    pub created: SystemTime,
+    pub updated: SystemTime,
+}
+
+fn to_parts(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(_) => (0, 0),
+    }
+}
+
+fn from_parts(sec: i64, nsec: u32) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::new(sec.max(0) as u64, nsec.min(999_999_999))
+}
+
+impl Snapshot {
+    fn from_record(key: String, rec: SnapshotRecord) -> Result<Self, RecordError> {
+        let kind = SnapshotKind::from_i32(rec.kind)
+            .filter(|k| *k != SnapshotKind::Unspecified)
+            .ok_or_else(|| RecordError::Corrupt {
+                key: key.clone(),
+                reason: format!("kind {}", rec.kind),
+            })?;
+        Ok(Snapshot {
+            key,
+            id: rec.id,
+            kind,
+            parent: rec.parent,
+            labels: rec.labels,
+            created: from_parts(rec.created_sec, rec.created_nsec),
+            updated: from_parts(rec.updated_sec, rec.updated_nsec),
+        })
+    }
+
+    fn record(&self) -> SnapshotRecord {
+        let (created_sec, created_nsec) = to_parts(self.created);
+        let (updated_sec, updated_nsec) = to_parts(self.updated);
+        SnapshotRecord {
+            id: self.id,
+            kind: self.kind as i32,
+            parent: self.parent.clone(),
+            labels: self.labels.clone(),
+            created_sec,
+            created_nsec,
+            updated_sec,
+            updated_nsec,
+        }
+    }
+}
+
+/// Checks labels against containerd's rules.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), RecordError> {
+    for (k, v) in labels {
+        if k.is_empty() {
+            return Err(RecordError::InvalidArgument(
+                "label key must not be empty".into(),
+            ));
+        }
+        if k.len() + v.len() > MAX_LABEL_BYTES {
+            return Err(RecordError::InvalidArgument(format!(
+                "label key and value of {} ({} bytes) over the {MAX_LABEL_BYTES}-byte limit",
+                k.chars().take(64).collect::<String>(),
+                k.len() + v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_key(key: &str) -> Result<(), RecordError> {
+    if key.is_empty() {
+        return Err(RecordError::InvalidArgument(
+            "snapshot key must not be empty".into(),
+        ));
+    }
+    if key.contains('\0') {
+        return Err(RecordError::InvalidArgument(
+            "snapshot key must not contain NUL".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn child_key(parent: &str, child: &str) -> Vec<u8> {
+    let mut k = parent.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(child.as_bytes());
+    k
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<RecordError>>;
+
+fn abort<T>(e: RecordError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_get(tree: &TransactionalTree, key: &str) -> TxResult<Option<Snapshot>> {
+    match tree.get(key.as_bytes())? {
+        None => Ok(None),
+        Some(bytes) => match SnapshotRecord::decode(bytes.as_ref()) {
+            Ok(rec) => match Snapshot::from_record(key.to_string(), rec) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => abort(e),
+            },
+            Err(e) => abort(RecordError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            }),
+        },
+    }
+}
+
+fn tx_has_children(
+    children: &TransactionalTree,
+    key: &str,
+) -> Result<bool, UnabortableTransactionError> {
+    // Transactional trees have no range scan; the children index is read
+    // through a marker kept per parent: the count of children.
+    Ok(children
+        .get(count_key(key))?
+        .is_some_and(|v| v.as_ref() != 0u64.to_be_bytes()))
+}
+
+fn count_key(parent: &str) -> Vec<u8> {
+    let mut k = vec![0xff];
+    k.extend_from_slice(parent.as_bytes());
+    k
+}
+
+fn tx_add_child(
+    children: &TransactionalTree,
+    parent: &str,
+    child: &str,
+    delta: i64,
+) -> TxResult<()> {
+    if parent.is_empty() {
+        return Ok(());
+    }
+    let n = children
+        .get(count_key(parent))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let n = n.saturating_add_signed(delta);
+    if delta > 0 {
+        children.insert(child_key(parent, child), &[][..])?;
+    } else {
+        children.remove(child_key(parent, child))?;
+    }
+    if n == 0 {
+        children.remove(count_key(parent))?;
+    } else {
+        children.insert(count_key(parent), &n.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+fn unwrap_tx<T>(r: Result<T, TransactionError<RecordError>>) -> Result<T, RecordError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => RecordError::Store(e),
+    })
+}
+
+/// The snapshot records of one daemon.
+#[derive(Clone)]
+pub struct Records {
+    db: sled::Db,
+    snapshots: sled::Tree,
+    children: sled::Tree,
+}
+
+impl Records {
+    pub fn open(db: &sled::Db) -> Result<Self, RecordError> {
+        Ok(Records {
+            snapshots: db.open_tree("snapshots")?,
+            children: db.open_tree("snapshot_children")?,
+            db: db.clone(),
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Result<Snapshot, RecordError> {
+        let bytes = self
+            .snapshots
+            .get(key.as_bytes())?
+            .ok_or_else(|| RecordError::NotFound(key.to_string()))?;
+        let rec = SnapshotRecord::decode(bytes.as_ref()).map_err(|e| RecordError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        Snapshot::from_record(key.to_string(), rec)
+    }
+
+    /// Creates an active or view snapshot of `parent` (empty: none).
+    pub fn create(
+        &self,
+        key: &str,
+        parent: &str,
+        kind: SnapshotKind,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Snapshot, RecordError> {
+        check_key(key)?;
+        validate_labels(&labels)?;
+        if !matches!(kind, SnapshotKind::Active | SnapshotKind::View) {
+            return Err(RecordError::InvalidArgument(format!(
+                "snapshot {key}: only active and view snapshots are created"
+            )));
+        }
+        let id = self.db.generate_id()? + 1;
+        let now = SystemTime::now();
+        let snap = Snapshot {
+            key: key.to_string(),
+            id,
+            kind,
+            parent: parent.to_string(),
+            labels,
+            created: now,
+            updated: now,
+        };
+        let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
+            if tx_get(s, key)?.is_some() {
+                return abort(RecordError::AlreadyExists(key.to_string()));
+            }
+            if !parent.is_empty() {
+                match tx_get(s, parent)? {
+                    None => {
+                        return abort(RecordError::NotFound(format!(
+                            "{parent} (the parent of {key})"
+                        )))
+                    }
+                    Some(p) if p.kind != SnapshotKind::Committed => {
+                        return abort(RecordError::FailedPrecondition(format!(
+                            "parent {parent} of {key} is not committed"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            s.insert(key.as_bytes(), snap.record().encode_to_vec())?;
+            tx_add_child(c, parent, key, 1)?;
+            Ok(())
+        });
+        unwrap_tx(r)?;
+        self.db.flush()?;
+        Ok(snap)
+    }
+
+    /// Commits active snapshot `key` as `name`; the record keeps its id
+    /// (its state becomes the committed snapshot's).
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Snapshot, RecordError> {
+        check_key(name)?;
+        validate_labels(&labels)?;
+        let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
+            let Some(active) = tx_get(s, key)? else {
+                return abort(RecordError::NotFound(key.to_string()));
+            };
+            if active.kind != SnapshotKind::Active {
+                return abort(RecordError::FailedPrecondition(format!(
+                    "snapshot {key} is not active: only an active snapshot can be committed"
+                )));
+            }
+            if tx_get(s, name)?.is_some() {
+                return abort(RecordError::AlreadyExists(name.to_string()));
+            }
+            let now = SystemTime::now();
+            let committed = Snapshot {
+                key: name.to_string(),
+                kind: SnapshotKind::Committed,
+                labels: labels.clone(),
+                updated: now,
+                ..active.clone()
+            };
+            s.remove(key.as_bytes())?;
+            s.insert(name.as_bytes(), committed.record().encode_to_vec())?;
+            tx_add_child(c, &active.parent, key, -1)?;
+            tx_add_child(c, &active.parent, name, 1)?;
+            Ok(committed)
+        });
+        let committed = unwrap_tx(r)?;
+        self.db.flush()?;
+        Ok(committed)
+    }
+
+    /// Removes snapshot `key`, which must have no children.
+    pub fn remove(&self, key: &str) -> Result<Snapshot, RecordError> {
+        let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
+            let Some(snap) = tx_get(s, key)? else {
+                return abort(RecordError::NotFound(key.to_string()));
+            };
+            if tx_has_children(c, key)? {
+                return abort(RecordError::FailedPrecondition(format!(
+                    "snapshot {key} has children; remove them first"
+                )));
+            }
+            s.remove(key.as_bytes())?;
+            tx_add_child(c, &snap.parent, key, -1)?;
+            Ok(snap)
+        });
+        let removed = unwrap_tx(r)?;
+        self.db.flush()?;
+        Ok(removed)
+    }
+
+    /// Updates labels as containerd's Update does: no field paths replaces
+    /// all labels; `labels` replaces all labels; `labels.KEY` sets or (with
+    /// no value in `labels`) removes one. Other fields cannot change.
+    pub fn update(
+        &self,
+        key: &str,
+        labels: &BTreeMap<String, String>,
+        fieldpaths: &[String],
+    ) -> Result<Snapshot, RecordError> {
+        for p in fieldpaths {
+            if p != "labels" && !p.starts_with("labels.") {
+                return Err(RecordError::InvalidArgument(format!(
+                    "cannot update field {p} of snapshot {key}: only labels change"
+                )));
+            }
+        }
+        let r = self.snapshots.transaction(|s| {
+            let Some(mut snap) = tx_get(s, key)? else {
+                return abort(RecordError::NotFound(key.to_string()));
+            };
+            if fieldpaths.is_empty() || fieldpaths.iter().any(|p| p == "labels") {
+                snap.labels = labels.clone();
+            } else {
+                for p in fieldpaths {
+                    let name = &p["labels.".len()..];
+                    match labels.get(name) {
+                        Some(v) => snap.labels.insert(name.to_string(), v.clone()),
+                        None => snap.labels.remove(name),
+                    };
+                }
+            }
+            if let Err(e) = validate_labels(&snap.labels) {
+                return abort(e);
+            }
+            snap.updated = SystemTime::now();
+            s.insert(key.as_bytes(), snap.record().encode_to_vec())?;
+            Ok(snap)
+        });
+        let updated = unwrap_tx(r)?;
+        self.db.flush()?;
+        Ok(updated)
+    }
+
+    /// Every snapshot, in key order.
+    pub fn all(&self) -> Result<Vec<Snapshot>, RecordError> {
+        self.snapshots
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let rec = SnapshotRecord::decode(v.as_ref()).map_err(|e| RecordError::Corrupt {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+                Snapshot::from_record(key, rec)
+            })
+            .collect()
+    }
+
+    /// The keys of a snapshot's children.
+    pub fn children(&self, key: &str) -> Result<Vec<String>, RecordError> {
+        let mut prefix = key.as_bytes().to_vec();
+        prefix.push(0);
+        self.children
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
