@@ -13,12 +13,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use common::{assert_ok, slayerfs};
-use slayerfs_integration::fixtures::{awkward_layers, layer_tar, write_image};
+use slayerfs_chunkstore::{BlockStore, LocalStore};
+use slayerfs_config::Config;
+use slayerfs_integration::fixtures::{
+    awkward_layers, compress, layer_tar, write_image, write_image_blobs, Compression,
+};
 use slayerfs_integration::mount::SlayerMount;
 use slayerfs_integration::tree::{
     assert_same_trees, extract_for_overlay, mount_overlay, snapshot, Entry,
 };
+use slayerfs_snapshotter::image_ref::ImageRef;
+use slayerfs_snapshotter::inspect::ConvertedImage;
+use slayerfs_snapshotter::mount::image_rootfs;
 
 const MIB: u64 = 1 << 20;
 
@@ -334,4 +343,53 @@ fn the_same_changes_give_the_same_answers_and_tree_as_overlayfs() {
     let again = without_mtimes(without_root(snapshot(&mnt)), true);
     assert_same_trees(&again, &kernel);
     m.unmount().unwrap();
+
+    // The upper written out as an OCI layer: the image's layers plus that
+    // one, converted and mounted read-only, show the same tree again.
+    let diff = upper_as_layer(&fx, &upper);
+    let mut blobs: Vec<(Vec<u8>, Compression)> = awkward_layers()
+        .iter()
+        .map(|l| (compress(&layer_tar(l), l.compression), l.compression))
+        .collect();
+    blobs.push((diff, Compression::None));
+    write_image_blobs(&fx.root.join("src"), "with-diff", &blobs).unwrap();
+    let stacked = oci(&fx.root.join("conv"), "with-diff");
+    assert_ok(&slayerfs(
+        &[
+            "convert",
+            "-q",
+            &oci(&fx.root.join("src"), "with-diff"),
+            &stacked,
+            "--store",
+            &fx.store,
+        ],
+        &[],
+    ));
+    let m = SlayerMount::start(&stacked, &fx.root.join("stacked"), &fx.store, &state, &[]).unwrap();
+    let stacked_tree = without_mtimes(without_root(snapshot(&m.mountpoint)), true);
+    // A socket cannot be part of a layer (tar leaves sockets out too).
+    let mut expected = kernel.clone();
+    assert_eq!(
+        expected.remove(b"/run.sock".as_slice()).map(|e| e.kind),
+        Some('s')
+    );
+    assert_same_trees(&stacked_tree, &expected);
+    m.unmount().unwrap();
+}
+
+/// The tar of an upper layer's changes, through the same code a commit uses.
+fn upper_as_layer(fx: &Fixture, upper: &Path) -> Vec<u8> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let image = ConvertedImage::open(&ImageRef::parse(&fx.image).unwrap()).unwrap();
+    let config = Config::from_toml(&format!(
+        "state_dir = {:?}",
+        fx.root.join("state").display().to_string()
+    ))
+    .unwrap();
+    let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(Path::new(&fx.store)).unwrap());
+    let rootfs = image_rootfs(&image, store, &config, Some(upper), rt.handle().clone()).unwrap();
+    let mut tar = Vec::new();
+    let stats = rootfs.write_diff(&mut tar).unwrap();
+    assert!(stats.entries > 10 && stats.whiteouts > 3, "{stats:?}");
+    tar
 }

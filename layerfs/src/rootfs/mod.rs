@@ -12,6 +12,7 @@
 //! This module decides what operations mean; [`crate::fuse`] speaks the
 //! FUSE protocol on top of it.
 
+mod diff;
 mod mutate;
 mod write;
 
@@ -30,6 +31,7 @@ use crate::merge::MergedView;
 use crate::read::{read_range_shared, resolve, Backing, ReadBytes, ReadError, SliceView, Source};
 use crate::upper::{Upper, UpperError};
 
+pub use diff::DiffStats;
 pub use mutate::{NewNode, SetAttr};
 
 /// Why an operation failed; [`FsError::errno`] is what the caller sees.
