@@ -117,6 +117,23 @@ impl Upper {
         })
     }
 
+    /// Removes every record of upper `id` from `db` (its data directory is
+    /// its owner's to remove).
+    pub fn destroy(db: &sled::Db, id: UpperId) -> Result<(), UpperError> {
+        let prefix = id.0.to_be_bytes();
+        for name in ["upper_inodes", "upper_dentries", "upper_slices"] {
+            let tree = db.open_tree(name)?;
+            let mut batch = sled::Batch::default();
+            for k in tree.scan_prefix(prefix).keys() {
+                batch.remove(k?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        db.open_tree("upper_meta")?.remove(prefix)?;
+        db.flush()?;
+        Ok(())
+    }
+
     fn key(&self, ino: Ino) -> [u8; 16] {
         let mut k = [0u8; 16];
         k[..8].copy_from_slice(&self.id.0.to_be_bytes());

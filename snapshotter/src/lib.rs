@@ -11,9 +11,11 @@
 //! that is `chunkstore` and `layerfs`.
 
 pub mod convert;
+pub mod filters;
 pub mod image_ref;
 pub mod inspect;
 pub mod mount;
 pub mod oci_layout;
 pub mod progress;
 pub mod records;
+pub mod service;

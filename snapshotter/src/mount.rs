@@ -166,6 +166,77 @@ pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     Ok(mountpoint.canonicalize()?)
 }
 
+/// A FUSE session serving a rootfs at a mount point, on threads of its own.
+pub struct MountHandle {
+    pub mountpoint: PathBuf,
+    pub rootfs: Arc<Rootfs>,
+    unmounter: fuser::SessionUnmounter,
+    worker: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl MountHandle {
+    /// Mounts `rootfs` at `mountpoint`; `done` runs when the session ends
+    /// (however it was unmounted).
+    pub fn start(
+        rootfs: Arc<Rootfs>,
+        mountpoint: &Path,
+        opts: MountOptions,
+        done: impl FnOnce() + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let config = session_config(rootfs.is_writable(), &opts);
+        let mut session = fuser::Session::new(SlayerFuse::new(rootfs.clone()), mountpoint, &config)
+            .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+        let unmounter = session.unmount_callable();
+        let worker = std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || {
+                let r = session.run();
+                done();
+                r
+            })
+            .context("starting the FUSE session")?;
+        Ok(MountHandle {
+            mountpoint: mountpoint.to_path_buf(),
+            rootfs,
+            unmounter,
+            worker: Some(worker),
+        })
+    }
+
+    /// Unmounts (if still mounted), waits for the session to end and
+    /// flushes the upper layer.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> anyhow::Result<()> {
+        let Some(worker) = self.worker.take() else {
+            return Ok(());
+        };
+        if is_mount_point(&self.mountpoint).unwrap_or(false) {
+            self.unmounter
+                .unmount()
+                .with_context(|| format!("unmounting {}", self.mountpoint.display()))?;
+        }
+        let result = worker.join();
+        self.rootfs
+            .fsync(None)
+            .context("flushing the upper layer")?;
+        match result {
+            Ok(r) => r.context("FUSE session"),
+            Err(_) => bail!("the FUSE session panicked"),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmounting");
+        }
+    }
+}
+
 /// Serves `rootfs` at `mountpoint` until it is unmounted, by
 /// `fusermount3 -u`/`umount`, or by SIGINT/SIGTERM (which unmount it);
 /// `ready` runs once the mount is in place. Upper records are flushed
@@ -176,41 +247,21 @@ pub async fn serve(
     opts: MountOptions,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let config = session_config(rootfs.is_writable(), &opts);
-    let mut session = fuser::Session::new(SlayerFuse::new(rootfs.clone()), mountpoint, &config)
-        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
-    let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let worker = std::thread::Builder::new()
-        .name("fuse-session".into())
-        .spawn(move || {
-            let r = session.run();
-            let _ = done_tx.send(());
-            r
-        })
-        .context("starting the FUSE session")?;
+    let handle = MountHandle::start(rootfs, mountpoint, opts, move || {
+        let _ = done_tx.send(());
+    })?;
     ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         _ = done_rx => {}
-        _ = term.recv() => {
-            tracing::info!("SIGTERM: unmounting");
-            unmounter.unmount().context("unmounting")?;
-        }
-        _ = int.recv() => {
-            tracing::info!("SIGINT: unmounting");
-            unmounter.unmount().context("unmounting")?;
-        }
+        _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
+        _ = int.recv() => tracing::info!("SIGINT: unmounting"),
     }
-    let result = tokio::task::spawn_blocking(move || worker.join())
+    tokio::task::spawn_blocking(move || handle.stop())
         .await
-        .context("waiting for the FUSE session")?;
-    rootfs.fsync(None).context("flushing the upper layer")?;
-    match result {
-        Ok(r) => r.context("FUSE session"),
-        Err(_) => bail!("the FUSE session panicked"),
-    }
+        .context("waiting for the FUSE session")?
 }
 
 #[cfg(test)]

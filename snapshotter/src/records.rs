@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub labels: BTreeMap<String, String>,
     pub created: SystemTime,
     pub updated: SystemTime,
+    /// Committed snapshots: the index digest of their layer.
+    pub layer: String,
 }
 
 fn to_parts(t: SystemTime) -> (i64, u32) {
@@ -77,6 +79,7 @@ impl Snapshot {
             labels: rec.labels,
             created: from_parts(rec.created_sec, rec.created_nsec),
             updated: from_parts(rec.updated_sec, rec.updated_nsec),
+            layer: rec.layer,
         })
     }
 
@@ -92,6 +95,7 @@ impl Snapshot {
             created_nsec,
             updated_sec,
             updated_nsec,
+            layer: self.layer.clone(),
         }
     }
 }
@@ -263,6 +267,7 @@ impl Records {
             labels,
             created: now,
             updated: now,
+            layer: String::new(),
         };
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             if tx_get(s, key)?.is_some() {
@@ -292,12 +297,13 @@ impl Records {
         Ok(snap)
     }
 
-    /// Commits active snapshot `key` as `name`; the record keeps its id
-    /// (its state becomes the committed snapshot's).
+    /// Commits active snapshot `key` as `name`, whose changes became
+    /// `layer`; the record keeps its id.
     pub fn commit(
         &self,
         name: &str,
         key: &str,
+        layer: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Snapshot, RecordError> {
         check_key(name)?;
@@ -320,6 +326,7 @@ impl Records {
                 kind: SnapshotKind::Committed,
                 labels: labels.clone(),
                 updated: now,
+                layer: layer.to_string(),
                 ..active.clone()
             };
             s.remove(key.as_bytes())?;

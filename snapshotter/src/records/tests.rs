@@ -20,10 +20,13 @@ fn the_life_of_a_snapshot_chain() {
         .create("a", "", SnapshotKind::Active, labels(&[("x", "1")]))
         .unwrap();
     assert_eq!(r.get("a").unwrap(), a);
-    let base = r.commit("base", "a", labels(&[("y", "2")])).unwrap();
+    let base = r
+        .commit("base", "a", "sha256:layer", labels(&[("y", "2")]))
+        .unwrap();
     assert_eq!(base.kind, SnapshotKind::Committed);
     assert_eq!(base.id, a.id, "the committed snapshot keeps the state's id");
     assert_eq!(base.labels, labels(&[("y", "2")]));
+    assert_eq!(base.layer, "sha256:layer");
     assert!(matches!(r.get("a"), Err(RecordError::NotFound(_))));
 
     let child = r
@@ -86,7 +89,8 @@ fn bad_requests_are_refused_and_change_nothing() {
             "InvalidArgument",
         ),
         (
-            r.commit("x", "missing", BTreeMap::new()).unwrap_err(),
+            r.commit("x", "missing", "sha256:layer", BTreeMap::new())
+                .unwrap_err(),
             "NotFound",
         ),
         (r.remove("missing").unwrap_err(), "NotFound"),
@@ -104,17 +108,18 @@ fn bad_requests_are_refused_and_change_nothing() {
     }
     assert_eq!(r.all().unwrap(), before, "refused requests change nothing");
     // A view cannot be committed; a name cannot be taken twice.
-    r.commit("base", "a", BTreeMap::new()).unwrap();
+    r.commit("base", "a", "sha256:layer", BTreeMap::new())
+        .unwrap();
     r.create("v", "base", SnapshotKind::View, BTreeMap::new())
         .unwrap();
     assert!(matches!(
-        r.commit("other", "v", BTreeMap::new()),
+        r.commit("other", "v", "sha256:layer", BTreeMap::new()),
         Err(RecordError::FailedPrecondition(_))
     ));
     r.create("a2", "base", SnapshotKind::Active, BTreeMap::new())
         .unwrap();
     assert!(matches!(
-        r.commit("base", "a2", BTreeMap::new()),
+        r.commit("base", "a2", "sha256:layer", BTreeMap::new()),
         Err(RecordError::AlreadyExists(_))
     ));
     assert_eq!(r.get("a2").unwrap().kind, SnapshotKind::Active);
@@ -156,7 +161,8 @@ fn records_survive_reopening_and_concurrent_clients_keep_them_consistent() {
         let r = Records::open(&db).unwrap();
         r.create("a", "", SnapshotKind::Active, BTreeMap::new())
             .unwrap();
-        r.commit("base", "a", BTreeMap::new()).unwrap();
+        r.commit("base", "a", "sha256:layer", BTreeMap::new())
+            .unwrap();
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let r = r.clone();

@@ -1,0 +1,99 @@
+//! `slayerfs-snapshotter --root DIR --address SOCKET [--config FILE]`: the
+//! containerd proxy snapshotter. Serves containerd's snapshots gRPC API on a
+//! unix socket; all state lives under `--root`. SIGTERM/SIGINT unmount every
+//! snapshot and exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use containerd_snapshots::tonic::transport::Server;
+use slayerfs_config::Config;
+use slayerfs_snapshotter::service::{Service, SlayerSnapshotter};
+
+#[derive(Parser)]
+#[command(
+    name = "slayerfs-snapshotter",
+    version,
+    about = "SlayerFS containerd snapshotter"
+)]
+struct Cli {
+    /// Directory holding all of the snapshotter's state.
+    #[arg(long)]
+    root: PathBuf,
+    /// Unix socket to serve containerd's snapshots API on.
+    #[arg(long)]
+    address: PathBuf,
+    /// Configuration file (default /etc/slayerfs/config.toml, if present).
+    #[arg(long, env = "SLAYERFS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    config.validate().context("invalid settings")?;
+    let root = std::path::absolute(&cli.root).context("the root directory")?;
+    let sn = SlayerSnapshotter::open(&root, config.cache.memory_bytes)
+        .await
+        .with_context(|| format!("opening the snapshotter state in {}", root.display()))?;
+    if let Some(dir) = cli.address.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(&cli.address) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing the old {}", cli.address.display()))
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(&cli.address)
+        .with_context(|| format!("listening on {}", cli.address.display()))?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tracing::info!(address = %cli.address.display(), root = %root.display(), "serving");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let served = Server::builder()
+        .add_service(containerd_snapshots::server(Arc::new(Service(sn.clone()))))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = std::fs::remove_file(&cli.address);
+    let sn2 = sn.clone();
+    tokio::task::spawn_blocking(move || sn2.shutdown()).await?;
+    served.context("serving the snapshots API")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slayerfs-snapshotter: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slayerfs-snapshotter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! The containerd snapshots service: snapshot records, their filesystems
+//! and their lifecycle under one root directory.
+//!
+//! A committed snapshot is a layer: its changes, written out as an OCI layer
+//! tar and imported like any layer, in the layer store and a local block
+//! directory. An active snapshot is the merged view of its parent chain's
+//! layers (over an empty base layer) with an upper layer of its own, served
+//! through FUSE at `<root>/snapshots/<id>/fs`; a view is the same without
+//! an upper. Mounts are bind mounts of that directory.
+//!
+//! Layout under the root: `db` (sled: snapshot records, layers, merged
+//! views, upper layers), `blocks` (blocks of committed layers),
+//! `snapshots/<id>/{fs,upper}`, `cache` (disk block cache).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::tonic::Status;
+use containerd_snapshots::{Info, Kind, Snapshotter, Usage};
+use slayerfs_chunkstore::{
+    BlockCache, BlockStore, CacheOptions, IndexDigest, LocalStore, ObjectKey, WriterOptions,
+};
+use slayerfs_layerfs::convert::{convert_layer, Expected};
+use slayerfs_layerfs::db::{Layer, LayerDb};
+use slayerfs_layerfs::fuse::MountOptions;
+use slayerfs_layerfs::merge::{chain_key, MergedView};
+use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
+use slayerfs_layerfs::upper::{Upper, UpperId};
+use slayerfs_proto::store::SnapshotKind;
+
+use crate::filters::Filter;
+use crate::mount::{is_mount_point, MountHandle};
+use crate::records::{RecordError, Records, Snapshot};
+use tracing::Instrument;
+
+/// Why a request failed, with the gRPC code containerd expects.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ServiceError::Record(RecordError::NotFound(_)) => Status::not_found(msg),
+            ServiceError::Record(RecordError::AlreadyExists(_)) => Status::already_exists(msg),
+            ServiceError::Record(RecordError::FailedPrecondition(_))
+            | ServiceError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ServiceError::Record(RecordError::InvalidArgument(_))
+            | ServiceError::InvalidArgument(_) => Status::invalid_argument(msg),
+            _ => {
+                tracing::error!(error = %msg, "snapshot request failed");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// The snapshotter.
+pub struct SlayerSnapshotter {
+    root: PathBuf,
+    db: sled::Db,
+    records: Records,
+    layers: Arc<LayerDb>,
+    blocks: Arc<dyn BlockStore>,
+    cache: Arc<BlockCache>,
+    base: Layer,
+    runtime: tokio::runtime::Handle,
+    mounts: Mutex<HashMap<u64, MountHandle>>,
+    /// Serialises changes to snapshot state (mounts, commits, removals).
+    changes: tokio::sync::Mutex<()>,
+}
+
+fn kind_of(k: SnapshotKind) -> Kind {
+    match k {
+        SnapshotKind::View => Kind::View,
+        SnapshotKind::Active => Kind::Active,
+        SnapshotKind::Committed => Kind::Committed,
+        SnapshotKind::Unspecified => Kind::Unknown,
+    }
+}
+
+fn info_of(s: &Snapshot) -> Info {
+    Info {
+        kind: kind_of(s.kind),
+        name: s.key.clone(),
+        parent: s.parent.clone(),
+        labels: s.labels.clone().into_iter().collect(),
+        created_at: s.created,
+        updated_at: s.updated,
+    }
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> ServiceError {
+    ServiceError::Internal(e.into())
+}
+
+/// An uncompressed tar with no entries.
+fn empty_tar() -> Vec<u8> {
+    vec![0u8; 1024]
+}
+
+impl SlayerSnapshotter {
+    /// Opens (creating) the state under `root`, detaches mounts a dead
+    /// process left there, and mounts every active and view snapshot again.
+    pub async fn open(root: &Path, cache_bytes: u64) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(root.join("snapshots"))
+            .with_context(|| format!("creating {}", root.display()))?;
+        let db = sled::open(root.join("db")).context("opening the database")?;
+        let records = Records::open(&db)?;
+        let layers = Arc::new(LayerDb::from_db(db.clone())?);
+        layers.recover()?;
+        let blocks: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&root.join("blocks"))?);
+        let cache = Arc::new(BlockCache::new(
+            blocks.clone(),
+            &CacheOptions {
+                memory_bytes: cache_bytes,
+                disk: None,
+            },
+        )?);
+        let base = import_tar(empty_tar(), &blocks, &layers).await?;
+        let sn = Arc::new(SlayerSnapshotter {
+            root: root.to_path_buf(),
+            db,
+            records,
+            layers,
+            blocks,
+            cache,
+            base,
+            runtime: tokio::runtime::Handle::current(),
+            mounts: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        });
+        sn.restore().await?;
+        Ok(sn)
+    }
+
+    fn state_dir(&self, id: u64) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    fn mountpoint(&self, id: u64) -> PathBuf {
+        self.state_dir(id).join("fs")
+    }
+
+    /// After a restart: stale mounts detached, active and view snapshots
+    /// mounted again.
+    async fn restore(self: &Arc<Self>) -> anyhow::Result<()> {
+        for snap in self.records.all()? {
+            let mp = self.mountpoint(snap.id);
+            if is_mount_point(&mp).unwrap_or(false) {
+                tracing::info!(mountpoint = %mp.display(), "detaching a stale mount");
+                detach(&mp);
+            }
+            if snap.kind != SnapshotKind::Committed {
+                self.ensure_mounted(&snap).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The layers under a snapshot whose parent is `parent`, bottom first.
+    fn chain(&self, parent: &str) -> Result<Vec<Layer>> {
+        let mut layers = Vec::new();
+        let mut key = parent.to_string();
+        while !key.is_empty() {
+            let snap = self.records.get(&key)?;
+            let digest: IndexDigest = snap
+                .layer
+                .parse()
+                .map_err(|e| internal(anyhow::anyhow!("snapshot {key}: layer {e}")))?;
+            let layer = self
+                .layers
+                .layer(&digest)
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    internal(anyhow::anyhow!(
+                        "snapshot {key}: layer {digest} is not loaded"
+                    ))
+                })?;
+            layers.push(layer);
+            key = snap.parent;
+        }
+        layers.push(self.base.clone());
+        layers.reverse();
+        Ok(layers)
+    }
+
+    /// The filesystem of an active or view snapshot, mounted.
+    async fn ensure_mounted(self: &Arc<Self>, snap: &Snapshot) -> Result<PathBuf> {
+        let mp = self.mountpoint(snap.id);
+        if self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&snap.id)
+        {
+            return Ok(mp);
+        }
+        let chain = self.chain(&snap.parent)?;
+        let this = self.clone();
+        let snap = snap.clone();
+        let mp2 = mp.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            std::fs::create_dir_all(&mp2).map_err(internal)?;
+            let view = MergedView::open(&this.layers, &chain).map_err(internal)?;
+            let upper = if snap.kind == SnapshotKind::Active {
+                Some(
+                    Upper::open(
+                        &this.db,
+                        UpperId(snap.id),
+                        &this.state_dir(snap.id).join("upper"),
+                        &chain_key(&chain),
+                        view.inode_count(),
+                    )
+                    .map_err(internal)?,
+                )
+            } else {
+                None
+            };
+            let rootfs = Rootfs::new(
+                view,
+                upper,
+                this.cache.clone(),
+                this.runtime.clone(),
+                ReadAhead::default(),
+            )
+            .map_err(internal)?;
+            let opts = MountOptions {
+                threads: 2,
+                fs_name: format!("slayerfs:{}", snap.key),
+            };
+            let handle =
+                MountHandle::start(Arc::new(rootfs), &mp2, opts, || {}).map_err(internal)?;
+            this.mounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(snap.id, handle);
+            Ok(())
+        })
+        .await
+        .map_err(internal)??;
+        Ok(mp)
+    }
+
+    fn bind_mount(&self, snap: &Snapshot) -> Vec<Mount> {
+        let access = if snap.kind == SnapshotKind::View {
+            "ro"
+        } else {
+            "rw"
+        };
+        vec![Mount {
+            r#type: "bind".into(),
+            source: self.mountpoint(snap.id).display().to_string(),
+            target: String::new(),
+            options: vec!["rbind".into(), access.into()],
+        }]
+    }
+
+    /// Unmounts a snapshot's filesystem and removes its own state.
+    fn drop_state(&self, id: u64) -> Result<()> {
+        let handle = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(h) = handle {
+            h.stop().map_err(internal)?;
+        }
+        let mp = self.mountpoint(id);
+        if is_mount_point(&mp).unwrap_or(false) {
+            detach(&mp);
+        }
+        Upper::destroy(&self.db, UpperId(id)).map_err(internal)?;
+        match std::fs::remove_dir_all(self.state_dir(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+        kind: SnapshotKind,
+    ) -> Result<Vec<Mount>> {
+        let _changes = self.changes.lock().await;
+        let snap = self
+            .records
+            .create(&key, &parent, kind, labels.into_iter().collect())?;
+        match self.ensure_mounted(&snap).await {
+            Ok(_) => Ok(self.bind_mount(&snap)),
+            Err(e) => {
+                // Nothing half-made stays behind.
+                let _ = self.drop_state(snap.id);
+                let _ = self.records.remove(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unmounts everything (at shutdown).
+    pub fn shutdown(&self) {
+        let handles: Vec<MountHandle> = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in handles {
+            if let Err(e) = h.stop() {
+                tracing::warn!(error = %e, "unmounting at shutdown");
+            }
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "flushing the database at shutdown");
+        }
+    }
+}
+
+/// Lazily detaches a mount (a dead session's).
+fn detach(mp: &Path) {
+    if let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Imports an uncompressed layer tar into the local blocks and the layer
+/// store.
+async fn import_tar(
+    tar: Vec<u8>,
+    blocks: &Arc<dyn BlockStore>,
+    layers: &Arc<LayerDb>,
+) -> anyhow::Result<Layer> {
+    import_reader(std::io::Cursor::new(tar), blocks, layers).await
+}
+
+async fn import_reader<R: std::io::Read + Send + 'static>(
+    tar: R,
+    blocks: &Arc<dyn BlockStore>,
+    layers: &Arc<LayerDb>,
+) -> anyhow::Result<Layer> {
+    let opts = WriterOptions {
+        workers: 2,
+        zstd_level: 3,
+    };
+    let conv = convert_layer(tar, blocks.clone(), opts, "", Expected::default()).await?;
+    blocks
+        .put(&ObjectKey::Index(conv.digest), conv.blob.clone())
+        .await?;
+    let layers = layers.clone();
+    let layer =
+        tokio::task::spawn_blocking(move || layers.load_index(&conv.digest, &conv.index)).await??;
+    Ok(layer)
+}
+
+type InfoStream = tokio_stream::Iter<std::vec::IntoIter<std::result::Result<Info, ServiceError>>>;
+
+impl SlayerSnapshotter {
+    async fn do_stat(self: &Arc<Self>, key: String) -> Result<Info> {
+        Ok(info_of(&self.records.get(&key)?))
+    }
+
+    async fn do_update(
+        self: &Arc<Self>,
+        info: Info,
+        fieldpaths: Option<Vec<String>>,
+    ) -> Result<Info> {
+        let labels: BTreeMap<String, String> = info.labels.into_iter().collect();
+        let snap = self
+            .records
+            .update(&info.name, &labels, &fieldpaths.unwrap_or_default())?;
+        Ok(info_of(&snap))
+    }
+
+    async fn do_usage(self: &Arc<Self>, key: String) -> Result<Usage> {
+        let snap = self.records.get(&key)?;
+        let dir = self.state_dir(snap.id).join("upper");
+        let (mut size, mut inodes) = (0i64, 0i64);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if let Ok(m) = e.metadata() {
+                    use std::os::unix::fs::MetadataExt;
+                    size += (m.blocks() * 512) as i64;
+                    inodes += 1;
+                }
+            }
+        }
+        Ok(Usage { inodes, size })
+    }
+
+    async fn do_mounts(self: &Arc<Self>, key: String) -> Result<Vec<Mount>> {
+        let snap = self.records.get(&key)?;
+        if snap.kind == SnapshotKind::Committed {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "snapshot {key} is committed: only active and view snapshots have mounts"
+            )));
+        }
+        self.ensure_mounted(&snap).await?;
+        Ok(self.bind_mount(&snap))
+    }
+
+    async fn do_prepare(
+        self: &Arc<Self>,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(key, parent, labels, SnapshotKind::Active).await
+    }
+
+    async fn do_view(
+        self: &Arc<Self>,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(key, parent, labels, SnapshotKind::View).await
+    }
+
+    async fn do_commit(
+        self: &Arc<Self>,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let snap = self.records.get(&key)?;
+        if snap.kind != SnapshotKind::Active {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "snapshot {key} is not active: only an active snapshot can be committed"
+            )));
+        }
+        if self.records.get(&name).is_ok() {
+            return Err(RecordError::AlreadyExists(name).into());
+        }
+        self.ensure_mounted(&snap).await?;
+        let rootfs = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&snap.id)
+            .map(|h| h.rootfs.clone())
+            .ok_or_else(|| internal(anyhow::anyhow!("snapshot {key} is not mounted")))?;
+        // The changes stream through a pipe from the diff writer into the
+        // layer importer.
+        let (reader, writer) = std::io::pipe().map_err(internal)?;
+        let diff = tokio::task::spawn_blocking(move || rootfs.write_diff(writer));
+        let layer = import_reader(reader, &self.blocks, &self.layers).await;
+        let diff = diff.await.map_err(internal)?;
+        diff.map_err(internal)?;
+        let layer = layer?;
+        self.records.commit(
+            &name,
+            &key,
+            &layer.record.index_digest,
+            labels.into_iter().collect(),
+        )?;
+        self.drop_state(snap.id)?;
+        Ok(())
+    }
+
+    async fn do_remove(self: &Arc<Self>, key: String) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let snap = self.records.get(&key)?;
+        if !self.records.children(&key)?.is_empty() {
+            return Err(RecordError::FailedPrecondition(format!(
+                "snapshot {key} has children; remove them first"
+            ))
+            .into());
+        }
+        self.drop_state(snap.id)?;
+        self.records.remove(&key)?;
+        Ok(())
+    }
+
+    async fn do_list(self: &Arc<Self>, filters: Vec<String>) -> Result<InfoStream> {
+        let filters = filters
+            .iter()
+            .map(|f| Filter::parse(f))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(ServiceError::InvalidArgument)?;
+        let infos: Vec<std::result::Result<Info, ServiceError>> = self
+            .records
+            .all()?
+            .iter()
+            .filter(|s| filters.is_empty() || filters.iter().any(|f| f.matches(s)))
+            .map(|s| Ok(info_of(s)))
+            .collect();
+        Ok(tokio_stream::iter(infos))
+    }
+}
+
+/// The snapshots API over a [`SlayerSnapshotter`], one span per call.
+pub struct Service(pub Arc<SlayerSnapshotter>);
+
+#[containerd_snapshots::tonic::async_trait]
+impl Snapshotter for Service {
+    type Error = ServiceError;
+    type InfoStream = InfoStream;
+
+    async fn stat(&self, key: String) -> Result<Info> {
+        let span = tracing::debug_span!("stat", key);
+        self.0.do_stat(key).instrument(span).await
+    }
+
+    async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
+        let span = tracing::info_span!("update", key = info.name);
+        self.0.do_update(info, fieldpaths).instrument(span).await
+    }
+
+    async fn usage(&self, key: String) -> Result<Usage> {
+        let span = tracing::debug_span!("usage", key);
+        self.0.do_usage(key).instrument(span).await
+    }
+
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
+        let span = tracing::debug_span!("mounts", key);
+        self.0.do_mounts(key).instrument(span).await
+    }
+
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let span = tracing::info_span!("prepare", key, parent);
+        self.0
+            .do_prepare(key, parent, labels)
+            .instrument(span)
+            .await
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let span = tracing::info_span!("view", key, parent);
+        self.0.do_view(key, parent, labels).instrument(span).await
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let span = tracing::info_span!("commit", name, key);
+        self.0.do_commit(name, key, labels).instrument(span).await
+    }
+
+    async fn remove(&self, key: String) -> Result<()> {
+        let span = tracing::info_span!("remove", key);
+        self.0.do_remove(key).instrument(span).await
+    }
+
+    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<InfoStream> {
+        let span = tracing::debug_span!("list");
+        self.0.do_list(filters).instrument(span).await
+    }
+}
