@@ -166,12 +166,44 @@ pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     Ok(mountpoint.canonicalize()?)
 }
 
+/// Mounts the FUSE control filesystem if it is not (connections are
+/// aborted through it). Best effort: without it, a session still ends when
+/// its last mount goes.
+pub fn ensure_fusectl() {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    if !dir.is_dir() || is_mount_point(dir).unwrap_or(true) {
+        return;
+    }
+    let (Ok(src), Ok(target), Ok(fstype)) = (
+        std::ffi::CString::new("fusectl"),
+        std::ffi::CString::new("/sys/fs/fuse/connections"),
+        std::ffi::CString::new("fusectl"),
+    ) else {
+        return;
+    };
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot mount the FUSE control filesystem");
+    }
+}
+
 /// A FUSE session serving a rootfs at a mount point, on threads of its own.
 pub struct MountHandle {
     pub mountpoint: PathBuf,
     pub rootfs: Arc<Rootfs>,
     unmounter: fuser::SessionUnmounter,
     worker: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The kernel's number for the FUSE connection (fusectl).
+    connection: Option<u32>,
 }
 
 impl MountHandle {
@@ -195,11 +227,17 @@ impl MountHandle {
                 r
             })
             .context("starting the FUSE session")?;
+        // Asked once the session answers: the mount's device minor is the
+        // connection's number.
+        let connection = std::fs::metadata(mountpoint)
+            .ok()
+            .map(|m| libc::minor(std::os::unix::fs::MetadataExt::dev(&m)));
         Ok(MountHandle {
             mountpoint: mountpoint.to_path_buf(),
             rootfs,
             unmounter,
             worker: Some(worker),
+            connection,
         })
     }
 
@@ -217,6 +255,22 @@ impl MountHandle {
             self.unmounter
                 .unmount()
                 .with_context(|| format!("unmounting {}", self.mountpoint.display()))?;
+        }
+        // Bind mounts of it elsewhere (a container's rootfs) keep the
+        // filesystem alive after our own mount point is gone; the session
+        // ends only when the connection is aborted.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !worker.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !worker.is_finished() {
+            if let Some(conn) = self.connection {
+                tracing::info!(mountpoint = %self.mountpoint.display(), "aborting the FUSE connection, still mounted elsewhere");
+                let abort = format!("/sys/fs/fuse/connections/{conn}/abort");
+                if let Err(e) = std::fs::write(&abort, b"1") {
+                    tracing::warn!(path = abort, error = %e, "cannot abort the FUSE connection");
+                }
+            }
         }
         let result = worker.join();
         self.rootfs

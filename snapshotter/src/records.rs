@@ -325,6 +325,8 @@ impl Records {
                 key: name.to_string(),
                 kind: SnapshotKind::Committed,
                 labels: labels.clone(),
+                // A committed snapshot is a new snapshot, as in containerd.
+                created: now,
                 updated: now,
                 layer: layer.to_string(),
                 ..active.clone()

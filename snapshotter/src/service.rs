@@ -119,6 +119,7 @@ impl SlayerSnapshotter {
         use anyhow::Context;
         std::fs::create_dir_all(root.join("snapshots"))
             .with_context(|| format!("creating {}", root.display()))?;
+        crate::mount::ensure_fusectl();
         let db = sled::open(root.join("db")).context("opening the database")?;
         let records = Records::open(&db)?;
         let layers = Arc::new(LayerDb::from_db(db.clone())?);
