@@ -3,8 +3,9 @@
 //! exist and be committed, keys are unique, only an active snapshot can be
 //! committed, a snapshot with children cannot be removed, labels have a
 //! size limit. Each change is one sled transaction over the records and the
-//! parent→children index, flushed before it returns, so concurrent clients
-//! and a crash never leave half a change.
+//! parent→children index, flushed before it returns, so a crash never
+//! leaves half a change; changes also take one lock, so that concurrent
+//! clients' changes apply one after the other.
 //!
 //! It knows nothing of mounts or layers; the snapshot service decides what
 //! a record's state means on disk.
@@ -219,6 +220,7 @@ pub struct Records {
     db: sled::Db,
     snapshots: sled::Tree,
     children: sled::Tree,
+    changes: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Records {
@@ -227,6 +229,7 @@ impl Records {
             snapshots: db.open_tree("snapshots")?,
             children: db.open_tree("snapshot_children")?,
             db: db.clone(),
+            changes: Default::default(),
         })
     }
 
@@ -269,6 +272,7 @@ impl Records {
             updated: now,
             layer: String::new(),
         };
+        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             if tx_get(s, key)?.is_some() {
                 return abort(RecordError::AlreadyExists(key.to_string()));
@@ -308,6 +312,7 @@ impl Records {
     ) -> Result<Snapshot, RecordError> {
         check_key(name)?;
         validate_labels(&labels)?;
+        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             let Some(active) = tx_get(s, key)? else {
                 return abort(RecordError::NotFound(key.to_string()));
@@ -344,6 +349,7 @@ impl Records {
 
     /// Removes snapshot `key`, which must have no children.
     pub fn remove(&self, key: &str) -> Result<Snapshot, RecordError> {
+        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             let Some(snap) = tx_get(s, key)? else {
                 return abort(RecordError::NotFound(key.to_string()));
@@ -378,6 +384,7 @@ impl Records {
                 )));
             }
         }
+        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let r = self.snapshots.transaction(|s| {
             let Some(mut snap) = tx_get(s, key)? else {
                 return abort(RecordError::NotFound(key.to_string()));

@@ -163,6 +163,9 @@ fn records_survive_reopening_and_concurrent_clients_keep_them_consistent() {
             .unwrap();
         r.commit("base", "a", "sha256:layer", BTreeMap::new())
             .unwrap();
+        // A child that stays: `base` can never be removed below.
+        r.create("keep", "base", SnapshotKind::View, BTreeMap::new())
+            .unwrap();
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let r = r.clone();
@@ -186,8 +189,8 @@ fn records_survive_reopening_and_concurrent_clients_keep_them_consistent() {
     }
     let db = sled::open(dir.path().join("db")).unwrap();
     let r = Records::open(&db).unwrap();
-    assert_eq!(r.children("base").unwrap().len(), 8 * 25);
-    assert_eq!(r.all().unwrap().len(), 8 * 25 + 1);
+    assert_eq!(r.children("base").unwrap().len(), 8 * 25 + 1);
+    assert_eq!(r.all().unwrap().len(), 8 * 25 + 2);
     for key in r.children("base").unwrap() {
         r.remove(&key).unwrap();
     }
