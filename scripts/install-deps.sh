@@ -13,6 +13,7 @@ packages=(
   umoci skopeo        # building and copying OCI images
   busybox-static      # a self-contained userland for test images
   zstd openssl time   # benchmark baselines and peak-memory measurement
+  golang-go golang-github-containerd-containerd-dev  # containerd's snapshotter conformance suite
 )
 
 missing=()

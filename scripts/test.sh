@@ -20,4 +20,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+echo "== containerd's snapshotter conformance suite"
+# The suite's runner lives beside the repository (shared with containerd's
+# own snapshotters); it starts one daemon per sub-test.
+conformance=${SLAYERFS_CONFORMANCE_RUN:-../shared/conformance/run}
+if [ -x "$conformance" ]; then
+  "$conformance" target/debug/slayerfs-snapshotter
+else
+  echo "WARNING: conformance runner not found at $conformance; suite not run" >&2
+fi
 echo "== all tests passed"
