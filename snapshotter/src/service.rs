@@ -414,6 +414,10 @@ impl SlayerSnapshotter {
                 "snapshot {key} is committed: only active and view snapshots have mounts"
             )));
         }
+        // Under the change lock: a concurrent Remove must not find the
+        // mount half made, nor leave one behind.
+        let _changes = self.changes.lock().await;
+        let snap = self.records.get(&key)?;
         self.ensure_mounted(&snap).await?;
         Ok(self.bind_mount(&snap))
     }
