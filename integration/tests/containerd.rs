@@ -1,0 +1,289 @@
+//! End to end with real containerd and runc: an image imported through our
+//! snapshotter (containerd unpacks it through our mounts and commits every
+//! layer), containers run on our rootfs, writes stay in each container's
+//! own snapshot, a SIGKILLed daemon comes back with every snapshot, and
+//! removing the image leaves no mount behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slayerfs_integration::bins::bin;
+
+/// A process of ours, stopped when dropped: SIGTERM (the snapshotter then
+/// unmounts its filesystems), SIGKILL if it is still there after 20 s.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not create {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_snapshotter(dir: &Path) -> Proc {
+    let sock = dir.join("snap.sock");
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("snapshotter.log"))
+        .unwrap();
+    let child = Command::new(bin("slayerfs-snapshotter"))
+        .arg("--root")
+        .arg(dir.join("snap"))
+        .arg("--address")
+        .arg(&sock)
+        .env("SLAYERFS_CONFIG", dir.join("slayerfs.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for(&sock, "the snapshotter");
+    Proc(child)
+}
+
+fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(dir.join("containerd.sock"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (success, text) = ctr(dir, args);
+    assert!(
+        success,
+        "ctr {args:?}: {text}\nsnapshotter log:\n{}",
+        std::fs::read_to_string(dir.join("snapshotter.log")).unwrap_or_default()
+    );
+    text
+}
+
+fn sh(script: &str, cwd: &Path) {
+    let status = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// Three layers made with umoci: busybox and files; a second file and a
+/// whiteout; a changed file.
+fn build_image(dir: &Path) -> PathBuf {
+    sh(
+        r#"
+        umoci init --layout img
+        umoci new --image img:v1
+        umoci unpack --image img:v1 b
+        mkdir -p b/rootfs/bin b/rootfs/etc b/rootfs/tmp
+        cp /bin/busybox b/rootfs/bin/busybox
+        for a in sh cat ls echo; do ln -s busybox b/rootfs/bin/$a; done
+        echo one > b/rootfs/etc/one
+        echo doomed > b/rootfs/etc/doomed
+        umoci repack --image img:v1 b && rm -rf b
+        umoci unpack --image img:v1 b
+        echo two > b/rootfs/etc/two
+        rm b/rootfs/etc/doomed
+        umoci repack --image img:v1 b && rm -rf b
+        umoci unpack --image img:v1 b
+        echo changed > b/rootfs/etc/one
+        umoci repack --image img:v1 b && rm -rf b
+        umoci config --image img:v1 --config.cmd /bin/sh
+        tar -C img -cf img.tar .
+        "#,
+        dir,
+    );
+    dir.join("img.tar")
+}
+
+fn our_mounts(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn containers_run_on_our_snapshots_and_survive_a_daemon_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("slayerfs.toml"),
+        format!(
+            "state_dir = {:?}\n",
+            dir.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("containerd.toml"),
+        format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state-containerd"
+[grpc]
+  address = "{d}/containerd.sock"
+[proxy_plugins.slayerfs]
+  type = "snapshot"
+  address = "{d}/snap.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable = true
+"#,
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut snapshotter = start_snapshotter(dir);
+    let containerd = Proc(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("containerd.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&dir.join("containerd.sock"), "containerd");
+    let image = build_image(dir);
+    ok(
+        dir,
+        &[
+            "images",
+            "import",
+            "--snapshotter",
+            "slayerfs",
+            "--index-name",
+            "test/img:v1",
+            image.to_str().unwrap(),
+        ],
+    );
+    let snaps = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
+    assert_eq!(snaps.matches("Committed").count(), 3, "{snaps}");
+
+    let out = ok(
+        dir,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "slayerfs",
+            "test/img:v1",
+            "c1",
+            "/bin/sh",
+            "-c",
+            "cat /etc/one /etc/two; ls /etc/doomed 2>&1; echo mine > /etc/new; cat /etc/new",
+        ],
+    );
+    assert!(
+        out.contains("changed\ntwo\n"),
+        "files of several layers: {out}"
+    );
+    assert!(
+        out.contains("/etc/doomed: No such file"),
+        "whited out: {out}"
+    );
+    assert!(out.contains("mine"), "written and read back: {out}");
+    let out = ok(
+        dir,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "slayerfs",
+            "test/img:v1",
+            "c2",
+            "/bin/sh",
+            "-c",
+            "ls /etc",
+        ],
+    );
+    assert!(
+        !out.contains("new"),
+        "a second container sees its own rootfs: {out}"
+    );
+
+    // SIGKILL: the snapshots are still there after a restart, and a new
+    // container runs.
+    snapshotter.0.kill().unwrap();
+    snapshotter.0.wait().unwrap();
+    snapshotter = start_snapshotter(dir);
+    // containerd's connection to the proxy comes back on its own, after
+    // a reconnect back-off.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctr(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]).0 {
+        assert!(Instant::now() < deadline, "containerd never reconnected");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let again = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
+    assert_eq!(again.matches("Committed").count(), 3, "{again}");
+    let out = ok(
+        dir,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "slayerfs",
+            "test/img:v1",
+            "c3",
+            "/bin/cat",
+            "/etc/two",
+        ],
+    );
+    assert_eq!(out.trim(), "two");
+
+    // Removing the image (the import names it twice: ours and the layout's
+    // own tag) removes its snapshots and leaves no mount.
+    for name in ok(dir, &["images", "ls", "-q"]).lines() {
+        ok(dir, &["images", "rm", "--sync", name]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
+        if !left.contains("Committed") && !left.contains("Active") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "snapshots left: {left}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(our_mounts(dir), Vec::<String>::new());
+    drop(containerd);
+    drop(snapshotter);
+    let log = std::fs::read_to_string(dir.join("snapshotter.log")).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+}
