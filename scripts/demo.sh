@@ -86,3 +86,32 @@ echo "etc/motd: $(cat "$mnt/etc/motd")"
 echo "app/: $(ls "$mnt/app" | tr '\n' ' ')"
 echo "upper data files (bytes on disk): $(du -sh "$work/upper/data" | cut -f1) — the 1-byte change to the 10 MB data.bin copied nothing"
 fusermount3 -u "$mnt"
+
+echo
+echo "== containerd with the slayerfs snapshotter"
+cdir=$work/containerd
+mkdir -p "$cdir"
+cat > "$cdir/config.toml" <<EOF
+version = 2
+root = "$cdir/root"
+state = "$cdir/state"
+[grpc]
+  address = "$cdir/containerd.sock"
+[proxy_plugins.slayerfs]
+  type = "snapshot"
+  address = "$cdir/slayerfs.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable = true
+EOF
+"$bin/slayerfs-snapshotter" --root "$cdir/snapshotter" --address "$cdir/slayerfs.sock" 2> "$cdir/snapshotter.log" &
+snap_pid=$!
+containerd --config "$cdir/config.toml" 2> "$cdir/containerd.log" &
+containerd_pid=$!
+trap 'kill $containerd_pid 2>/dev/null; wait $containerd_pid 2>/dev/null; kill $snap_pid 2>/dev/null; wait $snap_pid 2>/dev/null; true' EXIT
+for _ in $(seq 200); do [ -S "$cdir/containerd.sock" ] && [ -S "$cdir/slayerfs.sock" ] && break; sleep 0.1; done
+ctr="ctr --address $cdir/containerd.sock"
+tar -C "$work/sample" -cf "$work/sample.tar" .
+$ctr images import --snapshotter slayerfs --index-name demo/sample:latest "$work/sample.tar"
+$ctr snapshots --snapshotter slayerfs ls
+echo "-- a container on the slayerfs snapshotter prints files of its image:"
+$ctr run --rm --snapshotter slayerfs demo/sample:latest demo1 /bin/cat /app/hello.txt /etc/motd
