@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh convert    conversion speed and peak memory
 #   scripts/bench.sh fs         the mounted filesystem beside kernel overlayfs
+#   scripts/bench.sh snapshotter  the containerd snapshotter beside overlayfs's
 #
 # BENCH_DIR (default /var/tmp/slayerfs-bench) holds the generated image and
 # the stores; the image is generated once and reused. Each figure, baseline
@@ -138,9 +139,11 @@ start_s3() {
 }
 
 source scripts/bench-fs.sh
+source scripts/bench-snapshotter.sh
 
 case "$what" in
   convert) bench_convert ;;
   fs) bench_fs ;;
-  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs)" >&2; exit 2 ;;
+  snapshotter) bench_snapshotter ;;
+  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter)" >&2; exit 2 ;;
 esac
