@@ -167,7 +167,11 @@ impl SlayerSnapshotter {
                 detach(&mp);
             }
             if snap.kind != SnapshotKind::Committed {
-                self.ensure_mounted(&snap).await?;
+                // One snapshot that cannot be mounted must not keep the
+                // others from being served; its Mounts call reports why.
+                if let Err(e) = self.ensure_mounted(&snap).await {
+                    tracing::error!(key = snap.key, error = %e, "cannot mount a snapshot after restart");
+                }
             }
         }
         Ok(())
@@ -293,6 +297,14 @@ impl SlayerSnapshotter {
         }
     }
 
+    /// [`Self::drop_state`] off the async threads (unmounting can wait).
+    async fn drop_state_blocking(self: &Arc<Self>, id: u64) -> Result<()> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.drop_state(id))
+            .await
+            .map_err(internal)?
+    }
+
     async fn create(
         self: &Arc<Self>,
         key: String,
@@ -308,7 +320,7 @@ impl SlayerSnapshotter {
             Ok(_) => Ok(self.bind_mount(&snap)),
             Err(e) => {
                 // Nothing half-made stays behind.
-                let _ = self.drop_state(snap.id);
+                let _ = self.drop_state_blocking(snap.id).await;
                 let _ = self.records.remove(&key);
                 Err(e)
             }
@@ -478,7 +490,7 @@ impl SlayerSnapshotter {
             &layer.record.index_digest,
             labels.into_iter().collect(),
         )?;
-        self.drop_state(snap.id)?;
+        self.drop_state_blocking(snap.id).await?;
         Ok(())
     }
 
@@ -491,7 +503,7 @@ impl SlayerSnapshotter {
             ))
             .into());
         }
-        self.drop_state(snap.id)?;
+        self.drop_state_blocking(snap.id).await?;
         self.records.remove(&key)?;
         Ok(())
     }
