@@ -89,6 +89,20 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     text
 }
 
+/// `ctr run --rm` of `cmd` in a new container `name` on our snapshotter.
+fn run_in(dir: &Path, name: &str, cmd: &[&str]) -> String {
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--snapshotter",
+        "slayerfs",
+        "test/img:v1",
+        name,
+    ];
+    args.extend_from_slice(cmd);
+    ok(dir, &args)
+}
+
 fn sh(script: &str, cwd: &Path) {
     let status = Command::new("sh")
         .arg("-ec")
@@ -196,15 +210,10 @@ state = "{d}/state-containerd"
     let snaps = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
     assert_eq!(snaps.matches("Committed").count(), 3, "{snaps}");
 
-    let out = ok(
+    let out = run_in(
         dir,
+        "c1",
         &[
-            "run",
-            "--rm",
-            "--snapshotter",
-            "slayerfs",
-            "test/img:v1",
-            "c1",
             "/bin/sh",
             "-c",
             "cat /etc/one /etc/two; ls /etc/doomed 2>&1; echo mine > /etc/new; cat /etc/new",
@@ -219,20 +228,7 @@ state = "{d}/state-containerd"
         "whited out: {out}"
     );
     assert!(out.contains("mine"), "written and read back: {out}");
-    let out = ok(
-        dir,
-        &[
-            "run",
-            "--rm",
-            "--snapshotter",
-            "slayerfs",
-            "test/img:v1",
-            "c2",
-            "/bin/sh",
-            "-c",
-            "ls /etc",
-        ],
-    );
+    let out = run_in(dir, "c2", &["/bin/sh", "-c", "ls /etc"]);
     assert!(
         !out.contains("new"),
         "a second container sees its own rootfs: {out}"
@@ -252,19 +248,7 @@ state = "{d}/state-containerd"
     }
     let again = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
     assert_eq!(again.matches("Committed").count(), 3, "{again}");
-    let out = ok(
-        dir,
-        &[
-            "run",
-            "--rm",
-            "--snapshotter",
-            "slayerfs",
-            "test/img:v1",
-            "c3",
-            "/bin/cat",
-            "/etc/two",
-        ],
-    );
+    let out = run_in(dir, "c3", &["/bin/cat", "/etc/two"]);
     assert_eq!(out.trim(), "two");
 
     // Removing the image (the import names it twice: ours and the layout's

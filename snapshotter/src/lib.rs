@@ -16,6 +16,7 @@ pub mod image_ref;
 pub mod inspect;
 pub mod mount;
 pub mod oci_layout;
+pub mod process;
 pub mod progress;
 pub mod records;
 pub mod service;

@@ -72,17 +72,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    slayerfs_snapshotter::process::init_logging("info");
+    let runtime = match slayerfs_snapshotter::process::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("slayerfs-snapshotter: cannot start the async runtime: {e}");

@@ -362,20 +362,8 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    // fuser warns when the kernel already dropped a mount it unmounts at
-    // exit (after `fusermount3 -u`), which is the normal way to stop.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},fuser=error"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    slayerfs_snapshotter::process::init_logging(default_level);
+    let runtime = match slayerfs_snapshotter::process::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("slayerfs: cannot start the async runtime: {e}");

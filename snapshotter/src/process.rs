@@ -1,0 +1,23 @@
+//! What the binaries share at start: log output and the async runtime.
+
+/// Logs to stderr at `default_level` (RUST_LOG overrides), colored on a
+/// terminal only. fuser's own warnings are left out: it warns when the
+/// kernel already dropped a mount it unmounts at exit (after
+/// `fusermount3 -u`), which is the normal way to stop.
+pub fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},fuser=error"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The multi-threaded runtime the binaries run on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
