@@ -322,13 +322,8 @@ where
             ..
         }] = resolve(&first_slices, range)[..]
         {
-            let block = cache.get(&id).await?;
-            let start = offset_in_block as usize;
-            let stop = start + length as usize;
-            if stop > block.len() {
-                return Err(ReadError::ShortBlock(id));
-            }
-            return Ok(ReadBytes::Block(block, start..stop));
+            let (block, range) = block_range(cache, id, offset_in_block, length).await?;
+            return Ok(ReadBytes::Block(block, range));
         }
     }
     let mut out = Vec::with_capacity((end - offset) as usize);
@@ -357,18 +352,32 @@ where
                     id,
                     offset_in_block,
                 }) => {
-                    let block = cache.get(&id).await?;
-                    let start = offset_in_block as usize;
-                    let bytes = block
-                        .get(start..start + seg.length as usize)
-                        .ok_or(ReadError::ShortBlock(id))?;
-                    out.extend_from_slice(bytes);
+                    let (block, range) =
+                        block_range(cache, id, offset_in_block, seg.length).await?;
+                    out.extend_from_slice(&block[range]);
                 }
             }
         }
         pos = chunk_end;
     }
     Ok(ReadBytes::Owned(out))
+}
+
+/// A block from the cache and the range of it a segment reads, checked
+/// against the block's length.
+async fn block_range(
+    cache: &BlockCache,
+    id: BlockId,
+    offset_in_block: u32,
+    length: u32,
+) -> Result<(Arc<Vec<u8>>, Range<usize>), ReadError> {
+    let block = cache.get(&id).await?;
+    let start = offset_in_block as usize;
+    let stop = start + length as usize;
+    if stop > block.len() {
+        return Err(ReadError::ShortBlock(id));
+    }
+    Ok((block, start..stop))
 }
 
 /// Fills `buf` from `file` at `at`; bytes past the end of the file (a data

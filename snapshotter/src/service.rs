@@ -22,6 +22,7 @@ use containerd_snapshots::{Info, Kind, Snapshotter, Usage};
 use slayerfs_chunkstore::{
     BlockCache, BlockStore, CacheOptions, IndexDigest, LocalStore, ObjectKey, WriterOptions,
 };
+use slayerfs_config::CacheConfig;
 use slayerfs_layerfs::convert::{convert_layer, Expected};
 use slayerfs_layerfs::db::{Layer, LayerDb};
 use slayerfs_layerfs::fuse::MountOptions;
@@ -78,6 +79,7 @@ pub struct SlayerSnapshotter {
     cache: Arc<BlockCache>,
     base: Layer,
     runtime: tokio::runtime::Handle,
+    read_ahead: ReadAhead,
     mounts: Mutex<HashMap<u64, MountHandle>>,
     /// Serialises changes to snapshot state (mounts, commits, removals).
     changes: tokio::sync::Mutex<()>,
@@ -115,7 +117,7 @@ fn empty_tar() -> Vec<u8> {
 impl SlayerSnapshotter {
     /// Opens (creating) the state under `root`, detaches mounts a dead
     /// process left there, and mounts every active and view snapshot again.
-    pub async fn open(root: &Path, cache_bytes: u64) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(root: &Path, settings: &CacheConfig) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context;
         std::fs::create_dir_all(root.join("snapshots"))
             .with_context(|| format!("creating {}", root.display()))?;
@@ -128,7 +130,7 @@ impl SlayerSnapshotter {
         let cache = Arc::new(BlockCache::new(
             blocks.clone(),
             &CacheOptions {
-                memory_bytes: cache_bytes,
+                memory_bytes: settings.memory_bytes,
                 disk: None,
             },
         )?);
@@ -142,6 +144,9 @@ impl SlayerSnapshotter {
             cache,
             base,
             runtime: tokio::runtime::Handle::current(),
+            read_ahead: ReadAhead {
+                blocks: settings.read_ahead_blocks,
+            },
             mounts: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         });
@@ -241,7 +246,7 @@ impl SlayerSnapshotter {
                 upper,
                 this.cache.clone(),
                 this.runtime.clone(),
-                ReadAhead::default(),
+                this.read_ahead,
             )
             .map_err(internal)?;
             let opts = MountOptions {
@@ -420,16 +425,15 @@ impl SlayerSnapshotter {
     }
 
     async fn do_mounts(self: &Arc<Self>, key: String) -> Result<Vec<Mount>> {
+        // Under the change lock: a concurrent Remove must not find the
+        // mount half made, nor leave one behind.
+        let _changes = self.changes.lock().await;
         let snap = self.records.get(&key)?;
         if snap.kind == SnapshotKind::Committed {
             return Err(ServiceError::FailedPrecondition(format!(
                 "snapshot {key} is committed: only active and view snapshots have mounts"
             )));
         }
-        // Under the change lock: a concurrent Remove must not find the
-        // mount half made, nor leave one behind.
-        let _changes = self.changes.lock().await;
-        let snap = self.records.get(&key)?;
         self.ensure_mounted(&snap).await?;
         Ok(self.bind_mount(&snap))
     }

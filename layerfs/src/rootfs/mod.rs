@@ -192,17 +192,11 @@ impl Attr {
     }
 }
 
-/// How a mount reads ahead.
+/// How a mount reads ahead (set from `[cache] read_ahead_blocks`).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadAhead {
     /// Blocks fetched ahead of a read, within the same file.
     pub blocks: u32,
-}
-
-impl Default for ReadAhead {
-    fn default() -> Self {
-        ReadAhead { blocks: 8 }
-    }
 }
 
 struct OpenFile {

@@ -35,7 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     config.validate().context("invalid settings")?;
     let root = std::path::absolute(&cli.root).context("the root directory")?;
-    let sn = SlayerSnapshotter::open(&root, config.cache.memory_bytes)
+    let sn = SlayerSnapshotter::open(&root, &config.cache)
         .await
         .with_context(|| format!("opening the snapshotter state in {}", root.display()))?;
     if let Some(dir) = cli.address.parent() {
