@@ -48,8 +48,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("removing the old {}", cli.address.display()))
         }
     }
-    let listener = tokio::net::UnixListener::bind(&cli.address)
-        .with_context(|| format!("listening on {}", cli.address.display()))?;
+    // Bound under a temporary name and renamed once listening: a client
+    // that sees the socket can connect (bind creates the file before
+    // listen starts).
+    let file_name = cli
+        .address
+        .file_name()
+        .context("the socket address has no file name")?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}", std::process::id()));
+    let tmp = cli.address.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("listening on {}", tmp.display()))?;
+    std::fs::rename(&tmp, &cli.address)
+        .with_context(|| format!("publishing the socket {}", cli.address.display()))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tracing::info!(address = %cli.address.display(), root = %root.display(), "serving");
     let shutdown = async {
