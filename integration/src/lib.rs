@@ -6,6 +6,7 @@
 //! location of the project's binaries. It tests nothing itself.
 
 pub mod bins;
+pub mod daemon;
 pub mod fixtures;
 pub mod mount;
 pub mod s3;

@@ -5,63 +5,16 @@
 //! removing the image leaves no mount behind.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slayerfs_integration::bins::bin;
-
-/// A process of ours, stopped when dropped: SIGTERM (the snapshotter then
-/// unmounts its filesystems), SIGKILL if it is still there after 20 s.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(path: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not create {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use slayerfs_integration::daemon::{self, wait_for, Proc, SnapshotterPaths};
 
 fn start_snapshotter(dir: &Path) -> Proc {
-    let sock = dir.join("snap.sock");
-    let _ = std::fs::remove_file(&sock);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("snapshotter.log"))
-        .unwrap();
-    let child = Command::new(bin("slayerfs-snapshotter"))
-        .arg("--root")
-        .arg(dir.join("snap"))
-        .arg("--address")
-        .arg(&sock)
-        .env("SLAYERFS_CONFIG", dir.join("slayerfs.toml"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for(&sock, "the snapshotter");
-    Proc(child)
+    daemon::start_snapshotter(
+        &SnapshotterPaths::in_dir(dir),
+        &dir.join("slayerfs.toml"),
+    )
 }
 
 fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -143,6 +96,25 @@ fn build_image(dir: &Path) -> PathBuf {
     dir.join("img.tar")
 }
 
+/// Block files and index blobs in the snapshotter's block directory.
+fn stored_objects(dir: &Path) -> (usize, usize) {
+    fn walk(d: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path()),
+                Ok(_) => 1,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    let store = dir.join("snap/blocks");
+    (walk(&store.join("blocks")), walk(&store.join("indexes")))
+}
+
 fn our_mounts(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -209,6 +181,8 @@ state = "{d}/state-containerd"
     );
     let snaps = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
     assert_eq!(snaps.matches("Committed").count(), 3, "{snaps}");
+    let (blocks, indexes) = stored_objects(dir);
+    assert!(blocks >= 1 && indexes == 4, "{blocks} blocks, {indexes} indexes");
 
     let out = run_in(
         dir,
@@ -266,6 +240,17 @@ state = "{d}/state-containerd"
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(our_mounts(dir), Vec::<String>::new());
+    // containerd's garbage collection calls our Cleanup: every block and
+    // index of the image goes; the empty base layer's index stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_objects(dir) != (0, 1) {
+        assert!(
+            Instant::now() < deadline,
+            "objects left after removing the image: {:?}",
+            stored_objects(dir)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(containerd);
     drop(snapshotter);
     let log = std::fs::read_to_string(dir.join("snapshotter.log")).unwrap_or_default();

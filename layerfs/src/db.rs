@@ -11,7 +11,7 @@
 //! then its data, then the record as ready, with a flush between; a layer
 //! found not ready is wiped and loaded again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -209,6 +209,70 @@ impl LayerDb {
         Ok(())
     }
 
+    /// Every completely loaded layer.
+    pub fn layers(&self) -> Result<Vec<Layer>, DbError> {
+        let mut out = Vec::new();
+        for item in self.layers.iter() {
+            let (_, bytes) = item?;
+            let record: LayerRecord = decode("layers", &bytes)?;
+            if record.ready {
+                out.push(Layer {
+                    id: LayerId(record.id),
+                    record,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a layer and all its records; false if it was not loaded.
+    /// Merged views over it are their owner's to remove
+    /// ([`crate::merge::remove_chain`]).
+    pub fn remove_layer(&self, digest: &IndexDigest) -> Result<bool, DbError> {
+        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let key = digest.to_string();
+        let Some(bytes) = self.layers.get(&key)? else {
+            return Ok(false);
+        };
+        let mut record: LayerRecord = decode("layers", &bytes)?;
+        // Marked not ready first: a crash part way leaves a layer that
+        // [`Self::recover`] finishes removing, never one with records missing.
+        record.ready = false;
+        self.layers.insert(&key, record.encode_to_vec())?;
+        self.db.flush()?;
+        self.wipe(LayerId(record.id))?;
+        self.layers.remove(&key)?;
+        self.db.flush()?;
+        Ok(true)
+    }
+
+    /// How many inodes a layer has and the bytes of its files' contents
+    /// (a file with several names counted once).
+    pub fn usage(&self, layer: LayerId) -> Result<(u64, u64), DbError> {
+        let (mut inodes, mut bytes) = (0, 0);
+        for item in self.inodes.scan_prefix(layer.0.to_be_bytes()) {
+            let (_, v) = item?;
+            let rec: InodeRecord = decode("inodes", &v)?;
+            inodes += 1;
+            if let Some(i) = rec.inode.filter(|i| i.kind == InodeKind::Regular as i32) {
+                bytes += i.size;
+            }
+        }
+        Ok((inodes, bytes))
+    }
+
+    /// Adds the id of every block a slice of a loaded layer points at.
+    pub fn blocks_in_use(&self, into: &mut HashSet<BlockId>) -> Result<(), DbError> {
+        for item in self.slices.iter() {
+            let (_, bytes) = item?;
+            let list: ChunkSlices = decode("slices", &bytes)?;
+            for s in list.slices {
+                into.insert(slice_block("slices", &s.block_id)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Finishes or undoes loads a crash interrupted: their partial records
     /// are removed (the next load starts afresh). Returns how many.
     pub fn recover(&self) -> Result<usize, DbError> {
@@ -282,10 +346,7 @@ impl LayerDb {
         list.slices
             .into_iter()
             .map(|s| {
-                let block = BlockId::from_slice(&s.block_id).ok_or(DbError::Corrupt {
-                    tree: "slices",
-                    reason: format!("block id of {} bytes", s.block_id.len()),
-                })?;
+                let block = slice_block("slices", &s.block_id)?;
                 Ok(SliceView {
                     offset_in_chunk: s.offset_in_chunk,
                     length: s.length,
@@ -367,6 +428,14 @@ impl LayerDb {
             inodes,
         })
     }
+}
+
+/// The block id of a stored slice.
+fn slice_block(tree: &'static str, bytes: &[u8]) -> Result<BlockId, DbError> {
+    BlockId::from_slice(bytes).ok_or(DbError::Corrupt {
+        tree,
+        reason: format!("block id of {} bytes", bytes.len()),
+    })
 }
 
 /// Names per inode: directories 2 + subdirectories, others their names.

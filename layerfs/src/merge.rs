@@ -103,6 +103,8 @@ impl MergedView {
             if rec.ready {
                 return Self::with(db, &rec);
             }
+            // A build a crash interrupted: its partial records go.
+            wipe_chain(db, ChainId(rec.id))?;
         }
         let chain = ChainId(db.generate_id()? + 1);
         let mut rec = ChainRecord {
@@ -359,4 +361,60 @@ impl MergedView {
             })
             .collect()
     }
+}
+
+/// Removes the merged records of a chain id (not its `chains` entry).
+fn wipe_chain(db: &LayerDb, chain: ChainId) -> Result<(), DbError> {
+    let prefix = chain.0.to_be_bytes();
+    for name in ["merged_inodes", "merged_dentries"] {
+        let tree = db.tree(name)?;
+        let mut batch = sled::Batch::default();
+        for k in tree.scan_prefix(prefix).keys() {
+            batch.remove(k?);
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
+/// A built (or half-built) merged view, as listed by [`chains`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainInfo {
+    /// The [`chain_key`] it was built for.
+    pub key: String,
+    /// Its layers, bottom first.
+    pub layers: Vec<LayerId>,
+}
+
+/// Every merged view in the database.
+pub fn chains(db: &LayerDb) -> Result<Vec<ChainInfo>, DbError> {
+    let mut out = Vec::new();
+    for item in db.tree("chains")?.iter() {
+        let (k, v) = item?;
+        let rec: ChainRecord = decode("chains", &v)?;
+        out.push(ChainInfo {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            layers: rec.layers.into_iter().map(LayerId).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Removes the merged view of `key` (its layers stay). No view of it may be
+/// in use. False if there was none.
+pub fn remove_chain(db: &LayerDb, key: &str) -> Result<bool, DbError> {
+    let chains = db.tree("chains")?;
+    let Some(bytes) = chains.get(key)? else {
+        return Ok(false);
+    };
+    let mut rec: ChainRecord = decode("chains", &bytes)?;
+    // Not ready first, so a crash part way leaves a view that is rebuilt
+    // (and its leftovers wiped) on next use, never a ready one with holes.
+    rec.ready = false;
+    chains.insert(key, rec.encode_to_vec())?;
+    db.flush()?;
+    wipe_chain(db, ChainId(rec.id))?;
+    chains.remove(key)?;
+    db.flush()?;
+    Ok(true)
 }

@@ -12,6 +12,7 @@
 //! Records are written without a flush; [`Upper::flush`] (fsync, unmount)
 //! makes them durable.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -132,6 +133,65 @@ impl Upper {
         db.open_tree("upper_meta")?.remove(prefix)?;
         db.flush()?;
         Ok(())
+    }
+
+    /// The ids of every upper layer in `db`.
+    pub fn ids(db: &sled::Db) -> Result<Vec<UpperId>, UpperError> {
+        db.open_tree("upper_meta")?
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k?;
+                let bytes: [u8; 8] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("upper_meta", "key of the wrong length"))?;
+                Ok(UpperId(u64::from_be_bytes(bytes)))
+            })
+            .collect()
+    }
+
+    /// Adds the id of every block a slice of any upper in `db` points at
+    /// (lower files copied up keep pointing at their blocks).
+    pub fn blocks_in_use(db: &sled::Db, into: &mut HashSet<BlockId>) -> Result<(), UpperError> {
+        for item in db.open_tree("upper_slices")?.iter() {
+            let (_, bytes) = item?;
+            let list: ChunkSlices = decode("upper_slices", &bytes)?;
+            for s in list.slices {
+                if let Backing::Block { id, .. } = slice_from_record(s)?.backing {
+                    into.insert(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What upper `id` holds: how many inodes it has records of (new and
+    /// copied up) and the bytes its data files take on disk in `data_dir`.
+    pub fn usage(db: &sled::Db, id: UpperId, data_dir: &Path) -> Result<(u64, u64), UpperError> {
+        use std::os::unix::fs::MetadataExt;
+        let inodes = db
+            .open_tree("upper_inodes")?
+            .scan_prefix(id.0.to_be_bytes())
+            .count() as u64;
+        let data_err = |source| UpperError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        };
+        let mut bytes = 0;
+        match std::fs::read_dir(data_dir) {
+            Ok(entries) => {
+                for e in entries {
+                    // A file deleted meanwhile is simply not counted.
+                    if let Ok(m) = e.map_err(data_err)?.metadata() {
+                        bytes += m.blocks() * 512;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(data_err(e)),
+        }
+        Ok((inodes, bytes))
     }
 
     fn key(&self, ino: Ino) -> [u8; 16] {

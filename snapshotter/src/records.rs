@@ -285,7 +285,8 @@ impl Records {
                         )))
                     }
                     Some(p) if p.kind != SnapshotKind::Committed => {
-                        return abort(RecordError::FailedPrecondition(format!(
+                        // containerd's own stores answer InvalidArgument here.
+                        return abort(RecordError::InvalidArgument(format!(
                             "parent {parent} of {key} is not committed"
                         )))
                     }

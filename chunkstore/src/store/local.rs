@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{BlockStore, ObjectKey, StoreError};
+use crate::id::{BlockId, IndexDigest};
 
 /// Objects as files under a root directory, written to a temporary file,
 /// synced, then renamed into place, so a crash never leaves a partial object.
@@ -35,6 +36,49 @@ impl LocalStore {
         self.root.join(key.relative_path())
     }
 
+    /// Every object in the store. Files whose names are not keys (such as
+    /// the temporary files of writes in flight) are not objects.
+    pub fn list(&self) -> Result<Vec<ObjectKey>, StoreError> {
+        let listing = |e: std::io::Error| StoreError::Open {
+            store: self.location(),
+            message: format!("listing objects: {e}"),
+        };
+        let mut keys = Vec::new();
+        for name in names_in(&self.root.join("indexes")).map_err(listing)? {
+            if let Ok(d) = format!("sha256:{name}").parse::<IndexDigest>() {
+                keys.push(ObjectKey::Index(d));
+            }
+        }
+        for fan in names_in(&self.root.join("blocks")).map_err(listing)? {
+            for name in names_in(&self.root.join("blocks").join(&fan)).map_err(listing)? {
+                let id = hex::decode(&name)
+                    .ok()
+                    .and_then(|b| BlockId::from_slice(&b));
+                // Only the canonical spelling: the key must map back to this file.
+                if let Some(id) = id.filter(|id| id.to_hex() == name && name.starts_with(&fan)) {
+                    keys.push(ObjectKey::Block(id));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Deletes an object; returns the bytes it took (0 if it was not there).
+    pub fn remove(&self, key: &ObjectKey) -> Result<u64, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.path_of(key);
+        let size = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m.blocks() * 512,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.io_err("stat", key, e)),
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(self.io_err("remove", key, e)),
+        }
+    }
+
     fn io_err(&self, op: &'static str, key: &ObjectKey, source: std::io::Error) -> StoreError {
         StoreError::Io {
             store: self.location(),
@@ -43,6 +87,22 @@ impl LocalStore {
             source,
         }
     }
+}
+
+/// The UTF-8 names in `dir` (none if it does not exist yet).
+fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        if let Ok(name) = e?.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// O_DIRECT alignment of buffer address, offset and length.

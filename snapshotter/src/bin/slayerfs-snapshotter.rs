@@ -11,7 +11,8 @@ use anyhow::Context;
 use clap::Parser;
 use containerd_snapshots::tonic::transport::Server;
 use slayerfs_config::Config;
-use slayerfs_snapshotter::service::{Service, SlayerSnapshotter};
+use slayerfs_snapshotter::service::Service;
+use slayerfs_snapshotter::service::SlayerSnapshotter;
 
 #[derive(Parser)]
 #[command(

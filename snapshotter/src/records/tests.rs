@@ -71,7 +71,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         (
             r.create("b", "a", SnapshotKind::View, BTreeMap::new())
                 .unwrap_err(),
-            "FailedPrecondition",
+            "InvalidArgument",
         ),
         (
             r.create("", "", SnapshotKind::Active, BTreeMap::new())

@@ -12,13 +12,13 @@
 //! views, upper layers), `blocks` (blocks of committed layers),
 //! `snapshots/<id>/{fs,upper}`, `cache` (disk block cache).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::tonic::Status;
-use containerd_snapshots::{Info, Kind, Snapshotter, Usage};
+use containerd_snapshots::{Info, Kind};
 use slayerfs_chunkstore::{
     BlockCache, BlockStore, CacheOptions, IndexDigest, LocalStore, ObjectKey, WriterOptions,
 };
@@ -31,43 +31,15 @@ use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
 use slayerfs_layerfs::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 
-use crate::filters::Filter;
 use crate::mount::{is_mount_point, MountHandle};
-use crate::records::{RecordError, Records, Snapshot};
-use tracing::Instrument;
+use crate::records::{Records, Snapshot};
 
-/// Why a request failed, with the gRPC code containerd expects.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0:#}")]
-    Internal(#[from] anyhow::Error),
-}
+pub mod api;
+mod gc;
 
-impl From<ServiceError> for Status {
-    fn from(e: ServiceError) -> Status {
-        let msg = e.to_string();
-        match e {
-            ServiceError::Record(RecordError::NotFound(_)) => Status::not_found(msg),
-            ServiceError::Record(RecordError::AlreadyExists(_)) => Status::already_exists(msg),
-            ServiceError::Record(RecordError::FailedPrecondition(_))
-            | ServiceError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            ServiceError::Record(RecordError::InvalidArgument(_))
-            | ServiceError::InvalidArgument(_) => Status::invalid_argument(msg),
-            _ => {
-                tracing::error!(error = %msg, "snapshot request failed");
-                Status::internal(msg)
-            }
-        }
-    }
-}
-
-type Result<T> = std::result::Result<T, ServiceError>;
+pub use api::{Service, ServiceError};
+pub use gc::GcReport;
+use api::{internal, Result};
 
 /// The snapshotter.
 pub struct SlayerSnapshotter {
@@ -76,6 +48,8 @@ pub struct SlayerSnapshotter {
     records: Records,
     layers: Arc<LayerDb>,
     blocks: Arc<dyn BlockStore>,
+    /// The same store as `blocks`, for listing and deleting.
+    local: LocalStore,
     cache: Arc<BlockCache>,
     base: Layer,
     runtime: tokio::runtime::Handle,
@@ -83,6 +57,8 @@ pub struct SlayerSnapshotter {
     mounts: Mutex<HashMap<u64, MountHandle>>,
     /// Serialises changes to snapshot state (mounts, commits, removals).
     changes: tokio::sync::Mutex<()>,
+    /// A background garbage collection is scheduled.
+    gc_pending: AtomicBool,
 }
 
 fn kind_of(k: SnapshotKind) -> Kind {
@@ -94,7 +70,7 @@ fn kind_of(k: SnapshotKind) -> Kind {
     }
 }
 
-fn info_of(s: &Snapshot) -> Info {
+pub(crate) fn info_of(s: &Snapshot) -> Info {
     Info {
         kind: kind_of(s.kind),
         name: s.key.clone(),
@@ -105,9 +81,6 @@ fn info_of(s: &Snapshot) -> Info {
     }
 }
 
-fn internal(e: impl Into<anyhow::Error>) -> ServiceError {
-    ServiceError::Internal(e.into())
-}
 
 /// An uncompressed tar with no entries.
 fn empty_tar() -> Vec<u8> {
@@ -126,7 +99,8 @@ impl SlayerSnapshotter {
         let records = Records::open(&db)?;
         let layers = Arc::new(LayerDb::from_db(db.clone())?);
         layers.recover()?;
-        let blocks: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&root.join("blocks"))?);
+        let local = LocalStore::open(&root.join("blocks"))?;
+        let blocks: Arc<dyn BlockStore> = Arc::new(local.clone());
         let cache = Arc::new(BlockCache::new(
             blocks.clone(),
             &CacheOptions {
@@ -141,6 +115,7 @@ impl SlayerSnapshotter {
             records,
             layers,
             blocks,
+            local,
             cache,
             base,
             runtime: tokio::runtime::Handle::current(),
@@ -149,6 +124,7 @@ impl SlayerSnapshotter {
             },
             mounts: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            gc_pending: AtomicBool::new(false),
         });
         sn.restore().await?;
         Ok(sn)
@@ -182,26 +158,30 @@ impl SlayerSnapshotter {
         Ok(())
     }
 
+    /// The layer of a committed snapshot.
+    fn layer_of(&self, snap: &Snapshot) -> Result<Layer> {
+        let key = &snap.key;
+        let digest: IndexDigest = snap
+            .layer
+            .parse()
+            .map_err(|e| internal(anyhow::anyhow!("snapshot {key}: layer {e}")))?;
+        self.layers
+            .layer(&digest)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                internal(anyhow::anyhow!(
+                    "snapshot {key}: layer {digest} is not loaded"
+                ))
+            })
+    }
+
     /// The layers under a snapshot whose parent is `parent`, bottom first.
     fn chain(&self, parent: &str) -> Result<Vec<Layer>> {
         let mut layers = Vec::new();
         let mut key = parent.to_string();
         while !key.is_empty() {
             let snap = self.records.get(&key)?;
-            let digest: IndexDigest = snap
-                .layer
-                .parse()
-                .map_err(|e| internal(anyhow::anyhow!("snapshot {key}: layer {e}")))?;
-            let layer = self
-                .layers
-                .layer(&digest)
-                .map_err(internal)?
-                .ok_or_else(|| {
-                    internal(anyhow::anyhow!(
-                        "snapshot {key}: layer {digest} is not loaded"
-                    ))
-                })?;
-            layers.push(layer);
+            layers.push(self.layer_of(&snap)?);
             key = snap.parent;
         }
         layers.push(self.base.clone());
@@ -370,7 +350,7 @@ async fn import_tar(
     import_reader(std::io::Cursor::new(tar), blocks, layers).await
 }
 
-async fn import_reader<R: std::io::Read + Send + 'static>(
+pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
     tar: R,
     blocks: &Arc<dyn BlockStore>,
     layers: &Arc<LayerDb>,
@@ -389,214 +369,3 @@ async fn import_reader<R: std::io::Read + Send + 'static>(
     Ok(layer)
 }
 
-type InfoStream = tokio_stream::Iter<std::vec::IntoIter<std::result::Result<Info, ServiceError>>>;
-
-impl SlayerSnapshotter {
-    async fn do_stat(self: &Arc<Self>, key: String) -> Result<Info> {
-        Ok(info_of(&self.records.get(&key)?))
-    }
-
-    async fn do_update(
-        self: &Arc<Self>,
-        info: Info,
-        fieldpaths: Option<Vec<String>>,
-    ) -> Result<Info> {
-        let labels: BTreeMap<String, String> = info.labels.into_iter().collect();
-        let snap = self
-            .records
-            .update(&info.name, &labels, &fieldpaths.unwrap_or_default())?;
-        Ok(info_of(&snap))
-    }
-
-    async fn do_usage(self: &Arc<Self>, key: String) -> Result<Usage> {
-        let snap = self.records.get(&key)?;
-        let dir = self.state_dir(snap.id).join("upper");
-        let (mut size, mut inodes) = (0i64, 0i64);
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                if let Ok(m) = e.metadata() {
-                    use std::os::unix::fs::MetadataExt;
-                    size += (m.blocks() * 512) as i64;
-                    inodes += 1;
-                }
-            }
-        }
-        Ok(Usage { inodes, size })
-    }
-
-    async fn do_mounts(self: &Arc<Self>, key: String) -> Result<Vec<Mount>> {
-        // Under the change lock: a concurrent Remove must not find the
-        // mount half made, nor leave one behind.
-        let _changes = self.changes.lock().await;
-        let snap = self.records.get(&key)?;
-        if snap.kind == SnapshotKind::Committed {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "snapshot {key} is committed: only active and view snapshots have mounts"
-            )));
-        }
-        self.ensure_mounted(&snap).await?;
-        Ok(self.bind_mount(&snap))
-    }
-
-    async fn do_prepare(
-        self: &Arc<Self>,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>> {
-        self.create(key, parent, labels, SnapshotKind::Active).await
-    }
-
-    async fn do_view(
-        self: &Arc<Self>,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>> {
-        self.create(key, parent, labels, SnapshotKind::View).await
-    }
-
-    async fn do_commit(
-        self: &Arc<Self>,
-        name: String,
-        key: String,
-        labels: HashMap<String, String>,
-    ) -> Result<()> {
-        let _changes = self.changes.lock().await;
-        let snap = self.records.get(&key)?;
-        if snap.kind != SnapshotKind::Active {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "snapshot {key} is not active: only an active snapshot can be committed"
-            )));
-        }
-        if self.records.get(&name).is_ok() {
-            return Err(RecordError::AlreadyExists(name).into());
-        }
-        self.ensure_mounted(&snap).await?;
-        let rootfs = self
-            .mounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&snap.id)
-            .map(|h| h.rootfs.clone())
-            .ok_or_else(|| internal(anyhow::anyhow!("snapshot {key} is not mounted")))?;
-        // The changes stream through a pipe from the diff writer into the
-        // layer importer.
-        let (reader, writer) = std::io::pipe().map_err(internal)?;
-        let diff = tokio::task::spawn_blocking(move || rootfs.write_diff(writer));
-        let layer = import_reader(reader, &self.blocks, &self.layers).await;
-        let diff = diff.await.map_err(internal)?;
-        diff.map_err(internal)?;
-        let layer = layer?;
-        self.records.commit(
-            &name,
-            &key,
-            &layer.record.index_digest,
-            labels.into_iter().collect(),
-        )?;
-        self.drop_state_blocking(snap.id).await?;
-        Ok(())
-    }
-
-    async fn do_remove(self: &Arc<Self>, key: String) -> Result<()> {
-        let _changes = self.changes.lock().await;
-        let snap = self.records.get(&key)?;
-        if !self.records.children(&key)?.is_empty() {
-            return Err(RecordError::FailedPrecondition(format!(
-                "snapshot {key} has children; remove them first"
-            ))
-            .into());
-        }
-        self.drop_state_blocking(snap.id).await?;
-        self.records.remove(&key)?;
-        Ok(())
-    }
-
-    async fn do_list(self: &Arc<Self>, filters: Vec<String>) -> Result<InfoStream> {
-        let filters = filters
-            .iter()
-            .map(|f| Filter::parse(f))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(ServiceError::InvalidArgument)?;
-        let infos: Vec<std::result::Result<Info, ServiceError>> = self
-            .records
-            .all()?
-            .iter()
-            .filter(|s| filters.is_empty() || filters.iter().any(|f| f.matches(s)))
-            .map(|s| Ok(info_of(s)))
-            .collect();
-        Ok(tokio_stream::iter(infos))
-    }
-}
-
-/// The snapshots API over a [`SlayerSnapshotter`], one span per call.
-pub struct Service(pub Arc<SlayerSnapshotter>);
-
-#[containerd_snapshots::tonic::async_trait]
-impl Snapshotter for Service {
-    type Error = ServiceError;
-    type InfoStream = InfoStream;
-
-    async fn stat(&self, key: String) -> Result<Info> {
-        let span = tracing::debug_span!("stat", key);
-        self.0.do_stat(key).instrument(span).await
-    }
-
-    async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
-        let span = tracing::info_span!("update", key = info.name);
-        self.0.do_update(info, fieldpaths).instrument(span).await
-    }
-
-    async fn usage(&self, key: String) -> Result<Usage> {
-        let span = tracing::debug_span!("usage", key);
-        self.0.do_usage(key).instrument(span).await
-    }
-
-    async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
-        let span = tracing::debug_span!("mounts", key);
-        self.0.do_mounts(key).instrument(span).await
-    }
-
-    async fn prepare(
-        &self,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>> {
-        let span = tracing::info_span!("prepare", key, parent);
-        self.0
-            .do_prepare(key, parent, labels)
-            .instrument(span)
-            .await
-    }
-
-    async fn view(
-        &self,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>> {
-        let span = tracing::info_span!("view", key, parent);
-        self.0.do_view(key, parent, labels).instrument(span).await
-    }
-
-    async fn commit(
-        &self,
-        name: String,
-        key: String,
-        labels: HashMap<String, String>,
-    ) -> Result<()> {
-        let span = tracing::info_span!("commit", name, key);
-        self.0.do_commit(name, key, labels).instrument(span).await
-    }
-
-    async fn remove(&self, key: String) -> Result<()> {
-        let span = tracing::info_span!("remove", key);
-        self.0.do_remove(key).instrument(span).await
-    }
-
-    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<InfoStream> {
-        let span = tracing::debug_span!("list");
-        self.0.do_list(filters).instrument(span).await
-    }
-}

@@ -1,0 +1,290 @@
+//! The snapshots API: each gRPC call of containerd's snapshots service as
+//! an operation on a [`SlayerSnapshotter`], one tracing span per call, and
+//! the mapping of failures to the gRPC codes containerd expects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::tonic::Status;
+use containerd_snapshots::{Info, Snapshotter, Usage};
+use slayerfs_proto::store::SnapshotKind;
+use slayerfs_layerfs::upper::{Upper, UpperId};
+use tracing::Instrument;
+
+use crate::filters::Filter;
+use crate::records::RecordError;
+use super::{import_reader, info_of, SlayerSnapshotter};
+
+/// Why a request failed, with the gRPC code containerd expects.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ServiceError::Record(RecordError::NotFound(_)) => Status::not_found(msg),
+            ServiceError::Record(RecordError::AlreadyExists(_)) => Status::already_exists(msg),
+            ServiceError::Record(RecordError::FailedPrecondition(_))
+            | ServiceError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ServiceError::Record(RecordError::InvalidArgument(_))
+            | ServiceError::InvalidArgument(_) => Status::invalid_argument(msg),
+            _ => {
+                tracing::error!(error = %msg, "snapshot request failed");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+pub(crate) fn internal(e: impl Into<anyhow::Error>) -> ServiceError {
+    ServiceError::Internal(e.into())
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+type InfoStream = tokio_stream::Iter<std::vec::IntoIter<std::result::Result<Info, ServiceError>>>;
+
+impl SlayerSnapshotter {
+    async fn do_stat(self: &Arc<Self>, key: String) -> Result<Info> {
+        Ok(info_of(&self.records.get(&key)?))
+    }
+
+    async fn do_update(
+        self: &Arc<Self>,
+        info: Info,
+        fieldpaths: Option<Vec<String>>,
+    ) -> Result<Info> {
+        let labels: BTreeMap<String, String> = info.labels.into_iter().collect();
+        let snap = self
+            .records
+            .update(&info.name, &labels, &fieldpaths.unwrap_or_default())?;
+        Ok(info_of(&snap))
+    }
+
+    async fn do_usage(self: &Arc<Self>, key: String) -> Result<Usage> {
+        let snap = self.records.get(&key)?;
+        let (inodes, size) = match snap.kind {
+            // A committed snapshot's layer; the blocks may be shared with
+            // other layers, so this is what it holds, not what it alone uses.
+            SnapshotKind::Committed => {
+                let layer = self.layer_of(&snap)?;
+                self.layers.usage(layer.id).map_err(internal)?
+            }
+            // An active snapshot's upper: its records and its data on disk.
+            _ => {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    Upper::usage(
+                        &this.db,
+                        UpperId(snap.id),
+                        &this.state_dir(snap.id).join("upper"),
+                    )
+                })
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+            }
+        };
+        Ok(Usage {
+            inodes: i64::try_from(inodes).unwrap_or(i64::MAX),
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+        })
+    }
+
+    async fn do_mounts(self: &Arc<Self>, key: String) -> Result<Vec<Mount>> {
+        // Under the change lock: a concurrent Remove must not find the
+        // mount half made, nor leave one behind.
+        let _changes = self.changes.lock().await;
+        let snap = self.records.get(&key)?;
+        if snap.kind == SnapshotKind::Committed {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "snapshot {key} is committed: only active and view snapshots have mounts"
+            )));
+        }
+        self.ensure_mounted(&snap).await?;
+        Ok(self.bind_mount(&snap))
+    }
+
+    async fn do_prepare(
+        self: &Arc<Self>,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(key, parent, labels, SnapshotKind::Active).await
+    }
+
+    async fn do_view(
+        self: &Arc<Self>,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(key, parent, labels, SnapshotKind::View).await
+    }
+
+    async fn do_commit(
+        self: &Arc<Self>,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let snap = self.records.get(&key)?;
+        if snap.kind != SnapshotKind::Active {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "snapshot {key} is not active: only an active snapshot can be committed"
+            )));
+        }
+        if self.records.get(&name).is_ok() {
+            return Err(RecordError::AlreadyExists(name).into());
+        }
+        self.ensure_mounted(&snap).await?;
+        let rootfs = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&snap.id)
+            .map(|h| h.rootfs.clone())
+            .ok_or_else(|| internal(anyhow::anyhow!("snapshot {key} is not mounted")))?;
+        // The changes stream through a pipe from the diff writer into the
+        // layer importer.
+        let (reader, writer) = std::io::pipe().map_err(internal)?;
+        let diff = tokio::task::spawn_blocking(move || rootfs.write_diff(writer));
+        let layer = import_reader(reader, &self.blocks, &self.layers).await;
+        let diff = diff.await.map_err(internal)?;
+        diff.map_err(internal)?;
+        let layer = layer?;
+        self.records.commit(
+            &name,
+            &key,
+            &layer.record.index_digest,
+            labels.into_iter().collect(),
+        )?;
+        self.drop_state_blocking(snap.id).await?;
+        Ok(())
+    }
+
+    async fn do_remove(self: &Arc<Self>, key: String) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let snap = self.records.get(&key)?;
+        if !self.records.children(&key)?.is_empty() {
+            return Err(RecordError::FailedPrecondition(format!(
+                "snapshot {key} has children; remove them first"
+            ))
+            .into());
+        }
+        self.drop_state_blocking(snap.id).await?;
+        self.records.remove(&key)?;
+        if snap.kind == SnapshotKind::Committed {
+            // Its layer and blocks may be shared; a collection works it out.
+            self.schedule_gc();
+        }
+        Ok(())
+    }
+
+    async fn do_list(self: &Arc<Self>, filters: Vec<String>) -> Result<InfoStream> {
+        let filters = filters
+            .iter()
+            .map(|f| Filter::parse(f))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(ServiceError::InvalidArgument)?;
+        let infos: Vec<std::result::Result<Info, ServiceError>> = self
+            .records
+            .all()?
+            .iter()
+            .filter(|s| filters.is_empty() || filters.iter().any(|f| f.matches(s)))
+            .map(|s| Ok(info_of(s)))
+            .collect();
+        Ok(tokio_stream::iter(infos))
+    }
+}
+
+/// The snapshots API over a [`SlayerSnapshotter`], one span per call.
+pub struct Service(pub Arc<SlayerSnapshotter>);
+
+#[containerd_snapshots::tonic::async_trait]
+impl Snapshotter for Service {
+    type Error = ServiceError;
+    type InfoStream = InfoStream;
+
+    async fn stat(&self, key: String) -> Result<Info> {
+        let span = tracing::debug_span!("stat", key);
+        self.0.do_stat(key).instrument(span).await
+    }
+
+    async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
+        let span = tracing::info_span!("update", key = info.name);
+        self.0.do_update(info, fieldpaths).instrument(span).await
+    }
+
+    async fn usage(&self, key: String) -> Result<Usage> {
+        let span = tracing::debug_span!("usage", key);
+        self.0.do_usage(key).instrument(span).await
+    }
+
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
+        let span = tracing::debug_span!("mounts", key);
+        self.0.do_mounts(key).instrument(span).await
+    }
+
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let span = tracing::info_span!("prepare", key, parent);
+        self.0
+            .do_prepare(key, parent, labels)
+            .instrument(span)
+            .await
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let span = tracing::info_span!("view", key, parent);
+        self.0.do_view(key, parent, labels).instrument(span).await
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let span = tracing::info_span!("commit", name, key);
+        self.0.do_commit(name, key, labels).instrument(span).await
+    }
+
+    async fn remove(&self, key: String) -> Result<()> {
+        let span = tracing::info_span!("remove", key);
+        self.0.do_remove(key).instrument(span).await
+    }
+
+    /// containerd's Cleanup: collect garbage now.
+    async fn clear(&self) -> Result<()> {
+        let span = tracing::info_span!("cleanup");
+        self.0.collect_garbage().instrument(span).await.map(|_| ())
+    }
+
+    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<InfoStream> {
+        let span = tracing::debug_span!("list");
+        self.0.do_list(filters).instrument(span).await
+    }
+}

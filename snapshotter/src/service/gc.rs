@@ -1,0 +1,178 @@
+//! Garbage collection: freeing what no snapshot needs any more.
+//!
+//! Removing a snapshot drops its record, its mount and its upper at once;
+//! what it may share with others is collected here, by mark and sweep under
+//! the change lock (so no commit is writing blocks meanwhile):
+//! - layers no committed snapshot (nor the empty base) is made of, and
+//!   their index blobs;
+//! - merged views no active or view snapshot stands on, except those of
+//!   committed snapshots without children (the tops of images, where the
+//!   next container will stand);
+//! - upper records and state directories without a snapshot (left by a
+//!   removal a crash interrupted);
+//! - blocks no slice of a layer or an upper points at.
+//!
+//! containerd calls Cleanup after its own garbage collection removed
+//! snapshots; a Remove of a committed snapshot also schedules a collection.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use slayerfs_chunkstore::{BlockId, ObjectKey};
+use slayerfs_layerfs::merge::{chain_key, chains, remove_chain};
+use slayerfs_layerfs::upper::Upper;
+use slayerfs_proto::store::SnapshotKind;
+
+use super::api::{internal, Result};
+use super::{detach, SlayerSnapshotter};
+use crate::mount::is_mount_point;
+
+/// What one collection freed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub layers: usize,
+    pub views: usize,
+    pub uppers: usize,
+    pub state_dirs: usize,
+    pub blocks: usize,
+    pub indexes: usize,
+    /// Disk space of the removed blocks and index blobs.
+    pub bytes: u64,
+}
+
+impl SlayerSnapshotter {
+    /// Collects garbage now.
+    pub async fn collect_garbage(self: &Arc<Self>) -> Result<GcReport> {
+        let _changes = self.changes.lock().await;
+        let this = self.clone();
+        let report = tokio::task::spawn_blocking(move || this.collect_locked())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        if report != GcReport::default() {
+            tracing::info!(?report, "garbage collected");
+        }
+        Ok(report)
+    }
+
+    /// Schedules a collection in the background, unless one is pending.
+    pub(super) fn schedule_gc(self: &Arc<Self>) {
+        if self.gc_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            // Cleared before collecting: a removal while this one runs
+            // schedules the next.
+            this.gc_pending.store(false, Ordering::Release);
+            if let Err(e) = this.collect_garbage().await {
+                tracing::warn!(error = %e, "background garbage collection");
+            }
+        });
+    }
+
+    fn collect_locked(&self) -> anyhow::Result<GcReport> {
+        let mut report = GcReport::default();
+        let snaps = self.records.all()?;
+
+        let mut live_layers: HashSet<String> = HashSet::new();
+        live_layers.insert(self.base.record.index_digest.clone());
+        let mut live_views: HashSet<String> = HashSet::new();
+        let mut live_ids: HashSet<u64> = HashSet::new();
+        for s in &snaps {
+            let stands_on = match s.kind {
+                SnapshotKind::Committed => {
+                    live_layers.insert(s.layer.clone());
+                    if !self.records.children(&s.key)?.is_empty() {
+                        continue;
+                    }
+                    &s.key
+                }
+                _ => {
+                    live_ids.insert(s.id);
+                    &s.parent
+                }
+            };
+            // A chain that cannot be worked out stops the collection: what
+            // is live must be known before anything is deleted.
+            let chain = self
+                .chain(stands_on)
+                .with_context(|| format!("the layers under snapshot {}", s.key))?;
+            live_views.insert(chain_key(&chain));
+        }
+
+        for view in chains(&self.layers)? {
+            if !live_views.contains(&view.key) && remove_chain(&self.layers, &view.key)? {
+                report.views += 1;
+            }
+        }
+        for layer in self.layers.layers()? {
+            if live_layers.contains(&layer.record.index_digest) {
+                continue;
+            }
+            let digest = layer.record.index_digest.parse()?;
+            if self.layers.remove_layer(&digest)? {
+                report.layers += 1;
+            }
+        }
+        for id in Upper::ids(&self.db)? {
+            if !live_ids.contains(&id.0) {
+                Upper::destroy(&self.db, id)?;
+                report.uppers += 1;
+            }
+        }
+        report.state_dirs = self.sweep_state_dirs(&live_ids)?;
+
+        let mut blocks: HashSet<BlockId> = HashSet::new();
+        self.layers.blocks_in_use(&mut blocks)?;
+        Upper::blocks_in_use(&self.db, &mut blocks)?;
+        for key in self.local.list()? {
+            let garbage = match &key {
+                ObjectKey::Block(id) => !blocks.contains(id),
+                ObjectKey::Index(d) => !live_layers.contains(&d.to_string()),
+            };
+            if garbage {
+                report.bytes += self.local.remove(&key)?;
+                match key {
+                    ObjectKey::Block(_) => report.blocks += 1,
+                    ObjectKey::Index(_) => report.indexes += 1,
+                }
+            }
+        }
+        self.db.flush()?;
+        Ok(report)
+    }
+
+    /// Removes `snapshots/<id>` directories of no active or view snapshot.
+    fn sweep_state_dirs(&self, live: &HashSet<u64>) -> anyhow::Result<usize> {
+        let dir = self.root.join("snapshots");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e?;
+            let id = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok());
+            if id.is_some_and(|id| live.contains(&id)) {
+                continue;
+            }
+            let fs = e.path().join("fs");
+            if is_mount_point(&fs).unwrap_or(false) {
+                detach(&fs);
+            }
+            // Never delete through a mount that would not go.
+            if is_mount_point(&fs).unwrap_or(false) {
+                tracing::warn!(path = %fs.display(), "left in place: still mounted");
+                continue;
+            }
+            let path = e.path();
+            if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
