@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 use slayerfs_integration::daemon::{self, wait_for, Proc, SnapshotterPaths};
 
 fn start_snapshotter(dir: &Path) -> Proc {
-    daemon::start_snapshotter(
-        &SnapshotterPaths::in_dir(dir),
-        &dir.join("slayerfs.toml"),
-    )
+    daemon::start_snapshotter(&SnapshotterPaths::in_dir(dir), &dir.join("slayerfs.toml"))
 }
 
 fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -182,7 +179,10 @@ state = "{d}/state-containerd"
     let snaps = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
     assert_eq!(snaps.matches("Committed").count(), 3, "{snaps}");
     let (blocks, indexes) = stored_objects(dir);
-    assert!(blocks >= 1 && indexes == 4, "{blocks} blocks, {indexes} indexes");
+    assert!(
+        blocks >= 1 && indexes == 4,
+        "{blocks} blocks, {indexes} indexes"
+    );
 
     let out = run_in(
         dir,

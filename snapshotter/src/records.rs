@@ -288,7 +288,7 @@ impl Records {
                         // containerd's own stores answer InvalidArgument here.
                         return abort(RecordError::InvalidArgument(format!(
                             "parent {parent} of {key} is not committed"
-                        )))
+                        )));
                     }
                     Some(_) => {}
                 }

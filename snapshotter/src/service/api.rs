@@ -8,13 +8,13 @@ use std::sync::Arc;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::Status;
 use containerd_snapshots::{Info, Snapshotter, Usage};
-use slayerfs_proto::store::SnapshotKind;
 use slayerfs_layerfs::upper::{Upper, UpperId};
+use slayerfs_proto::store::SnapshotKind;
 use tracing::Instrument;
 
+use super::{import_reader, info_of, SlayerSnapshotter};
 use crate::filters::Filter;
 use crate::records::RecordError;
-use super::{import_reader, info_of, SlayerSnapshotter};
 
 /// Why a request failed, with the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]

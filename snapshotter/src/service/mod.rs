@@ -37,9 +37,9 @@ use crate::records::{Records, Snapshot};
 pub mod api;
 mod gc;
 
+use api::{internal, Result};
 pub use api::{Service, ServiceError};
 pub use gc::GcReport;
-use api::{internal, Result};
 
 /// The snapshotter.
 pub struct SlayerSnapshotter {
@@ -80,7 +80,6 @@ pub(crate) fn info_of(s: &Snapshot) -> Info {
         updated_at: s.updated,
     }
 }
-
 
 /// An uncompressed tar with no entries.
 fn empty_tar() -> Vec<u8> {
@@ -368,4 +367,3 @@ pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
         tokio::task::spawn_blocking(move || layers.load_index(&conv.digest, &conv.index)).await??;
     Ok(layer)
 }
-
