@@ -21,3 +21,18 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+
+/// Keeps large allocations (each FUSE session thread's request buffer,
+/// 4 MiB blocks) mapped and unmapped on their own. glibc otherwise raises
+/// its mmap threshold after the first such buffer is freed and serves later
+/// ones from its arenas, which keep the memory: measured here, a daemon
+/// that mounted and unmounted 100 snapshots grew from 20 to 330 MiB RSS,
+/// against 26 MiB with a fixed threshold.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called at start,
+    // before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}

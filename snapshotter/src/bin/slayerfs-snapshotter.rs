@@ -87,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    slayerfs_snapshotter::process::tune_allocator();
     slayerfs_snapshotter::process::init_logging("info");
     let runtime = match slayerfs_snapshotter::process::runtime() {
         Ok(rt) => rt,

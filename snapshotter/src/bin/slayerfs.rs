@@ -362,6 +362,7 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
+    slayerfs_snapshotter::process::tune_allocator();
     slayerfs_snapshotter::process::init_logging(default_level);
     let runtime = match slayerfs_snapshotter::process::runtime() {
         Ok(rt) => rt,
