@@ -1,5 +1,6 @@
-//! Block caches for the read path: memory, then a local disk directory, then
-//! the store. However many readers ask for a block at once, it is fetched
+//! Block caches for the read path: memory, then the node's own blocks (if
+//! it has a store of its own), then a local disk directory, then the store.
+//! However many readers ask for a block at once, it is fetched
 //! once; every copy is verified against its id when it enters memory, so a
 //! damaged disk copy is dropped and fetched again, and a damaged store
 //! object is an error, never data.
@@ -22,12 +23,18 @@ pub struct CacheOptions {
     /// A directory for stored (compressed) blocks and its capacity in bytes;
     /// `None` for no disk cache.
     pub disk: Option<(PathBuf, u64)>,
+    /// A store of this node's own blocks, read before the disk cache and
+    /// the store and never copied into the disk cache (they are on this
+    /// disk already).
+    pub local: Option<Arc<dyn BlockStore>>,
 }
 
 /// What the caches did, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct CacheStats {
     pub memory_hits: AtomicU64,
+    /// Blocks read from the node's own store.
+    pub local_hits: AtomicU64,
     pub disk_hits: AtomicU64,
     /// Blocks fetched from the store.
     pub fetches: AtomicU64,
@@ -40,6 +47,7 @@ pub struct CacheStats {
 /// Memory and disk caches in front of a block store.
 pub struct BlockCache {
     store: Arc<dyn BlockStore>,
+    local: Option<Arc<dyn BlockStore>>,
     memory: moka::future::Cache<BlockId, Arc<Vec<u8>>>,
     disk: Option<DiskCache>,
     stats: Arc<CacheStats>,
@@ -59,6 +67,7 @@ impl BlockCache {
         };
         Ok(BlockCache {
             store,
+            local: opts.local.clone(),
             memory,
             disk,
             stats: Arc::default(),
@@ -89,6 +98,25 @@ impl BlockCache {
     }
 
     async fn load(&self, id: BlockId) -> Result<Arc<Vec<u8>>, FetchError> {
+        if let Some(local) = &self.local {
+            match local.get(&ObjectKey::Block(id)).await {
+                Ok(stored) => match decode_off_thread(id, stored).await {
+                    Ok((plain, _)) => {
+                        self.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Arc::new(plain));
+                    }
+                    // The store may have a good copy; the damage is logged.
+                    Err(e) => tracing::error!(
+                        block = %id,
+                        store = %local.location(),
+                        error = %e,
+                        "block failed verification"
+                    ),
+                },
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(disk) = &self.disk {
             match disk.read(id).await {
                 Some(Ok(plain)) => {

@@ -107,6 +107,7 @@ async fn merged_view_equals_kernel_overlayfs() {
     let cache = BlockCache::new(
         store,
         &CacheOptions {
+            local: None,
             memory_bytes: 64 << 20,
             disk: None,
         },

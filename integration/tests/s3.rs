@@ -127,6 +127,7 @@ async fn cached_reads_fetch_each_block_once_from_s3() {
     store.put(&ObjectKey::Block(id), stored).await.unwrap();
     let gets_before = server.counters.gets.load(Ordering::Relaxed);
     let opts = CacheOptions {
+        local: None,
         memory_bytes: 64 << 20,
         disk: Some((tmp.path().join("cache"), 64 << 20)),
     };

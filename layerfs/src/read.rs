@@ -214,6 +214,7 @@ pub async fn read_file<W: Write + Send>(
     let cache = BlockCache::new(
         store.clone(),
         &CacheOptions {
+            local: None,
             memory_bytes: 4 * BLOCK_SIZE as u64,
             disk: None,
         },

@@ -20,3 +20,4 @@ pub mod process;
 pub mod progress;
 pub mod records;
 pub mod service;
+pub mod store_args;

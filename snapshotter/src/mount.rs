@@ -82,6 +82,7 @@ pub fn image_rootfs(
     let cache = BlockCache::new(
         store,
         &CacheOptions {
+            local: None,
             memory_bytes: config.cache.memory_bytes,
             disk,
         },

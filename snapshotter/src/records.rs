@@ -253,13 +253,42 @@ impl Records {
         kind: SnapshotKind,
         labels: BTreeMap<String, String>,
     ) -> Result<Snapshot, RecordError> {
-        check_key(key)?;
-        validate_labels(&labels)?;
         if !matches!(kind, SnapshotKind::Active | SnapshotKind::View) {
             return Err(RecordError::InvalidArgument(format!(
                 "snapshot {key}: only active and view snapshots are created"
             )));
         }
+        self.insert_new(key, parent, kind, labels, String::new())
+    }
+
+    /// Creates committed snapshot `key` of `parent` straight from `layer`
+    /// (a layer pulled lazily: nothing was ever active).
+    pub fn create_committed(
+        &self,
+        key: &str,
+        parent: &str,
+        layer: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Snapshot, RecordError> {
+        self.insert_new(
+            key,
+            parent,
+            SnapshotKind::Committed,
+            labels,
+            layer.to_string(),
+        )
+    }
+
+    fn insert_new(
+        &self,
+        key: &str,
+        parent: &str,
+        kind: SnapshotKind,
+        labels: BTreeMap<String, String>,
+        layer: String,
+    ) -> Result<Snapshot, RecordError> {
+        check_key(key)?;
+        validate_labels(&labels)?;
         let id = self.db.generate_id()? + 1;
         let now = SystemTime::now();
         let snap = Snapshot {
@@ -270,7 +299,7 @@ impl Records {
             labels,
             created: now,
             updated: now,
-            layer: String::new(),
+            layer,
         };
         let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {

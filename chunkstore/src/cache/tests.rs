@@ -28,6 +28,7 @@ async fn concurrent_readers_fetch_a_block_once() {
         BlockCache::new(
             store,
             &CacheOptions {
+                local: None,
                 memory_bytes: 64 << 20,
                 disk: None,
             },
@@ -52,6 +53,7 @@ async fn disk_cache_serves_evicted_blocks_and_heals_damage() {
     let disk_dir = dir.path().join("cache");
     // Memory holds one block; the disk holds all four.
     let opts = CacheOptions {
+        local: None,
         memory_bytes: (1 << 20) + 1,
         disk: Some((disk_dir.clone(), 64 << 20)),
     };
@@ -89,6 +91,7 @@ async fn disk_cache_stays_within_capacity() {
     let cache = BlockCache::new(
         store,
         &CacheOptions {
+            local: None,
             memory_bytes: 1,
             disk: Some((disk_dir.clone(), cap)),
         },
@@ -125,6 +128,7 @@ async fn a_damaged_store_object_is_an_error_every_time() {
     let cache = BlockCache::new(
         store,
         &CacheOptions {
+            local: None,
             memory_bytes: 1 << 20,
             disk: Some((dir.path().join("cache"), 1 << 20)),
         },

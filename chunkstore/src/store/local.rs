@@ -27,6 +27,14 @@ impl LocalStore {
         })
     }
 
+    /// A store at `root` that is only read here: the directory is not
+    /// created, and while it does not exist every object is missing.
+    pub fn at(root: &Path) -> Self {
+        LocalStore {
+            root: root.to_path_buf(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use containerd_snapshots::tonic::transport::Server;
-use slayerfs_config::Config;
+use slayerfs_chunkstore::{open_store, BlockStore, LocalStore};
+use slayerfs_config::{Config, StoreLocation};
 use slayerfs_snapshotter::service::Service;
 use slayerfs_snapshotter::service::SlayerSnapshotter;
+use slayerfs_snapshotter::store_args::StoreArgs;
 
 #[derive(Parser)]
 #[command(
@@ -30,13 +32,31 @@ struct Cli {
     /// Configuration file (default /etc/slayerfs/config.toml, if present).
     #[arg(long, env = "SLAYERFS_CONFIG")]
     config: Option<PathBuf>,
+    /// The store images were converted into, where lazily pulled layers'
+    /// blocks are read from (overrides the config file).
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// The shared store, read only: a local directory is not created (until a
+/// conversion writes it, every object is simply missing).
+async fn open_shared(config: &Config) -> anyhow::Result<Arc<dyn BlockStore>> {
+    Ok(match config.store_location() {
+        StoreLocation::Local(dir) => Arc::new(LocalStore::at(&dir)),
+        location => open_store(&location, config).await?,
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
+    cli.store.apply(&mut config);
     config.validate().context("invalid settings")?;
     let root = std::path::absolute(&cli.root).context("the root directory")?;
-    let sn = SlayerSnapshotter::open(&root, &config.cache)
+    let shared = open_shared(&config)
+        .await
+        .context("opening the block store")?;
+    tracing::info!(store = shared.location(), "lazily pulled layers read from");
+    let sn = SlayerSnapshotter::open(&root, &config, shared)
         .await
         .with_context(|| format!("opening the snapshotter state in {}", root.display()))?;
     if let Some(dir) = cli.address.parent() {

@@ -13,6 +13,7 @@ use slayerfs_snapshotter::image_ref::ImageRef;
 use slayerfs_snapshotter::inspect::{print_layers, print_tree, ConvertedImage};
 use slayerfs_snapshotter::mount;
 use slayerfs_snapshotter::progress::{human_bytes, ProgressMode};
+use slayerfs_snapshotter::store_args::StoreArgs;
 
 #[derive(Parser)]
 #[command(
@@ -29,18 +30,6 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Where blocks go; overrides the config file.
-#[derive(clap::Args)]
-struct StoreArgs {
-    /// Block store: a directory or s3://BUCKET[/PREFIX] (default from the
-    /// config, else <state_dir>/store).
-    #[arg(long)]
-    store: Option<String>,
-    /// S3 endpoint URL, e.g. http://127.0.0.1:9000.
-    #[arg(long)]
-    s3_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -178,12 +167,7 @@ fn spawn_daemon(mountpoint: &std::path::Path, log: Option<&PathBuf>) -> anyhow::
 fn load_config(path: Option<&PathBuf>, store: Option<&StoreArgs>) -> anyhow::Result<Config> {
     let mut config = Config::load(path.map(PathBuf::as_path))?;
     if let Some(args) = store {
-        if let Some(s) = &args.store {
-            config.store.url = Some(s.clone());
-        }
-        if let Some(ep) = &args.s3_endpoint {
-            config.store.s3.endpoint = Some(ep.clone());
-        }
+        args.apply(&mut config);
     }
     config.validate().context("invalid settings")?;
     Ok(config)

@@ -12,6 +12,7 @@ use slayerfs_layerfs::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 use tracing::Instrument;
 
+use super::remote::LazyLayer;
 use super::{import_reader, info_of, SlayerSnapshotter};
 use crate::filters::Filter;
 use crate::records::RecordError;
@@ -122,6 +123,25 @@ impl SlayerSnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        if let Some(lazy) = LazyLayer::from_labels(&labels)? {
+            match self.pull_lazily(&lazy, &parent, &labels).await {
+                // What containerd's unpacker waits for: the layer is there,
+                // under the chain id it asked for.
+                Ok(()) => {
+                    return Err(RecordError::AlreadyExists(format!(
+                        "target snapshot {}",
+                        lazy.target
+                    ))
+                    .into())
+                }
+                Err(e) => tracing::warn!(
+                    target = lazy.target,
+                    index = %lazy.index,
+                    error = %e,
+                    "lazy pull failed; preparing the layer for unpacking instead"
+                ),
+            }
+        }
         self.create(key, parent, labels, SnapshotKind::Active).await
     }
 
@@ -161,11 +181,18 @@ impl SlayerSnapshotter {
         // The changes stream through a pipe from the diff writer into the
         // layer importer.
         let (reader, writer) = std::io::pipe().map_err(internal)?;
+        let started = std::time::Instant::now();
         let diff = tokio::task::spawn_blocking(move || rootfs.write_diff(writer));
         let layer = import_reader(reader, &self.blocks, &self.layers).await;
-        let diff = diff.await.map_err(internal)?;
-        diff.map_err(internal)?;
+        let stats = diff.await.map_err(internal)?.map_err(internal)?;
         let layer = layer?;
+        tracing::info!(
+            entries = stats.entries,
+            file_bytes = stats.file_bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            layer = layer.record.index_digest,
+            "changes written out as a layer"
+        );
         self.records.commit(
             &name,
             &key,

@@ -7,7 +7,7 @@
 //!   their index blobs;
 //! - merged views no active or view snapshot stands on, except those of
 //!   committed snapshots without children (the tops of images, where the
-//!   next container will stand);
+//!   next container will stand) and the base layer's;
 //! - upper records and state directories without a snapshot (left by a
 //!   removal a crash interrupted);
 //! - blocks no slice of a layer or an upper points at.
@@ -79,7 +79,10 @@ impl SlayerSnapshotter {
 
         let mut live_layers: HashSet<String> = HashSet::new();
         live_layers.insert(self.base.record.index_digest.clone());
+        // The view of the base layer alone (under every snapshot without a
+        // parent) is tiny and always wanted again.
         let mut live_views: HashSet<String> = HashSet::new();
+        live_views.insert(chain_key(std::slice::from_ref(&self.base)));
         let mut live_ids: HashSet<u64> = HashSet::new();
         for s in &snaps {
             let stands_on = match s.kind {

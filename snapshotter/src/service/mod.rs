@@ -22,7 +22,7 @@ use containerd_snapshots::{Info, Kind};
 use slayerfs_chunkstore::{
     BlockCache, BlockStore, CacheOptions, IndexDigest, LocalStore, ObjectKey, WriterOptions,
 };
-use slayerfs_config::CacheConfig;
+use slayerfs_config::Config;
 use slayerfs_layerfs::convert::{convert_layer, Expected};
 use slayerfs_layerfs::db::{Layer, LayerDb};
 use slayerfs_layerfs::fuse::MountOptions;
@@ -36,6 +36,7 @@ use crate::records::{Records, Snapshot};
 
 pub mod api;
 mod gc;
+pub mod remote;
 
 use api::{internal, Result};
 pub use api::{Service, ServiceError};
@@ -50,6 +51,8 @@ pub struct SlayerSnapshotter {
     blocks: Arc<dyn BlockStore>,
     /// The same store as `blocks`, for listing and deleting.
     local: LocalStore,
+    /// The store images were converted into (read only here).
+    shared: Arc<dyn BlockStore>,
     cache: Arc<BlockCache>,
     base: Layer,
     runtime: tokio::runtime::Handle,
@@ -89,7 +92,11 @@ fn empty_tar() -> Vec<u8> {
 impl SlayerSnapshotter {
     /// Opens (creating) the state under `root`, detaches mounts a dead
     /// process left there, and mounts every active and view snapshot again.
-    pub async fn open(root: &Path, settings: &CacheConfig) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(
+        root: &Path,
+        config: &Config,
+        shared: Arc<dyn BlockStore>,
+    ) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context;
         std::fs::create_dir_all(root.join("snapshots"))
             .with_context(|| format!("creating {}", root.display()))?;
@@ -100,11 +107,16 @@ impl SlayerSnapshotter {
         layers.recover()?;
         let local = LocalStore::open(&root.join("blocks"))?;
         let blocks: Arc<dyn BlockStore> = Arc::new(local.clone());
+        // Reads find the blocks of layers committed here first, then the
+        // shared store's blocks of lazily pulled layers (those through the
+        // disk cache).
+        let settings = &config.cache;
         let cache = Arc::new(BlockCache::new(
-            blocks.clone(),
+            shared.clone(),
             &CacheOptions {
                 memory_bytes: settings.memory_bytes,
-                disk: None,
+                disk: (settings.disk_bytes > 0).then(|| (root.join("cache"), settings.disk_bytes)),
+                local: Some(blocks.clone()),
             },
         )?);
         let base = import_tar(empty_tar(), &blocks, &layers).await?;
@@ -115,6 +127,7 @@ impl SlayerSnapshotter {
             layers,
             blocks,
             local,
+            shared,
             cache,
             base,
             runtime: tokio::runtime::Handle::current(),

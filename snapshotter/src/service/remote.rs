@@ -1,0 +1,116 @@
+//! Lazy pull: a Prepare whose labels name a converted layer is answered by
+//! committing that layer from its index alone.
+//!
+//! containerd's unpacker (pull, CRI, nerdctl) calls Prepare for each layer
+//! with `containerd.io/snapshot.ref` = the layer's chain id and the layer
+//! descriptor's `containerd.io/snapshot/*` annotations as labels. When those
+//! carry our index annotation, the index blob is fetched from the shared
+//! store, verified against its digest, loaded, and a committed snapshot is
+//! recorded under the chain id; Prepare then answers AlreadyExists, and
+//! containerd finds the snapshot by its `snapshot.ref` label and neither
+//! downloads nor unpacks the layer. File data is fetched block by block on
+//! first read. Anything that goes wrong falls back to an ordinary Prepare.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use slayerfs_chunkstore::{fetch_index, IndexDigest, ObjectKey};
+use slayerfs_layerfs::index::decode_index;
+use slayerfs_proto::store::SnapshotKind;
+
+use super::api::{internal, Result, ServiceError};
+use super::SlayerSnapshotter;
+use crate::convert::ANNOTATION_INDEX;
+use crate::records::RecordError;
+
+/// The label containerd sets to the chain id a Prepare is unpacking.
+pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
+
+/// What a Prepare asks to pull lazily: the chain id to commit and the
+/// layer's index digest.
+pub(super) struct LazyLayer {
+    pub target: String,
+    pub index: IndexDigest,
+}
+
+impl LazyLayer {
+    /// The lazy layer `labels` ask for, if any. A malformed index label is
+    /// an error (the image is ours, but broken).
+    pub fn from_labels(labels: &HashMap<String, String>) -> Result<Option<Self>> {
+        let (Some(target), Some(index)) = (labels.get(LABEL_TARGET), labels.get(ANNOTATION_INDEX))
+        else {
+            return Ok(None);
+        };
+        let index = index
+            .parse()
+            .map_err(|e| ServiceError::InvalidArgument(format!("label {ANNOTATION_INDEX}: {e}")))?;
+        Ok(Some(LazyLayer {
+            target: target.clone(),
+            index,
+        }))
+    }
+}
+
+impl SlayerSnapshotter {
+    /// Commits `layer` as snapshot `layer.target` on `parent` from its
+    /// index. Ok when the snapshot exists afterwards (also when it already
+    /// did); nothing is recorded on failure.
+    pub(super) async fn pull_lazily(
+        self: &Arc<Self>,
+        layer: &LazyLayer,
+        parent: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        match self.records.get(&layer.target) {
+            Ok(s) if s.kind == SnapshotKind::Committed && s.parent == parent => return Ok(()),
+            Ok(_) => {
+                return Err(RecordError::AlreadyExists(format!(
+                    "{} (not the committed snapshot of this layer)",
+                    layer.target
+                ))
+                .into())
+            }
+            Err(RecordError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let started = std::time::Instant::now();
+        let blob = fetch_index(self.shared.as_ref(), &layer.index)
+            .await
+            .map_err(internal)?;
+        let bytes = blob.len();
+        let index = tokio::task::spawn_blocking({
+            let blob = blob.clone();
+            move || decode_index(&blob)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| internal(anyhow::anyhow!("layer index {}: {e}", layer.index)))?;
+        // A copy of the index stays here: the layer's records can be
+        // rebuilt and collected without the shared store.
+        self.blocks
+            .put(&ObjectKey::Index(layer.index), blob)
+            .await
+            .map_err(internal)?;
+        let layers = self.layers.clone();
+        let digest = layer.index;
+        let loaded = tokio::task::spawn_blocking(move || layers.load_index(&digest, &index))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        self.records.create_committed(
+            &layer.target,
+            parent,
+            &loaded.record.index_digest,
+            labels.clone().into_iter().collect(),
+        )?;
+        tracing::info!(
+            target = layer.target,
+            index = %layer.index,
+            index_bytes = bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "layer pulled lazily"
+        );
+        Ok(())
+    }
+}
