@@ -67,6 +67,16 @@ impl SnapshotterPaths {
 /// Starts `slayerfs-snapshotter` with `config` as its configuration file
 /// and returns once its socket is there (it appears only once it listens).
 pub fn start_snapshotter(paths: &SnapshotterPaths, config: &Path) -> Proc {
+    start_snapshotter_with_env(paths, config, &[])
+}
+
+/// Starts `slayerfs-snapshotter` like [`start_snapshotter`], with extra
+/// environment variables (S3 credentials).
+pub fn start_snapshotter_with_env(
+    paths: &SnapshotterPaths,
+    config: &Path,
+    env: &[(&str, String)],
+) -> Proc {
     let _ = std::fs::remove_file(&paths.socket);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -79,10 +89,117 @@ pub fn start_snapshotter(paths: &SnapshotterPaths, config: &Path) -> Proc {
         .arg("--address")
         .arg(&paths.socket)
         .env("SLAYERFS_CONFIG", config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("starting slayerfs-snapshotter");
     wait_for(&paths.socket, "the snapshotter");
     Proc(child)
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits up to a minute for something to accept connections on `addr`.
+pub fn wait_listening(addr: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A registry (Debian's `docker-registry`) on 127.0.0.1, plain HTTP, its
+/// data and request log under a directory.
+pub struct Registry {
+    pub addr: String,
+    pub log: PathBuf,
+    _proc: Proc,
+}
+
+impl Registry {
+    pub fn start(dir: &Path) -> Registry {
+        std::fs::create_dir_all(dir).expect("registry directory");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let log = dir.join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("registry log"))
+            .spawn()
+            .expect("starting docker-registry");
+        let proc = Proc(child);
+        wait_listening(&addr, "the registry");
+        Registry {
+            addr,
+            log,
+            _proc: proc,
+        }
+    }
+
+    /// The digests of the blobs the registry was asked for (GET), in order.
+    pub fn blobs_served(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| l.contains("GET")) {
+            let mut rest = line;
+            while let Some(i) = rest.find("/blobs/sha256:") {
+                let d = &rest[i + "/blobs/".len()..];
+                let digest: String = d.chars().take("sha256:".len() + 64).collect();
+                if digest.len() == 71 && !out.contains(&digest) {
+                    out.push(digest);
+                }
+                rest = &rest[i + 1..];
+            }
+        }
+        out
+    }
+}
+
+/// containerd (the Debian package) with its own root, state and socket
+/// under `dir`, our snapshotter as the `slayerfs` proxy plugin at
+/// `snapshotter_socket`, and `cri` appended to its config (empty: the CRI
+/// plugin is disabled). Returns once its socket is there.
+pub fn start_containerd(dir: &Path, snapshotter_socket: &Path, cri: &str) -> Proc {
+    let cri = if cri.is_empty() {
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n".to_string()
+    } else {
+        cri.to_string()
+    };
+    let config = dir.join("containerd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state-containerd\"\n[grpc]\n  address = \"{d}/containerd.sock\"\n[proxy_plugins.slayerfs]\n  type = \"snapshot\"\n  address = \"{s}\"\n{cri}",
+            d = dir.display(),
+            s = snapshotter_socket.display(),
+        ),
+    )
+    .expect("containerd config");
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("containerd.log")).expect("containerd log"))
+        .spawn()
+        .expect("starting containerd");
+    let proc = Proc(child);
+    wait_for(&dir.join("containerd.sock"), "containerd");
+    proc
 }

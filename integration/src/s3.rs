@@ -113,10 +113,15 @@ impl S3Server {
     /// Starts a server on 127.0.0.1 (a free port) over `root`, with the
     /// given buckets created.
     pub fn start(root: &Path, buckets: &[&str]) -> anyhow::Result<Self> {
+        Self::start_at(root, buckets, "127.0.0.1:0".parse()?)
+    }
+
+    /// Starts a server on `addr` (to bring one back where it was).
+    pub fn start_at(root: &Path, buckets: &[&str], addr: SocketAddr) -> anyhow::Result<Self> {
         for b in buckets {
             std::fs::create_dir_all(root.join(b))?;
         }
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let counters = Arc::new(Counters::default());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slayerfs_integration::daemon::{self, wait_for, Proc, SnapshotterPaths};
+use slayerfs_integration::daemon::{self, Proc, SnapshotterPaths};
 
 fn start_snapshotter(dir: &Path) -> Proc {
     daemon::start_snapshotter(&SnapshotterPaths::in_dir(dir), &dir.join("slayerfs.toml"))
@@ -134,35 +134,8 @@ fn containers_run_on_our_snapshots_and_survive_a_daemon_restart() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("containerd.toml"),
-        format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state-containerd"
-[grpc]
-  address = "{d}/containerd.sock"
-[proxy_plugins.slayerfs]
-  type = "snapshot"
-  address = "{d}/snap.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  disable = true
-"#,
-            d = dir.display()
-        ),
-    )
-    .unwrap();
     let mut snapshotter = start_snapshotter(dir);
-    let containerd = Proc(
-        Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("containerd.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(&dir.join("containerd.sock"), "containerd");
+    let containerd = daemon::start_containerd(dir, &dir.join("snap.sock"), "");
     let image = build_image(dir);
     ok(
         dir,

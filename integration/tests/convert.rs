@@ -62,7 +62,7 @@ async fn awkward_image_round_trips_through_blocks_and_indexes() {
         assert_eq!(ann[ANNOTATION_SOURCE_DIGEST], written.layer_digests[i]);
         assert_eq!(
             desc.media_type().to_string(),
-            "application/vnd.slayerfs.layer.index.v1+zstd"
+            "application/vnd.oci.image.layer.slayerfs.index.v1"
         );
         let index = img.layer_index(desc).unwrap();
         assert_eq!(index.source_digest, written.layer_digests[i]);

@@ -30,7 +30,12 @@ pub mod index {
     /// The only index version this build reads and writes.
     pub const VERSION: u32 = 1;
     /// OCI media type of a converted layer (a zstd-compressed `LayerIndex`).
-    pub const MEDIA_TYPE: &str = "application/vnd.slayerfs.layer.index.v1+zstd";
+    /// It starts with `application/vnd.oci.image.layer.` because containerd
+    /// hands a layer's annotations to the snapshotter (the lazy pull) only
+    /// for descriptors it recognises as layers by that prefix; no `+zstd`
+    /// suffix, so a containerd that does try to unpack it reports an
+    /// unsupported media type instead of a broken tar.
+    pub const MEDIA_TYPE: &str = "application/vnd.oci.image.layer.slayerfs.index.v1";
 }
 
 /// Records kept in the sled database.

@@ -123,6 +123,7 @@ impl SlayerSnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        tracing::debug!(labels = ?labels.keys().collect::<Vec<_>>(), "prepare");
         if let Some(lazy) = LazyLayer::from_labels(&labels)? {
             match self.pull_lazily(&lazy, &parent, &labels).await {
                 // What containerd's unpacker waits for: the layer is there,

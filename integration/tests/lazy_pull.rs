@@ -1,0 +1,280 @@
+//! Lazy pull end to end, real parts only: an image converted into a real
+//! S3 server on 127.0.0.1 and pushed to a real registry (Debian's
+//! `docker-registry`), pulled by containerd's CRI plugin (the flow kubelet
+//! and nerdctl use: layer annotations become Prepare labels) onto our
+//! snapshotter, then run with `ctr` and runc. Only the layer indexes move at
+//! pull time; a container reading one small file fetches about what it
+//! reads; with S3 gone, what was read still reads and the rest is EIO,
+//! until S3 is back. An image that was never converted, pulled the same
+//! way, is unpacked through our mounts instead.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use containerd_snapshots::tonic::transport::{Endpoint, Uri};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{ImageSpec, PullImageRequest};
+use slayerfs_integration::bins::bin;
+use slayerfs_integration::daemon::{
+    start_containerd, start_snapshotter_with_env, Registry, SnapshotterPaths,
+};
+use slayerfs_integration::s3::S3Server;
+
+const BIG_MIB: usize = 200;
+
+fn sh(script: &str, cwd: &Path, env: &[(&str, String)]) -> String {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script}\n{text}");
+    text
+}
+
+/// `ctr` in the CRI plugin's namespace: (success, stdout + stderr).
+fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(dir.join("containerd.sock"))
+        .arg("--namespace")
+        .arg("k8s.io")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn run(dir: &Path, image: &str, name: &str, cmd: &[&str]) -> (bool, String) {
+    let mut args = vec!["run", "--rm", "--snapshotter", "slayerfs", image, name];
+    args.extend_from_slice(cmd);
+    ctr(dir, &args)
+}
+
+/// PullImage through containerd's CRI plugin, as kubelet calls it.
+async fn cri_pull(dir: &Path, image: &str) -> Result<String, String> {
+    let sock = dir.join("containerd.sock");
+    let channel = Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            tokio::net::UnixStream::connect(sock.clone())
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut images = ImageServiceClient::new(channel);
+    let r = images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                annotations: HashMap::new(),
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    Ok(r.into_inner().image_ref)
+}
+
+fn cri_pull_blocking(dir: &Path, image: &str) -> Result<String, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(cri_pull(dir, image))
+}
+
+/// Two layers made with umoci: busybox and a small file; a big file.
+fn build_image(dir: &Path) {
+    sh(
+        &format!(
+            r#"
+        umoci init --layout img
+        umoci new --image img:v1
+        umoci unpack --image img:v1 b
+        mkdir -p b/rootfs/bin b/rootfs/etc b/rootfs/data
+        cp /bin/busybox b/rootfs/bin/busybox
+        for a in sh cat head wc; do ln -s busybox b/rootfs/bin/$a; done
+        echo "a small file" > b/rootfs/etc/small
+        umoci repack --image img:v1 b && rm -rf b
+        umoci unpack --image img:v1 b
+        head -c {BIG_MIB}M /dev/urandom > b/rootfs/data/big
+        umoci repack --image img:v1 b && rm -rf b
+        "#
+        ),
+        dir,
+        &[],
+    );
+}
+
+#[test]
+fn a_converted_image_pulled_through_cri_starts_without_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s3_root = dir.join("s3");
+    let mut s3 = S3Server::start(&s3_root, &["images"]).unwrap();
+    let s3_addr = s3.addr;
+    let env = s3.env();
+    let registry = Registry::start(&dir.join("registry"));
+    build_image(dir);
+
+    // Convert into S3, push the converted image and the original.
+    let config = dir.join("slayerfs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[store]\nurl = \"s3://images\"\n[store.s3]\nendpoint = \"{}\"\nmax_attempts = 2\nconnect_timeout_ms = 1000\noperation_timeout_ms = 5000\n",
+            dir.join("state").display().to_string(),
+            s3.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut conv_env = env.clone();
+    conv_env.push(("SLAYERFS_CONFIG", config.display().to_string()));
+    sh(
+        &format!(
+            "{} convert oci:img:v1 oci:conv:v1 --quiet\n\
+             skopeo copy -q --dest-tls-verify=false oci:conv:v1 docker://{r}/lazy:v1\n\
+             skopeo copy -q --dest-tls-verify=false oci:img:v1 docker://{r}/plain:v1\n",
+            bin("slayerfs").display(),
+            r = registry.addr
+        ),
+        dir,
+        &conv_env,
+    );
+    let conv_manifest = sh("skopeo inspect --raw oci:conv:v1", dir, &[]);
+    let manifest: serde_json::Value = serde_json::from_str(&conv_manifest).unwrap();
+    let index_digests: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let index_bytes: u64 = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+
+    let paths = SnapshotterPaths::in_dir(dir);
+    let _snapshotter = start_snapshotter_with_env(&paths, &config, &env);
+    let cri = format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "slayerfs"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{r}"]
+    endpoint = ["http://{r}"]
+"#,
+        r = registry.addr
+    );
+    let _containerd = start_containerd(dir, &paths.socket, &cri);
+    let log = || {
+        format!(
+            "snapshotter log:\n{}\ncontainerd log:\n{}",
+            paths.log_text(),
+            std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        )
+    };
+
+    // The pull moves the indexes and the config, not the data.
+    let before_pull = s3.counters.get_bytes.load(Ordering::Relaxed);
+    let image = format!("{}/lazy:v1", registry.addr);
+    let t0 = Instant::now();
+    // The CRI plugin may still be starting; it answers Unavailable then.
+    let pulled = loop {
+        match cri_pull_blocking(dir, &image) {
+            Ok(r) => break r,
+            Err(e) if e.starts_with("Unavailable") && t0.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(300))
+            }
+            Err(e) => panic!("PullImage: {e}\n{}", log()),
+        }
+    };
+    assert!(pulled.starts_with("sha256:"), "{pulled}");
+    let pull_bytes = s3.counters.get_bytes.load(Ordering::Relaxed) - before_pull;
+    assert!(
+        pull_bytes <= index_bytes,
+        "the pull fetched {pull_bytes} bytes from S3; the indexes are {index_bytes}"
+    );
+    let (_, snaps) = ctr(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
+    assert_eq!(snaps.matches("Committed").count(), 2, "{snaps}\n{}", log());
+    assert!(
+        paths.log_text().contains("layer pulled lazily"),
+        "{}",
+        log()
+    );
+    let allowed: Vec<&String> = index_digests.iter().chain([&config_digest]).collect();
+    for blob in registry.blobs_served() {
+        assert!(allowed.contains(&&blob), "the registry served blob {blob}");
+    }
+
+    // A container reading one small file fetches about what it reads: the
+    // block holding busybox and the file, not the big file's.
+    let before_run = s3.counters.get_bytes.load(Ordering::Relaxed);
+    let (ok, out) = run(dir, &image, "c1", &["/bin/cat", "/etc/small"]);
+    assert!(ok && out.contains("a small file"), "{out}\n{}", log());
+    let run_bytes = s3.counters.get_bytes.load(Ordering::Relaxed) - before_run;
+    let read = std::fs::metadata("/bin/busybox").unwrap().len() + 13;
+    eprintln!(
+        "pull: {pull_bytes} bytes from S3 (indexes {index_bytes}); first run: {run_bytes} bytes for {read} read"
+    );
+    assert!(
+        run_bytes < 2 * (read + index_bytes),
+        "fetched {run_bytes} bytes for a container that read {read}"
+    );
+    assert!(
+        run_bytes < ((BIG_MIB as u64) << 20) / 10,
+        "fetched {run_bytes} bytes"
+    );
+
+    // S3 gone: what was read still reads; the big file fails with EIO in
+    // bounded time; S3 back: it reads.
+    drop(s3);
+    let (ok, out) = run(dir, &image, "c2", &["/bin/cat", "/etc/small"]);
+    assert!(ok && out.contains("a small file"), "{out}\n{}", log());
+    let t0 = Instant::now();
+    let (ok, out) = run(dir, &image, "c3", &["/bin/head", "-c", "100", "/data/big"]);
+    assert!(!ok, "read the big file with S3 down: {out}");
+    assert!(
+        out.contains("I/O error") || out.contains("Input/output error"),
+        "{out}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    s3 = S3Server::start_at(&s3_root, &["images"], s3_addr).unwrap();
+    let (ok, out) = run(
+        dir,
+        &image,
+        "c4",
+        &["/bin/sh", "-c", "head -c 1000000 /data/big | wc -c"],
+    );
+    assert!(ok && out.trim() == "1000000", "{out}\n{}", log());
+    drop(s3);
+
+    // An image that was never converted still runs: the CRI plugin unpacks
+    // it through our mounts.
+    let plain = format!("{}/plain:v1", registry.addr);
+    cri_pull_blocking(dir, &plain).unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    let (ok, out) = run(dir, &plain, "c5", &["/bin/cat", "/etc/small"]);
+    assert!(ok && out.contains("a small file"), "{out}\n{}", log());
+    assert!(!paths.log_text().contains("panicked"), "{}", log());
+}
