@@ -18,6 +18,8 @@ pub mod mount;
 pub mod oci_layout;
 pub mod process;
 pub mod progress;
+pub mod pull;
 pub mod records;
+pub mod registry;
 pub mod service;
 pub mod store_args;

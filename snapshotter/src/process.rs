@@ -3,10 +3,12 @@
 /// Logs to stderr at `default_level` (RUST_LOG overrides), colored on a
 /// terminal only. fuser's own warnings are left out: it warns when the
 /// kernel already dropped a mount it unmounts at exit (after
-/// `fusermount3 -u`), which is the normal way to stop.
+/// `fusermount3 -u`), which is the normal way to stop; and its reply
+/// errors: the kernel drops requests whose caller went away (a container's
+/// process killed mid-read), and the late answer failing is expected.
 pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},fuser=error"))
+        tracing_subscriber::EnvFilter::new(format!("{default_level},fuser=error,fuser::reply=off"))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -35,4 +37,11 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
+}
+
+/// Chooses rustls's crypto provider (ring, as the S3 client uses) for the
+/// registry client; once per process.
+pub fn init_tls() {
+    // Already installed (by an earlier call) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

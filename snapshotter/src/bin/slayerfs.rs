@@ -13,6 +13,8 @@ use slayerfs_snapshotter::image_ref::ImageRef;
 use slayerfs_snapshotter::inspect::{print_layers, print_tree, ConvertedImage};
 use slayerfs_snapshotter::mount;
 use slayerfs_snapshotter::progress::{human_bytes, ProgressMode};
+use slayerfs_snapshotter::pull::{pull, LayerOutcome, PullOptions};
+use slayerfs_snapshotter::registry::RegistryOptions;
 use slayerfs_snapshotter::store_args::StoreArgs;
 
 #[derive(Parser)]
@@ -49,6 +51,38 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
         /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Pull an image into containerd, lazily for converted images (what
+    /// nerdctl pull does): then `ctr run --snapshotter slayerfs REF …`.
+    Pull {
+        /// Image reference, e.g. registry.example/app:1 or 127.0.0.1:5000/app:1.
+        reference: String,
+        /// containerd's socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+        /// containerd namespace.
+        #[arg(
+            long,
+            short = 'n',
+            env = "CONTAINERD_NAMESPACE",
+            default_value = "default"
+        )]
+        namespace: String,
+        /// Snapshotter to pull into.
+        #[arg(long, default_value = "slayerfs")]
+        snapshotter: String,
+        /// Platform to pick from a multi-platform image (os/arch).
+        #[arg(long, default_value_t = default_platform())]
+        platform: String,
+        /// Plain HTTP for every registry (localhost and 127.0.0.1 always are).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry credentials USER:PASS (else ~/.docker/config.json).
+        #[arg(long)]
+        creds: Option<String>,
+        /// Only the closing line.
         #[arg(short, long)]
         quiet: bool,
     },
@@ -90,6 +124,16 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         threads: usize,
     },
+}
+
+/// This machine's platform in OCI terms.
+fn default_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("linux/{arch}")
 }
 
 /// Re-runs this command without `--daemon`, detached, and returns once its
@@ -264,6 +308,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Pull {
+            reference,
+            address,
+            namespace,
+            snapshotter,
+            platform,
+            insecure,
+            creds,
+            quiet,
+        } => {
+            let opts = PullOptions {
+                address,
+                namespace,
+                snapshotter,
+                platform,
+                registry: RegistryOptions { insecure, creds },
+            };
+            let report = pull(&reference, &opts, |line| {
+                if !quiet {
+                    println!("{line}");
+                }
+            })
+            .await?;
+            let lazy = report
+                .layers
+                .iter()
+                .filter(|o| **o == LayerOutcome::Lazy)
+                .count();
+            let unpacked = report
+                .layers
+                .iter()
+                .filter(|o| **o == LayerOutcome::Unpacked)
+                .count();
+            println!(
+                "pulled {} ({} layers: {lazy} lazily, {unpacked} unpacked, {} present); {} from the registry in {:.2} s",
+                report.image,
+                report.layers.len(),
+                report.layers.len() - lazy - unpacked,
+                human_bytes(report.registry_bytes),
+                report.seconds
+            );
+        }
         Command::Mount {
             src,
             mountpoint,
@@ -348,6 +434,7 @@ fn main() -> ExitCode {
     };
     slayerfs_snapshotter::process::tune_allocator();
     slayerfs_snapshotter::process::init_logging(default_level);
+    slayerfs_snapshotter::process::init_tls();
     let runtime = match slayerfs_snapshotter::process::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,0 +1,357 @@
+//! Reading images from an OCI registry (`oci-client`): credentials, plain
+//! HTTP for local registries, the manifest of one platform, and blobs,
+//! each verified against its digest and refused past a size limit.
+//!
+//! It knows nothing of containerd or of what the blobs mean.
+
+use std::path::PathBuf;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use sha2::{Digest, Sha256};
+
+/// Media types of what a reference can name.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Manifests and configs are small; anything larger is refused unread.
+const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Plain HTTP for every registry (else only for localhost and
+    /// 127.0.0.1, as containerd and docker do).
+    pub insecure: bool,
+    /// `USER:PASS`, used for every registry; else `~/.docker/config.json`.
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("image reference `{0}`: {1}")]
+    Reference(String, String),
+    #[error("{image}: {message}")]
+    Request { image: String, message: String },
+    #[error("{image}: {what} {digest} is {size} bytes, more than the {limit} allowed")]
+    TooLarge {
+        image: String,
+        what: &'static str,
+        digest: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{image}: {what} hashes to sha256:{actual}, not {expected}")]
+    Digest {
+        image: String,
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("{image}: {message}")]
+    Malformed { image: String, message: String },
+    #[error("{image}: no manifest for platform {platform}")]
+    NoPlatform { image: String, platform: String },
+    #[error("credentials: {0}")]
+    Creds(String),
+}
+
+/// One image reference on its registry.
+pub struct RemoteImage {
+    client: oci_client::Client,
+    reference: Reference,
+    auth: RegistryAuth,
+}
+
+/// A manifest as fetched: its bytes (for the content store), digest and
+/// media type, and the index it was chosen from, if any.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub digest: String,
+    pub media_type: String,
+    pub index: Option<(Vec<u8>, String, String)>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn is_local(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+impl RemoteImage {
+    pub fn new(image: &str, opts: &RegistryOptions) -> Result<Self, RegistryError> {
+        let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
+            RegistryError::Reference(image.to_string(), e.to_string())
+        })?;
+        let registry = reference.resolve_registry().to_string();
+        let protocol = if opts.insecure || is_local(&registry) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let client = oci_client::Client::new(ClientConfig {
+            protocol,
+            // Platforms are chosen here, from the raw index.
+            platform_resolver: None,
+            ..Default::default()
+        });
+        let auth = auth_for(&registry, opts)?;
+        Ok(RemoteImage {
+            client,
+            reference,
+            auth,
+        })
+    }
+
+    /// The reference in full (`registry/repository:tag`).
+    pub fn name(&self) -> String {
+        self.reference.whole()
+    }
+
+    fn request_err(&self, e: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Request {
+            image: self.name(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The manifest for `platform` (`os/arch`), through an index if the
+    /// reference names one.
+    pub async fn manifest(&self, platform: &str) -> Result<FetchedManifest, RegistryError> {
+        let accepted = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&self.reference, &self.auth, &accepted)
+            .await
+            .map_err(|e| self.request_err(e))?;
+        let bytes = bytes.to_vec();
+        self.check_digest("manifest", &bytes, &digest)?;
+        let media_type = media_type_of(&bytes).map_err(|m| self.malformed(m))?;
+        if media_type != OCI_INDEX && media_type != DOCKER_LIST {
+            return Ok(FetchedManifest {
+                bytes,
+                digest,
+                media_type,
+                index: None,
+            });
+        }
+        let index: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| self.malformed(format!("index: {e}")))?;
+        let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
+        let chosen = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["platform"]["os"] == os && m["platform"]["architecture"] == arch)
+            .ok_or_else(|| RegistryError::NoPlatform {
+                image: self.name(),
+                platform: platform.to_string(),
+            })?;
+        let child = chosen["digest"]
+            .as_str()
+            .ok_or_else(|| self.malformed("an index entry without a digest".into()))?
+            .to_string();
+        let by_digest = self.reference.clone_with_digest(child.clone());
+        let (child_bytes, _) = self
+            .client
+            .pull_manifest_raw(&by_digest, &self.auth, &accepted)
+            .await
+            .map_err(|e| self.request_err(e))?;
+        let child_bytes = child_bytes.to_vec();
+        self.check_digest("manifest", &child_bytes, &child)?;
+        let child_type = media_type_of(&child_bytes).map_err(|m| self.malformed(m))?;
+        Ok(FetchedManifest {
+            bytes: child_bytes,
+            digest: child,
+            media_type: child_type,
+            index: Some((bytes, digest, media_type)),
+        })
+    }
+
+    /// A blob of at most `limit` bytes, verified against `digest`.
+    pub async fn blob(
+        &self,
+        what: &'static str,
+        digest: &str,
+        size: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if size > limit {
+            return Err(RegistryError::TooLarge {
+                image: self.name(),
+                what,
+                digest: digest.to_string(),
+                size,
+                limit,
+            });
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        self.client
+            .pull_blob(&self.reference, digest, &mut out)
+            .await
+            .map_err(|e| self.request_err(format!("{what} {digest}: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(RegistryError::TooLarge {
+                image: self.name(),
+                what,
+                digest: digest.to_string(),
+                size: out.len() as u64,
+                limit,
+            });
+        }
+        self.check_digest(what, &out, digest)?;
+        Ok(out)
+    }
+
+    /// A manifest or config blob (small JSON).
+    pub async fn json_blob(
+        &self,
+        what: &'static str,
+        digest: &str,
+        size: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        self.blob(what, digest, size, MAX_JSON_BYTES).await
+    }
+
+    fn check_digest(
+        &self,
+        what: &'static str,
+        bytes: &[u8],
+        expected: &str,
+    ) -> Result<(), RegistryError> {
+        let actual = sha256(bytes);
+        if expected.strip_prefix("sha256:") != Some(actual.as_str()) {
+            return Err(RegistryError::Digest {
+                image: self.name(),
+                what,
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, message: String) -> RegistryError {
+        RegistryError::Malformed {
+            image: self.name(),
+            message,
+        }
+    }
+}
+
+/// The `mediaType` a manifest or index declares.
+fn media_type_of(bytes: &[u8]) -> Result<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("manifest: {e}"))?;
+    match v["mediaType"].as_str() {
+        Some(m) => Ok(m.to_string()),
+        // OCI allows leaving it out: an index has `manifests`.
+        None if v.get("manifests").is_some() => Ok(OCI_INDEX.to_string()),
+        None => Ok(OCI_MANIFEST.to_string()),
+    }
+}
+
+/// Credentials for `registry`: `--creds`, else docker's config file.
+fn auth_for(registry: &str, opts: &RegistryOptions) -> Result<RegistryAuth, RegistryError> {
+    if let Some(c) = &opts.creds {
+        let (user, pass) = c
+            .split_once(':')
+            .ok_or_else(|| RegistryError::Creds("expected USER:PASS".into()))?;
+        return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
+    }
+    let Some(path) = docker_config_path() else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+        Err(e) => return Err(RegistryError::Creds(format!("{}: {e}", path.display()))),
+    };
+    auth_from_docker_config(&text, registry)
+        .map_err(|e| RegistryError::Creds(format!("{}: {e}", path.display())))
+}
+
+fn docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
+/// The `auths` entry for `registry` in a docker config file (keys may be
+/// bare hosts or URLs).
+pub fn auth_from_docker_config(text: &str, registry: &str) -> Result<RegistryAuth, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let Some(auths) = v["auths"].as_object() else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let host_of = |k: &str| {
+        let k = k
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        k.split('/').next().unwrap_or(k).to_string()
+    };
+    let wanted = if registry == "docker.io" {
+        "index.docker.io".to_string()
+    } else {
+        registry.to_string()
+    };
+    for (key, entry) in auths {
+        let host = host_of(key);
+        if host != wanted && host != registry {
+            continue;
+        }
+        let Some(encoded) = entry["auth"].as_str() else {
+            continue;
+        };
+        let decoded = base64_decode(encoded).ok_or("an `auth` that is not base64")?;
+        let decoded = String::from_utf8(decoded).map_err(|_| "an `auth` that is not UTF-8")?;
+        let (user, pass) = decoded
+            .split_once(':')
+            .ok_or("an `auth` that is not USER:PASS")?;
+        return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
+    }
+    Ok(RegistryAuth::Anonymous)
+}
+
+/// Standard base64 with padding (what docker writes).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_auths_are_found_by_host() {
+        // "user:pa:ss" in base64.
+        let text = r#"{"auths": {"https://reg.example:5000/v1/": {"auth": "dXNlcjpwYTpzcw=="},
+                                 "other.example": {"auth": "!!"}}}"#;
+        match auth_from_docker_config(text, "reg.example:5000").unwrap() {
+            RegistryAuth::Basic(u, p) => assert_eq!((u.as_str(), p.as_str()), ("user", "pa:ss")),
+            a => panic!("{a:?}"),
+        }
+        assert!(matches!(
+            auth_from_docker_config(text, "third.example").unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        assert!(auth_from_docker_config(text, "other.example").is_err());
+        assert!(auth_from_docker_config("not json", "x").is_err());
+    }
+
+    #[test]
+    fn local_registries_are_plain_http() {
+        assert!(is_local("127.0.0.1:5000"));
+        assert!(is_local("localhost"));
+        assert!(!is_local("registry.example:5000"));
+    }
+}
