@@ -101,7 +101,8 @@ fn cri_pull_blocking(dir: &Path, image: &str) -> Result<String, String> {
         .block_on(cri_pull(dir, image))
 }
 
-/// Two layers made with umoci: busybox and a small file; a big file.
+/// Two layers made with umoci: busybox and a small file; a big file. Tag
+/// v2 adds a third layer.
 fn build_image(dir: &Path) {
     sh(
         &format!(
@@ -117,6 +118,9 @@ fn build_image(dir: &Path) {
         umoci unpack --image img:v1 b
         head -c {BIG_MIB}M /dev/urandom > b/rootfs/data/big
         umoci repack --image img:v1 b && rm -rf b
+        umoci unpack --image img:v1 b
+        echo "an extra layer" > b/rootfs/etc/extra
+        umoci repack --image img:v2 b && rm -rf b
         "#
         ),
         dir,
@@ -124,18 +128,28 @@ fn build_image(dir: &Path) {
     );
 }
 
-#[test]
-fn a_converted_image_pulled_through_cri_starts_without_its_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// What the tests pull: the image converted into S3 (`lazy:v1`), the
+/// original (`plain:v1`, same chain ids) and a never-converted image with
+/// one more layer (`plain:v2`), all in one registry.
+struct Images {
+    s3: S3Server,
+    s3_root: std::path::PathBuf,
+    registry: Registry,
+    /// The daemon's (and converter's) configuration file.
+    config: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
+    index_digests: Vec<String>,
+    index_bytes: u64,
+    config_digest: String,
+}
+
+fn publish_images(dir: &Path) -> Images {
     let s3_root = dir.join("s3");
-    let mut s3 = S3Server::start(&s3_root, &["images"]).unwrap();
-    let s3_addr = s3.addr;
+    let s3 = S3Server::start(&s3_root, &["images"]).unwrap();
     let env = s3.env();
     let registry = Registry::start(&dir.join("registry"));
     build_image(dir);
 
-    // Convert into S3, push the converted image and the original.
     let config = dir.join("slayerfs.toml");
     std::fs::write(
         &config,
@@ -152,7 +166,8 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
         &format!(
             "{} convert oci:img:v1 oci:conv:v1 --quiet\n\
              skopeo copy -q --dest-tls-verify=false oci:conv:v1 docker://{r}/lazy:v1\n\
-             skopeo copy -q --dest-tls-verify=false oci:img:v1 docker://{r}/plain:v1\n",
+             skopeo copy -q --dest-tls-verify=false oci:img:v1 docker://{r}/plain:v1\n\
+             skopeo copy -q --dest-tls-verify=false oci:img:v2 docker://{r}/plain:v2\n",
             bin("slayerfs").display(),
             r = registry.addr
         ),
@@ -161,19 +176,38 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
     );
     let conv_manifest = sh("skopeo inspect --raw oci:conv:v1", dir, &[]);
     let manifest: serde_json::Value = serde_json::from_str(&conv_manifest).unwrap();
-    let index_digests: Vec<String> = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect();
-    let index_bytes: u64 = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
-        .sum();
-    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let layers = manifest["layers"].as_array().unwrap();
+    Images {
+        index_digests: layers
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect(),
+        index_bytes: layers.iter().map(|l| l["size"].as_u64().unwrap()).sum(),
+        config_digest: manifest["config"]["digest"].as_str().unwrap().to_string(),
+        s3,
+        s3_root,
+        registry,
+        config,
+        env,
+    }
+}
+
+#[test]
+fn a_converted_image_pulled_through_cri_starts_without_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Images {
+        s3,
+        s3_root,
+        registry,
+        config,
+        env,
+        index_digests,
+        index_bytes,
+        config_digest,
+    } = publish_images(dir);
+    let mut s3 = s3;
+    let s3_addr = s3.addr;
 
     let paths = SnapshotterPaths::in_dir(dir);
     let _snapshotter = start_snapshotter_with_env(&paths, &config, &env);
@@ -277,4 +311,126 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
     let (ok, out) = run(dir, &plain, "c5", &["/bin/cat", "/etc/small"]);
     assert!(ok && out.contains("a small file"), "{out}\n{}", log());
     assert!(!paths.log_text().contains("panicked"), "{}", log());
+}
+
+/// `ctr` in the default namespace.
+fn ctr_default(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(dir.join("containerd.sock"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn slayerfs_pull(dir: &Path, image: &str) -> (bool, String) {
+    let out = Command::new(bin("slayerfs"))
+        .arg("pull")
+        .arg(image)
+        .arg("--address")
+        .arg(dir.join("containerd.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let images = publish_images(dir);
+    let paths = SnapshotterPaths::in_dir(dir);
+    let _snapshotter = start_snapshotter_with_env(&paths, &images.config, &images.env);
+    let _containerd = start_containerd(dir, &paths.socket, "");
+    let log = || paths.log_text();
+    let reg = &images.registry.addr;
+
+    let before = images.s3.counters.get_bytes.load(Ordering::Relaxed);
+    let (ok, out) = slayerfs_pull(dir, &format!("{reg}/lazy:v1"));
+    assert!(ok, "{out}\n{}", log());
+    assert!(
+        out.contains("layer 1/2") && out.contains("(2 layers: 2 lazily, 0 unpacked, 0 present)"),
+        "{out}"
+    );
+    let fetched = images.s3.counters.get_bytes.load(Ordering::Relaxed) - before;
+    assert!(fetched <= images.index_bytes, "{fetched} bytes fetched");
+    for blob in images.registry.blobs_served() {
+        assert_eq!(
+            blob, images.config_digest,
+            "the registry served blob {blob}"
+        );
+    }
+    let (ok, out) = ctr_default(
+        dir,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "slayerfs",
+            &format!("{reg}/lazy:v1"),
+            "p1",
+            "/bin/cat",
+            "/etc/small",
+        ],
+    );
+    assert!(ok && out.contains("a small file"), "{out}\n{}", log());
+
+    // Pulling again finds everything there.
+    let (ok, out) = slayerfs_pull(dir, &format!("{reg}/lazy:v1"));
+    assert!(
+        ok && out.contains("0 lazily, 0 unpacked, 2 present"),
+        "{out}"
+    );
+
+    // A never-converted image sharing the two layers: they are there, the
+    // third is downloaded and unpacked by containerd through our mount.
+    let (ok, out) = slayerfs_pull(dir, &format!("{reg}/plain:v2"));
+    assert!(ok, "{out}\n{}", log());
+    assert!(out.contains("0 lazily, 1 unpacked, 2 present"), "{out}");
+    let (ok, out) = ctr_default(
+        dir,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "slayerfs",
+            &format!("{reg}/plain:v2"),
+            "p2",
+            "/bin/cat",
+            "/etc/extra",
+            "/etc/small",
+        ],
+    );
+    assert!(
+        ok && out.contains("an extra layer\na small file"),
+        "{out}\n{}",
+        log()
+    );
+
+    // An image the registry does not have: a clear error, nothing created.
+    let (_, snaps_before) = ctr_default(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
+    let (ok, out) = slayerfs_pull(dir, &format!("{reg}/missing:v1"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("slayerfs:") && out.contains("missing") && out.contains("manifest unknown"),
+        "{out}"
+    );
+    let (_, images_now) = ctr_default(dir, &["images", "ls", "-q"]);
+    assert!(!images_now.contains("missing"), "{images_now}");
+    let (_, snaps_after) = ctr_default(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
+    assert_eq!(snaps_before, snaps_after);
+    assert!(!log().contains("panicked"), "{}", log());
 }
