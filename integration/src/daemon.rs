@@ -153,9 +153,16 @@ impl Registry {
         }
     }
 
-    /// The digests of the blobs the registry was asked for (GET), in order.
-    pub fn blobs_served(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+    /// Where the request log is now, for [`Self::blobs_served_since`].
+    pub fn mark(&self) -> usize {
+        std::fs::read(&self.log).map(|b| b.len()).unwrap_or(0)
+    }
+
+    /// The digests of the blobs the registry was asked for (GET) since
+    /// `mark`, in order, each once.
+    pub fn blobs_served_since(&self, mark: usize) -> Vec<String> {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let text = String::from_utf8_lossy(bytes.get(mark..).unwrap_or_default());
         let mut out = Vec::new();
         for line in text.lines().filter(|l| l.contains("GET")) {
             let mut rest = line;

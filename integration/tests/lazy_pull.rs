@@ -128,9 +128,10 @@ fn build_image(dir: &Path) {
     );
 }
 
-/// What the tests pull: the image converted into S3 (`lazy:v1`), the
-/// original (`plain:v1`, same chain ids) and a never-converted image with
-/// one more layer (`plain:v2`), all in one registry.
+/// What the tests pull, all in one registry: the original image
+/// (`plain:v1`), the same converted by `slayerfs convert` from the registry
+/// into S3 and pushed back (`lazy:v1`, same chain ids), and a
+/// never-converted image with one more layer (`plain:v2`).
 struct Images {
     s3: S3Server,
     s3_root: std::path::PathBuf,
@@ -164,17 +165,23 @@ fn publish_images(dir: &Path) -> Images {
     conv_env.push(("SLAYERFS_CONFIG", config.display().to_string()));
     sh(
         &format!(
-            "{} convert oci:img:v1 oci:conv:v1 --quiet\n\
-             skopeo copy -q --dest-tls-verify=false oci:conv:v1 docker://{r}/lazy:v1\n\
-             skopeo copy -q --dest-tls-verify=false oci:img:v1 docker://{r}/plain:v1\n\
-             skopeo copy -q --dest-tls-verify=false oci:img:v2 docker://{r}/plain:v2\n",
+            "skopeo copy -q --dest-tls-verify=false oci:img:v1 docker://{r}/plain:v1\n\
+             skopeo copy -q --dest-tls-verify=false oci:img:v2 docker://{r}/plain:v2\n\
+             {} convert docker://{r}/plain:v1 docker://{r}/lazy:v1 --quiet\n",
             bin("slayerfs").display(),
             r = registry.addr
         ),
         dir,
         &conv_env,
     );
-    let conv_manifest = sh("skopeo inspect --raw oci:conv:v1", dir, &[]);
+    let conv_manifest = sh(
+        &format!(
+            "skopeo inspect --raw --tls-verify=false docker://{}/lazy:v1",
+            registry.addr
+        ),
+        dir,
+        &[],
+    );
     let manifest: serde_json::Value = serde_json::from_str(&conv_manifest).unwrap();
     let layers = manifest["layers"].as_array().unwrap();
     Images {
@@ -232,6 +239,7 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
 
     // The pull moves the indexes and the config, not the data.
     let before_pull = s3.counters.get_bytes.load(Ordering::Relaxed);
+    let mark = registry.mark();
     let image = format!("{}/lazy:v1", registry.addr);
     let t0 = Instant::now();
     // The CRI plugin may still be starting; it answers Unavailable then.
@@ -258,7 +266,7 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
         log()
     );
     let allowed: Vec<&String> = index_digests.iter().chain([&config_digest]).collect();
-    for blob in registry.blobs_served() {
+    for blob in registry.blobs_served_since(mark) {
         assert!(allowed.contains(&&blob), "the registry served blob {blob}");
     }
 
@@ -359,6 +367,7 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
     let reg = &images.registry.addr;
 
     let before = images.s3.counters.get_bytes.load(Ordering::Relaxed);
+    let mark = images.registry.mark();
     let (ok, out) = slayerfs_pull(dir, &format!("{reg}/lazy:v1"));
     assert!(ok, "{out}\n{}", log());
     assert!(
@@ -367,7 +376,7 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
     );
     let fetched = images.s3.counters.get_bytes.load(Ordering::Relaxed) - before;
     assert!(fetched <= images.index_bytes, "{fetched} bytes fetched");
-    for blob in images.registry.blobs_served() {
+    for blob in images.registry.blobs_served_since(mark) {
         assert_eq!(
             blob, images.config_digest,
             "the registry served blob {blob}"
@@ -432,5 +441,27 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
     assert!(!images_now.contains("missing"), "{images_now}");
     let (_, snaps_after) = ctr_default(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
     assert_eq!(snaps_before, snaps_after);
+
+    // Converting from a registry that lacks the image, or from none at all:
+    // a clear error, no destination made.
+    let dead = format!("127.0.0.1:{}", slayerfs_integration::daemon::free_port());
+    for (src, needle) in [
+        (format!("docker://{reg}/missing:v1"), "manifest unknown"),
+        (format!("docker://{dead}/x:v1"), "Connection refused"),
+    ] {
+        let out = Command::new(bin("slayerfs"))
+            .args(["convert", &src, "oci:out", "--quiet"])
+            .env("SLAYERFS_CONFIG", &images.config)
+            .envs(images.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{src}: {err}"
+        );
+        assert!(!dir.join("out").exists(), "{src}: a destination was made");
+    }
     assert!(!log().contains("panicked"), "{}", log());
 }

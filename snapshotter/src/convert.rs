@@ -20,6 +20,8 @@ use tokio::task::JoinSet;
 use crate::image_ref::ImageRef;
 use crate::oci_layout::{canonical_json, sha256_hex, LayoutError, LayoutWriter, OciLayout};
 use crate::progress::{human_bytes, Progress, ProgressMode, ProgressReader};
+use crate::registry::{RegistryError, RegistryOptions, RemoteImage};
+use crate::transfer::{fetch_to_layout, push_from_layout};
 
 /// Layer annotation: digest of the layer index blob (also the layer digest).
 pub const ANNOTATION_INDEX: &str = "containerd.io/snapshot/slayerfs.index";
@@ -40,6 +42,10 @@ pub enum ConvertError {
     Layout(#[from] LayoutError),
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Io(String),
     #[error("layer {digest}: {source}")]
     Layer {
         digest: String,
@@ -77,15 +83,6 @@ fn layer_media_ok(media: &str) -> bool {
         || media == DOCKER_FOREIGN_LAYER
 }
 
-fn oci_dir(r: &ImageRef, role: &str) -> Result<(std::path::PathBuf, Option<String>), ConvertError> {
-    match r {
-        ImageRef::OciLayout { dir, tag } => Ok((dir.clone(), tag.clone())),
-        ImageRef::Registry(_) => Err(ConvertError::Unsupported(format!(
-            "{role} {r}: registry references (docker://) are not supported yet; use oci:DIR[:TAG]"
-        ))),
-    }
-}
-
 fn invalid(what: impl Into<String>, message: impl ToString) -> ConvertError {
     ConvertError::Invalid {
         what: what.into(),
@@ -93,19 +90,82 @@ fn invalid(what: impl Into<String>, message: impl ToString) -> ConvertError {
     }
 }
 
+/// Where registry images are read from and written to.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySide {
+    pub options: RegistryOptions,
+    /// `os/arch` to convert from a multi-platform source.
+    pub platform: String,
+}
+
 /// Converts the image `src` into `store`, then writes the converted image to
-/// `dst`.
+/// `dst`. A registry source is fetched into a temporary layout first, a
+/// registry destination pushed from one.
 pub async fn convert_image(
     src: &ImageRef,
     dst: &ImageRef,
     store: Arc<dyn BlockStore>,
     writer: WriterOptions,
     progress: ProgressMode,
+    registry: &RegistrySide,
 ) -> Result<ConvertSummary, ConvertError> {
     let started = Instant::now();
-    let (src_dir, src_tag) = oci_dir(src, "source")?;
-    let (dst_dir, dst_tag) = oci_dir(dst, "destination")?;
-    let layout = OciLayout::open(&src_dir)?;
+    let scratch = |role: &str| {
+        tempfile::Builder::new()
+            .prefix(&format!(".slayerfs-{role}-"))
+            .tempdir()
+            .map_err(|e| ConvertError::Io(format!("a temporary directory for the {role}: {e}")))
+    };
+    let (_src_tmp, src_dir, src_tag) = match src {
+        ImageRef::OciLayout { dir, tag } => (None, dir.clone(), tag.clone()),
+        ImageRef::Registry(r) => {
+            let tmp = scratch("source")?;
+            let remote = RemoteImage::new(r, &registry.options)?;
+            let dir = tmp.path().join("image");
+            fetch_to_layout(&remote, &registry.platform, &dir, "source").await?;
+            (Some(tmp), dir, Some("source".to_string()))
+        }
+    };
+    let (dst_tmp, dst_dir, dst_tag) = match dst {
+        ImageRef::OciLayout { dir, tag } => (None, dir.clone(), tag.clone()),
+        ImageRef::Registry(r) => {
+            // Checked before converting: a bad reference fails fast.
+            let remote = RemoteImage::new(r, &registry.options)?;
+            let tmp = scratch("destination")?;
+            let dir = tmp.path().join("image");
+            (Some((tmp, remote)), dir, Some("converted".to_string()))
+        }
+    };
+    let mut summary = convert_layout(
+        src,
+        &src_dir,
+        src_tag,
+        &dst_dir,
+        dst_tag.clone(),
+        store,
+        writer,
+        progress,
+    )
+    .await?;
+    if let (Some((_, remote)), Some(tag)) = (&dst_tmp, &dst_tag) {
+        push_from_layout(&dst_dir, tag, remote).await?;
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn convert_layout(
+    src: &ImageRef,
+    src_dir: &std::path::Path,
+    src_tag: Option<String>,
+    dst_dir: &std::path::Path,
+    dst_tag: Option<String>,
+    store: Arc<dyn BlockStore>,
+    writer: WriterOptions,
+    progress: ProgressMode,
+) -> Result<ConvertSummary, ConvertError> {
+    let layout = OciLayout::open(src_dir)?;
     let manifest_desc = layout.resolve(src_tag.as_deref())?;
     let media = manifest_desc.media_type().to_string();
     if manifest_desc.media_type() == &MediaType::ImageIndex {
@@ -208,14 +268,13 @@ pub async fn convert_image(
     }
 
     summary.manifest_digest = write_converted(
-        &dst_dir,
+        dst_dir,
         dst_tag.as_deref(),
         &manifest,
         &manifest_desc,
         &config_bytes,
         &converted,
     )?;
-    summary.elapsed = started.elapsed();
     Ok(summary)
 }
 

@@ -23,3 +23,4 @@ pub mod records;
 pub mod registry;
 pub mod service;
 pub mod store_args;
+pub mod transfer;

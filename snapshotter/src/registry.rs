@@ -80,6 +80,22 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// An error with its causes ("error sending request: … connection
+/// refused"): the registry client's own messages stop at the first.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn is_local(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
     matches!(host, "localhost" | "127.0.0.1" | "[::1]")
@@ -130,7 +146,7 @@ impl RemoteImage {
             .client
             .pull_manifest_raw(&self.reference, &self.auth, &accepted)
             .await
-            .map_err(|e| self.request_err(e))?;
+            .map_err(|e| self.request_err(chain(&e)))?;
         let bytes = bytes.to_vec();
         self.check_digest("manifest", &bytes, &digest)?;
         let media_type = media_type_of(&bytes).map_err(|m| self.malformed(m))?;
@@ -163,7 +179,7 @@ impl RemoteImage {
             .client
             .pull_manifest_raw(&by_digest, &self.auth, &accepted)
             .await
-            .map_err(|e| self.request_err(e))?;
+            .map_err(|e| self.request_err(chain(&e)))?;
         let child_bytes = child_bytes.to_vec();
         self.check_digest("manifest", &child_bytes, &child)?;
         let child_type = media_type_of(&child_bytes).map_err(|m| self.malformed(m))?;
@@ -196,7 +212,7 @@ impl RemoteImage {
         self.client
             .pull_blob(&self.reference, digest, &mut out)
             .await
-            .map_err(|e| self.request_err(format!("{what} {digest}: {e}")))?;
+            .map_err(|e| self.request_err(format!("{what} {digest}: {}", chain(&e))))?;
         if out.len() as u64 > limit {
             return Err(RegistryError::TooLarge {
                 image: self.name(),
@@ -208,6 +224,109 @@ impl RemoteImage {
         }
         self.check_digest(what, &out, digest)?;
         Ok(out)
+    }
+
+    /// Streams a blob of at most `limit` bytes into a new file at `path`,
+    /// hashing it on the way; a blob that does not match `digest` leaves no
+    /// file. Returns its size.
+    pub async fn blob_to_file(
+        &self,
+        what: &'static str,
+        digest: &str,
+        limit: u64,
+        path: &std::path::Path,
+    ) -> Result<u64, RegistryError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference, digest)
+            .await
+            .map_err(|e| self.request_err(format!("{what} {digest}: {}", chain(&e))))?;
+        let io_err =
+            |e: std::io::Error| self.request_err(format!("{what} {digest}: {}", chain(&e)));
+        let mut file = tokio::fs::File::create(path).await.map_err(io_err)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let result: Result<(), RegistryError> = async {
+            while let Some(chunk) = stream.stream.next().await {
+                let chunk = chunk.map_err(io_err)?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(RegistryError::TooLarge {
+                        image: self.name(),
+                        what,
+                        digest: digest.to_string(),
+                        size,
+                        limit,
+                    });
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(io_err)?;
+            }
+            file.flush().await.map_err(io_err)?;
+            let actual = hex::encode(hasher.finalize());
+            if digest.strip_prefix("sha256:") != Some(actual.as_str()) {
+                return Err(RegistryError::Digest {
+                    image: self.name(),
+                    what,
+                    expected: digest.to_string(),
+                    actual,
+                });
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            drop(file);
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        result.map(|()| size)
+    }
+
+    /// Authenticates for pushing (before [`Self::push_blob`]).
+    pub async fn authenticate_push(&self) -> Result<(), RegistryError> {
+        self.client
+            .auth(
+                &self.reference,
+                &self.auth,
+                oci_client::RegistryOperation::Push,
+            )
+            .await
+            .map_err(|e| self.request_err(format!("authenticating to push: {}", chain(&e))))?;
+        Ok(())
+    }
+
+    /// Uploads a blob unless the repository has it; true if uploaded.
+    pub async fn push_blob(&self, digest: &str, data: Vec<u8>) -> Result<bool, RegistryError> {
+        let present = self
+            .client
+            .blob_exists(&self.reference, digest)
+            .await
+            .map_err(|e| self.request_err(format!("blob {digest}: {}", chain(&e))))?;
+        if present {
+            return Ok(false);
+        }
+        self.client
+            .push_blob(&self.reference, data, digest)
+            .await
+            .map_err(|e| self.request_err(format!("uploading blob {digest}: {}", chain(&e))))?;
+        Ok(true)
+    }
+
+    /// Uploads a manifest under the reference's tag; returns its URL.
+    pub async fn push_manifest(
+        &self,
+        bytes: Vec<u8>,
+        media_type: &str,
+    ) -> Result<String, RegistryError> {
+        let content_type = media_type
+            .parse()
+            .map_err(|_| self.malformed(format!("media type `{media_type}`")))?;
+        self.client
+            .push_manifest_raw(&self.reference, bytes, content_type)
+            .await
+            .map_err(|e| self.request_err(format!("uploading the manifest: {}", chain(&e))))
     }
 
     /// A manifest or config blob (small JSON).

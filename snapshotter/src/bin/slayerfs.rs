@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use slayerfs_chunkstore::{open_store, WriterOptions};
 use slayerfs_config::{Config, StoreLocation};
-use slayerfs_snapshotter::convert::convert_image;
+use slayerfs_snapshotter::convert::{convert_image, RegistrySide};
 use slayerfs_snapshotter::image_ref::ImageRef;
 use slayerfs_snapshotter::inspect::{print_layers, print_tree, ConvertedImage};
 use slayerfs_snapshotter::mount;
@@ -38,10 +38,19 @@ struct Cli {
 enum Command {
     /// Convert an OCI image into blocks and layer indexes.
     Convert {
-        /// Source image: oci:DIR[:TAG].
+        /// Source image: oci:DIR[:TAG] or docker://REF.
         src: String,
-        /// Destination for the converted image: oci:DIR[:TAG].
+        /// Destination for the converted image: oci:DIR[:TAG] or docker://REF.
         dst: String,
+        /// Platform to convert from a multi-platform source (os/arch).
+        #[arg(long, default_value_t = default_platform())]
+        platform: String,
+        /// Plain HTTP for every registry (localhost and 127.0.0.1 always are).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry credentials USER:PASS (else ~/.docker/config.json).
+        #[arg(long)]
+        creds: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
         /// zstd level for blocks (1..=19).
@@ -222,6 +231,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert {
             src,
             dst,
+            platform,
+            insecure,
+            creds,
             store,
             zstd_level,
             workers,
@@ -253,7 +265,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 ProgressMode::detect()
             };
-            let s = convert_image(&src_ref, &dst_ref, store, opts, progress)
+            let registry = RegistrySide {
+                options: RegistryOptions { insecure, creds },
+                platform,
+            };
+            let s = convert_image(&src_ref, &dst_ref, store, opts, progress, &registry)
                 .await
                 .with_context(|| format!("converting {src}"))?;
             println!("converted {src} -> {dst}");
