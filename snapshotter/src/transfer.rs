@@ -91,12 +91,12 @@ pub async fn push_from_layout(
     let mut uploaded = 0;
     for blob in std::iter::once(manifest.config()).chain(manifest.layers()) {
         let data = layout.read_blob(blob)?;
-        if remote.push_blob(&blob.digest().to_string(), data).await? {
+        if remote.push_blob(blob.digest().as_ref(), data).await? {
             uploaded += 1;
         }
     }
     remote
-        .push_manifest(bytes, &desc.media_type().to_string())
+        .push_manifest(bytes, desc.media_type().as_ref())
         .await?;
     Ok(uploaded)
 }
