@@ -5,6 +5,8 @@
 #   scripts/bench.sh convert    conversion speed and peak memory
 #   scripts/bench.sh fs         the mounted filesystem beside kernel overlayfs
 #   scripts/bench.sh snapshotter  the containerd snapshotter beside overlayfs's
+#   scripts/bench.sh lazy       pull-to-first-output of a converted image beside
+#                               a full pull into overlayfs
 #
 # BENCH_DIR (default /var/tmp/slayerfs-bench) holds the generated image and
 # the stores; the image is generated once and reused. Each figure, baseline
@@ -131,7 +133,7 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 start_s3() {
   rm -rf "$work/s3"
   local port_file=$work/s3.port
-  "$bin/slayerfs-test-s3" --root "$work/s3" --bucket bench > "$port_file" &
+  "$bin/slayerfs-test-s3" --root "$work/s3" --bucket bench "$@" > "$port_file" &
   s3_pid=$!
   for _ in $(seq 100); do grep -q listening "$port_file" 2>/dev/null && break; sleep 0.1; done
   endpoint="http://$(awk '{print $3}' "$port_file")"
@@ -140,10 +142,12 @@ start_s3() {
 
 source scripts/bench-fs.sh
 source scripts/bench-snapshotter.sh
+source scripts/bench-lazy.sh
 
 case "$what" in
   convert) bench_convert ;;
   fs) bench_fs ;;
   snapshotter) bench_snapshotter ;;
-  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter)" >&2; exit 2 ;;
+  lazy) bench_lazy ;;
+  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter, lazy)" >&2; exit 2 ;;
 esac

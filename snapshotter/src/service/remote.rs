@@ -61,19 +61,11 @@ impl SlayerSnapshotter {
         parent: &str,
         labels: &HashMap<String, String>,
     ) -> Result<()> {
-        let _changes = self.changes.lock().await;
-        match self.records.get(&layer.target) {
-            Ok(s) if s.kind == SnapshotKind::Committed && s.parent == parent => return Ok(()),
-            Ok(_) => {
-                return Err(RecordError::AlreadyExists(format!(
-                    "{} (not the committed snapshot of this layer)",
-                    layer.target
-                ))
-                .into())
-            }
-            Err(RecordError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
+        if self.lazy_target_exists(layer, parent)? {
+            return Ok(());
         }
+        // Fetched and decoded outside the change lock: a slow or dead store
+        // holds up this Prepare only, not every other snapshot call.
         let started = std::time::Instant::now();
         let blob = fetch_index(self.shared.as_ref(), &layer.index)
             .await
@@ -86,6 +78,12 @@ impl SlayerSnapshotter {
         .await
         .map_err(internal)?
         .map_err(|e| internal(anyhow::anyhow!("layer index {}: {e}", layer.index)))?;
+
+        let _changes = self.changes.lock().await;
+        // Another Prepare for the same layer may have been quicker.
+        if self.lazy_target_exists(layer, parent)? {
+            return Ok(());
+        }
         // A copy of the index stays here: the layer's records can be
         // rebuilt and collected without the shared store.
         self.blocks
@@ -112,5 +110,20 @@ impl SlayerSnapshotter {
             "layer pulled lazily"
         );
         Ok(())
+    }
+
+    /// Whether the layer's snapshot is there already (on this parent); an
+    /// error if its name is taken by something else.
+    fn lazy_target_exists(&self, layer: &LazyLayer, parent: &str) -> Result<bool> {
+        match self.records.get(&layer.target) {
+            Ok(s) if s.kind == SnapshotKind::Committed && s.parent == parent => Ok(true),
+            Ok(_) => Err(RecordError::AlreadyExists(format!(
+                "{} (not the committed snapshot of this layer)",
+                layer.target
+            ))
+            .into()),
+            Err(RecordError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
