@@ -507,7 +507,20 @@ async fn prepare_labelled(
     target: &str,
     index: &str,
 ) -> Result<String, Status> {
-    let labels: HashMap<String, String> = [
+    prepare_with_layers(c, key, parent, target, index, None).await
+}
+
+/// As containerd's unpacker with CRI's labels: `layers` is the image's
+/// layer digests, comma-separated.
+async fn prepare_with_layers(
+    c: &mut Client,
+    key: &str,
+    parent: &str,
+    target: &str,
+    index: &str,
+    layers: Option<&str>,
+) -> Result<String, Status> {
+    let mut labels: HashMap<String, String> = [
         ("containerd.io/snapshot.ref".to_string(), target.to_string()),
         (
             "containerd.io/snapshot/slayerfs.index".to_string(),
@@ -515,6 +528,12 @@ async fn prepare_labelled(
         ),
     ]
     .into();
+    if let Some(l) = layers {
+        labels.insert(
+            "containerd.io/snapshot/cri.image-layers".to_string(),
+            l.to_string(),
+        );
+    }
     let r = c
         .prepare(PrepareSnapshotRequest {
             snapshotter: NAME.into(),
@@ -554,9 +573,25 @@ async fn lazy_pull_labels_commit_good_indexes_and_bad_ones_fall_back() {
     );
     let mut c = daemon.client().await;
 
-    // A good index: committed under the target, AlreadyExists answered.
-    let got = prepare_labelled(&mut c, "extract-1", "", "chain-1", &good).await;
+    // A good index: committed under the target, AlreadyExists answered;
+    // the index of the image's next layer is fetched ahead of its Prepare.
+    let (next, _) = converted_layer(&store, b"the next layer\n").await;
+    let layers = format!("{good},{next}");
+    let got = prepare_with_layers(&mut c, "extract-1", "", "chain-1", &good, Some(&layers)).await;
     assert_eq!(code(got), Code::AlreadyExists);
+    let prefetched = daemon
+        .paths
+        .root
+        .join("blocks/indexes")
+        .join(next.trim_start_matches("sha256:"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !prefetched.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{next} was not prefetched"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let info = c
         .stat(StatSnapshotRequest {
             snapshotter: NAME.into(),

@@ -62,6 +62,8 @@ pub struct SlayerSnapshotter {
     changes: tokio::sync::Mutex<()>,
     /// A background garbage collection is scheduled.
     gc_pending: AtomicBool,
+    /// Index digests being prefetched.
+    prefetching: Mutex<std::collections::HashSet<IndexDigest>>,
 }
 
 fn kind_of(k: SnapshotKind) -> Kind {
@@ -137,6 +139,7 @@ impl SlayerSnapshotter {
             mounts: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             gc_pending: AtomicBool::new(false),
+            prefetching: Mutex::new(Default::default()),
         });
         sn.restore().await?;
         Ok(sn)

@@ -25,6 +25,12 @@ use crate::records::RecordError;
 
 /// The label containerd sets to the chain id a Prepare is unpacking.
 pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
+/// The label CRI sets to the image's layer digests (comma-separated; for a
+/// converted image, the index digests).
+pub const LABEL_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+
+/// Index fetches running ahead of their Prepare at once.
+const PREFETCH_PARALLEL: usize = 4;
 
 /// What a Prepare asks to pull lazily: the chain id to commit and the
 /// layer's index digest.
@@ -67,9 +73,14 @@ impl SlayerSnapshotter {
         // Fetched and decoded outside the change lock: a slow or dead store
         // holds up this Prepare only, not every other snapshot call.
         let started = std::time::Instant::now();
-        let blob = fetch_index(self.shared.as_ref(), &layer.index)
-            .await
-            .map_err(internal)?;
+        // Prefetched (or kept from an earlier pull) here, else from the
+        // shared store; verified either way.
+        let blob = match fetch_index(self.blocks.as_ref(), &layer.index).await {
+            Ok(blob) => blob,
+            Err(_) => fetch_index(self.shared.as_ref(), &layer.index)
+                .await
+                .map_err(internal)?,
+        };
         let bytes = blob.len();
         let index = tokio::task::spawn_blocking({
             let blob = blob.clone();
@@ -125,5 +136,57 @@ impl SlayerSnapshotter {
             Err(RecordError::NotFound(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Fetches, in the background, the indexes of the image's other layers
+    /// that are not here yet (named by CRI's `cri.image-layers` label), so
+    /// their Prepares find them locally.
+    pub(super) fn prefetch_indexes(self: &Arc<Self>, labels: &HashMap<String, String>) {
+        let Some(list) = labels.get(LABEL_IMAGE_LAYERS) else {
+            return;
+        };
+        let digests: Vec<IndexDigest> = list
+            .split(',')
+            .filter_map(|d| d.trim().parse().ok())
+            .collect();
+        let mut wanted = Vec::new();
+        {
+            let mut inflight = self.prefetching.lock().unwrap_or_else(|p| p.into_inner());
+            for d in digests {
+                if inflight.insert(d) {
+                    wanted.push(d);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            use futures_util::StreamExt;
+            futures_util::stream::iter(wanted)
+                .for_each_concurrent(PREFETCH_PARALLEL, |d| {
+                    let this = this.clone();
+                    async move {
+                        if !matches!(this.blocks.exists(&ObjectKey::Index(d)).await, Ok(true)) {
+                            match fetch_index(this.shared.as_ref(), &d).await {
+                                Ok(blob) => {
+                                    if let Err(e) = this.blocks.put(&ObjectKey::Index(d), blob).await {
+                                        tracing::debug!(index = %d, error = %e, "keeping a prefetched index");
+                                    }
+                                }
+                                // Not ours (a layer that was never converted) or
+                                // unreachable: its own Prepare will say.
+                                Err(e) => tracing::debug!(index = %d, error = %e, "prefetching an index"),
+                            }
+                        }
+                        this.prefetching
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&d);
+                    }
+                })
+                .await;
+        });
     }
 }
