@@ -35,8 +35,16 @@
 //! disk_bytes = 10737418240       # stored blocks kept on disk (10 GiB); 0 = none
 //! disk_dir = "/var/lib/slayerfs/cache"   # default: <state_dir>/cache
 //! read_ahead_blocks = 8          # blocks fetched ahead of a sequential reader; 0..=64
+//!
+//! [registry]
+//! insecure = ["registry.lan:5000"]                 # plain HTTP (localhost always is)
+//! mirrors = { "docker.io" = ["mirror.lan:5000"] }  # tried first, in order
+//! [registry.auths."registry.example"]              # else ~/.docker/config.json
+//! username = "..."
+//! password = "..."
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -77,6 +85,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub convert: ConvertConfig,
     pub cache: CacheConfig,
+    pub registry: RegistryConfig,
 }
 
 impl Default for Config {
@@ -86,6 +95,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             convert: ConvertConfig::default(),
             cache: CacheConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -113,6 +123,56 @@ impl Default for CacheConfig {
             read_ahead_blocks: 8,
         }
     }
+}
+
+/// `[registry]`: how registries are reached (by `slayerfs pull` and
+/// `convert`, and by the snapshotter when a layer index is only in the
+/// registry).
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP; localhost and
+    /// 127.0.0.1 always are.
+    pub insecure: Vec<String>,
+    /// Mirrors (`host[:port]`) tried, in order, before a registry:
+    /// `mirrors = { "docker.io" = ["mirror.example:5000"] }`.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Credentials per registry: `[registry.auths."reg.example"]` with
+    /// `username` and `password`. Without, `~/.docker/config.json`.
+    pub auths: BTreeMap<String, RegistryAuth>,
+}
+
+/// A registry login.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+// Passwords stay out of logs and error messages.
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("mirrors", &self.mirrors)
+            .field("auths", &self.auths)
+            .finish()
+    }
+}
+
+/// Whether `s` is a bare `host[:port]` (no scheme, path or spaces).
+fn is_host(s: &str) -> bool {
+    !s.is_empty() && !s.contains("://") && !s.contains('/') && !s.chars().any(char::is_whitespace)
 }
 
 /// `[store]`: where blocks and layer indexes are kept.
@@ -385,6 +445,21 @@ impl Config {
         }
         if self.cache.read_ahead_blocks > 64 {
             return Err(invalid("cache.read_ahead_blocks", "must be at most 64"));
+        }
+        let r = &self.registry;
+        let hosts = r
+            .insecure
+            .iter()
+            .chain(r.mirrors.keys())
+            .chain(r.mirrors.values().flatten())
+            .chain(r.auths.keys());
+        for h in hosts {
+            if !is_host(h) {
+                return Err(invalid(
+                    "registry",
+                    format!("`{h}` is not a registry host[:port]"),
+                ));
+            }
         }
         Ok(())
     }

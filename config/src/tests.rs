@@ -72,6 +72,11 @@ fn errors_name_the_key() {
         ),
         ("[cache]\nread_ahead_blocks = 65", "cache.read_ahead_blocks"),
         ("[cache]\nmemory_bytes = 1", "cache.memory_bytes"),
+        ("[registry]\ninsecure = [\"http://x:5000\"]", "registry"),
+        (
+            "[registry]\nmirrors = { \"docker.io\" = [\"m/x\"] }",
+            "registry",
+        ),
     ];
     for (text, key) in cases {
         let err = Config::from_toml(text).unwrap_err().to_string();
@@ -106,4 +111,19 @@ fn store_locations() {
         StoreLocation::parse("s3://bkt/p").unwrap().to_string(),
         "s3://bkt/p"
     );
+}
+
+#[test]
+fn registry_settings_parse_and_hide_passwords() {
+    let c = Config::from_toml(
+        "[registry]\ninsecure = [\"reg.lan:5000\"]\nmirrors = { \"docker.io\" = [\"m.lan:5000\"] }\n[registry.auths.\"reg.example\"]\nusername = \"u\"\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.registry.insecure, vec!["reg.lan:5000".to_string()]);
+    assert_eq!(
+        c.registry.mirrors["docker.io"],
+        vec!["m.lan:5000".to_string()]
+    );
+    assert_eq!(c.registry.auths["reg.example"].username, "u");
+    assert!(!format!("{c:?}").contains("hunter2"));
 }

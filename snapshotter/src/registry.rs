@@ -10,6 +10,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use sha2::{Digest, Sha256};
+use slayerfs_config::RegistryConfig;
 
 /// Media types of what a reference can name.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -23,11 +24,14 @@ const MAX_JSON_BYTES: u64 = 16 << 20;
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
-    /// Plain HTTP for every registry (else only for localhost and
-    /// 127.0.0.1, as containerd and docker do).
+    /// Plain HTTP for every registry (else only for localhost, 127.0.0.1
+    /// and the configuration's `insecure` ones, as containerd does).
     pub insecure: bool,
-    /// `USER:PASS`, used for every registry; else `~/.docker/config.json`.
+    /// `USER:PASS`, used for every registry; else the configuration's
+    /// `auths`, else `~/.docker/config.json`.
     pub creds: Option<String>,
+    /// `[registry]` from the configuration file.
+    pub config: RegistryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +110,46 @@ impl RemoteImage {
         let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
             RegistryError::Reference(image.to_string(), e.to_string())
         })?;
+        Self::at(reference, opts)
+    }
+
+    /// `image` on each of its registry's configured mirrors, in order, then
+    /// on the registry itself.
+    pub fn with_mirrors(image: &str, opts: &RegistryOptions) -> Result<Vec<Self>, RegistryError> {
+        let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
+            RegistryError::Reference(image.to_string(), e.to_string())
+        })?;
+        let mut out = Vec::new();
+        let mirrors = opts
+            .config
+            .mirrors
+            .get(reference.registry())
+            .or_else(|| opts.config.mirrors.get(reference.resolve_registry()));
+        for m in mirrors.into_iter().flatten() {
+            let on_mirror = match reference.digest() {
+                Some(d) => Reference::with_digest(
+                    m.clone(),
+                    reference.repository().to_string(),
+                    d.to_string(),
+                ),
+                None => Reference::with_tag(
+                    m.clone(),
+                    reference.repository().to_string(),
+                    reference.tag().unwrap_or("latest").to_string(),
+                ),
+            };
+            out.push(Self::at(on_mirror, opts)?);
+        }
+        out.push(Self::at(reference, opts)?);
+        Ok(out)
+    }
+
+    fn at(reference: Reference, opts: &RegistryOptions) -> Result<Self, RegistryError> {
         let registry = reference.resolve_registry().to_string();
-        let protocol = if opts.insecure || is_local(&registry) {
+        let insecure = opts.insecure
+            || is_local(&registry)
+            || opts.config.insecure.contains(&registry);
+        let protocol = if insecure {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
@@ -365,6 +407,51 @@ impl RemoteImage {
     }
 }
 
+/// The manifest of `image` from the first of its mirrors (then the
+/// registry itself) that answers; the others' errors are logged.
+pub async fn first_answering(
+    image: &str,
+    opts: &RegistryOptions,
+    platform: &str,
+) -> Result<(RemoteImage, FetchedManifest), RegistryError> {
+    let mut candidates = RemoteImage::with_mirrors(image, opts)?;
+    let last = candidates.pop();
+    for c in candidates {
+        match c.manifest(platform).await {
+            Ok(m) => return Ok((c, m)),
+            Err(e) => {
+                tracing::warn!(mirror = c.name(), error = %e, "mirror failed; trying the next")
+            }
+        }
+    }
+    let origin =
+        last.ok_or_else(|| RegistryError::Reference(image.to_string(), "no registry".into()))?;
+    let m = origin.manifest(platform).await?;
+    Ok((origin, m))
+}
+
+/// A layer index blob (the layer of a converted image) from `image`'s
+/// mirrors or registry, verified against `digest`.
+pub async fn fetch_index_blob(
+    image: &str,
+    opts: &RegistryOptions,
+    digest: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    const MAX_INDEX_BYTES: u64 = 256 << 20;
+    let mut last_err = None;
+    for c in RemoteImage::with_mirrors(image, opts)? {
+        match c.blob("layer index", digest, 0, MAX_INDEX_BYTES).await {
+            Ok(b) => return Ok(b),
+            Err(e) => {
+                tracing::debug!(registry = c.name(), error = %e, "fetching a layer index");
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err
+        .unwrap_or_else(|| RegistryError::Reference(image.to_string(), "no registry".into())))
+}
+
 /// The `mediaType` a manifest or index declares.
 fn media_type_of(bytes: &[u8]) -> Result<String, String> {
     let v: serde_json::Value =
@@ -384,6 +471,9 @@ fn auth_for(registry: &str, opts: &RegistryOptions) -> Result<RegistryAuth, Regi
             .split_once(':')
             .ok_or_else(|| RegistryError::Creds("expected USER:PASS".into()))?;
         return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
+    }
+    if let Some(a) = opts.config.auths.get(registry) {
+        return Ok(RegistryAuth::Basic(a.username.clone(), a.password.clone()));
     }
     let Some(path) = docker_config_path() else {
         return Ok(RegistryAuth::Anonymous);

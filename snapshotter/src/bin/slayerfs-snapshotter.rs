@@ -109,6 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     slayerfs_snapshotter::process::tune_allocator();
     slayerfs_snapshotter::process::init_logging("info");
+    slayerfs_snapshotter::process::init_tls();
     let runtime = match slayerfs_snapshotter::process::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -266,7 +266,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ProgressMode::detect()
             };
             let registry = RegistrySide {
-                options: RegistryOptions { insecure, creds },
+                options: RegistryOptions {
+                    insecure,
+                    creds,
+                    config: config.registry.clone(),
+                },
                 platform,
             };
             let s = convert_image(&src_ref, &dst_ref, store, opts, progress, &registry)
@@ -334,12 +338,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             creds,
             quiet,
         } => {
+            let config = load_config(cli.config.as_ref(), None)?;
             let opts = PullOptions {
                 address,
                 namespace,
                 snapshotter,
                 platform,
-                registry: RegistryOptions { insecure, creds },
+                registry: RegistryOptions {
+                    insecure,
+                    creds,
+                    config: config.registry,
+                },
             };
             let report = pull(&reference, &opts, |line| {
                 if !quiet {

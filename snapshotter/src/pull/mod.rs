@@ -19,7 +19,7 @@ use containerd_client::types::Descriptor;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::registry::{RegistryOptions, RemoteImage};
+use crate::registry::{first_answering, RegistryOptions, RemoteImage};
 use containerd::{Containerd, Prepared};
 
 /// Where and how to pull.
@@ -158,9 +158,9 @@ pub async fn pull(
     mut progress: impl FnMut(String),
 ) -> anyhow::Result<PullReport> {
     let started = Instant::now();
-    let remote = RemoteImage::new(image, &opts.registry)?;
-    let name = remote.name();
-    let fetched = remote.manifest(&opts.platform).await?;
+    // The image keeps its own name, wherever (a mirror) it came from.
+    let name = RemoteImage::new(image, &opts.registry)?.name();
+    let (remote, fetched) = first_answering(image, &opts.registry, &opts.platform).await?;
     let mut registry_bytes = fetched.bytes.len() as u64;
     let manifest: Value = serde_json::from_slice(&fetched.bytes)
         .with_context(|| format!("{name}: manifest {}", fetched.digest))?;
@@ -205,6 +205,7 @@ pub async fn pull(
     ctrd.lease(&lease).await?;
     let result = pull_into(
         &ctrd,
+        &name,
         &remote,
         opts,
         &fetched,
@@ -244,6 +245,7 @@ fn unix_nanos() -> u128 {
 #[allow(clippy::too_many_arguments)]
 async fn pull_into(
     ctrd: &Containerd,
+    name: &str,
     remote: &RemoteImage,
     opts: &PullOptions,
     fetched: &crate::registry::FetchedManifest,
@@ -257,7 +259,6 @@ async fn pull_into(
 ) -> anyhow::Result<Vec<LayerOutcome>> {
     let sn = &opts.snapshotter;
     let top = chains.last().cloned().unwrap_or_default();
-    let name = remote.name();
 
     // Content first, with the references containerd's garbage collector
     // follows: index → manifest → config and layers; config → snapshot.
@@ -312,7 +313,7 @@ async fn pull_into(
             outcomes.push(LayerOutcome::Present);
             continue;
         }
-        let labels = prepare_labels(layer, chain, &name, &fetched.digest, layers);
+        let labels = prepare_labels(layer, chain, name, &fetched.digest, layers);
         let key = format!("extract-{}-{} {chain}", std::process::id(), unix_nanos());
         match ctrd.prepare(sn, &key, parent, labels.clone()).await? {
             Prepared::Exists => {
@@ -347,7 +348,7 @@ async fn pull_into(
             }
         }
     }
-    ctrd.set_image(&name, target).await?;
+    ctrd.set_image(name, target).await?;
     Ok(outcomes)
 }
 

@@ -125,7 +125,7 @@ impl SlayerSnapshotter {
     ) -> Result<Vec<Mount>> {
         tracing::debug!(labels = ?labels.keys().collect::<Vec<_>>(), "prepare");
         if let Some(lazy) = LazyLayer::from_labels(&labels)? {
-            self.prefetch_indexes(&labels);
+            self.prefetch_indexes(&lazy, &labels);
             match self.pull_lazily(&lazy, &parent, &labels).await {
                 // What containerd's unpacker waits for: the layer is there,
                 // under the chain id it asked for.

@@ -53,6 +53,8 @@ pub struct SlayerSnapshotter {
     local: LocalStore,
     /// The store images were converted into (read only here).
     shared: Arc<dyn BlockStore>,
+    /// How to reach registries, for indexes missing from the stores.
+    registry: crate::registry::RegistryOptions,
     cache: Arc<BlockCache>,
     base: Layer,
     runtime: tokio::runtime::Handle,
@@ -130,6 +132,10 @@ impl SlayerSnapshotter {
             blocks,
             local,
             shared,
+            registry: crate::registry::RegistryOptions {
+                config: config.registry.clone(),
+                ..Default::default()
+            },
             cache,
             base,
             runtime: tokio::runtime::Handle::current(),

@@ -22,12 +22,16 @@ use super::api::{internal, Result, ServiceError};
 use super::SlayerSnapshotter;
 use crate::convert::ANNOTATION_INDEX;
 use crate::records::RecordError;
+use crate::registry::fetch_index_blob;
 
 /// The label containerd sets to the chain id a Prepare is unpacking.
 pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
 /// The label CRI sets to the image's layer digests (comma-separated; for a
 /// converted image, the index digests).
 pub const LABEL_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+
+/// The label CRI (and `slayerfs pull`) sets to the image reference.
+pub const LABEL_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 
 /// Index fetches running ahead of their Prepare at once.
 const PREFETCH_PARALLEL: usize = 4;
@@ -75,12 +79,7 @@ impl SlayerSnapshotter {
         let started = std::time::Instant::now();
         // Prefetched (or kept from an earlier pull) here, else from the
         // shared store; verified either way.
-        let blob = match fetch_index(self.blocks.as_ref(), &layer.index).await {
-            Ok(blob) => blob,
-            Err(_) => fetch_index(self.shared.as_ref(), &layer.index)
-                .await
-                .map_err(internal)?,
-        };
+        let blob = self.find_index(layer, labels).await?;
         let bytes = blob.len();
         let index = tokio::task::spawn_blocking({
             let blob = blob.clone();
@@ -123,6 +122,48 @@ impl SlayerSnapshotter {
         Ok(())
     }
 
+    /// The layer's index blob, verified: kept here (prefetched, or from an
+    /// earlier pull), else from the shared store, else from the image's
+    /// registry (the layer of a converted image is its index) when the
+    /// labels name the image.
+    async fn find_index(
+        &self,
+        layer: &LazyLayer,
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        // A prefetch of this index under way is waited for (briefly), not
+        // raced: the bytes would move twice.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.is_prefetching(&layer.index) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if let Ok(blob) = fetch_index(self.blocks.as_ref(), &layer.index).await {
+            return Ok(blob);
+        }
+        let from_store = match fetch_index(self.shared.as_ref(), &layer.index).await {
+            Ok(blob) => return Ok(blob),
+            Err(e) => e,
+        };
+        let Some(image) = labels.get(LABEL_IMAGE_REF) else {
+            return Err(internal(from_store));
+        };
+        fetch_index_blob(image, &self.registry, &layer.index.to_string())
+            .await
+            .map_err(|e| {
+                internal(anyhow::anyhow!(
+                    "layer index {}: {from_store}; from {image}: {e}",
+                    layer.index
+                ))
+            })
+    }
+
+    fn is_prefetching(&self, d: &IndexDigest) -> bool {
+        self.prefetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(d)
+    }
+
     /// Whether the layer's snapshot is there already (on this parent); an
     /// error if its name is taken by something else.
     fn lazy_target_exists(&self, layer: &LazyLayer, parent: &str) -> Result<bool> {
@@ -141,13 +182,19 @@ impl SlayerSnapshotter {
     /// Fetches, in the background, the indexes of the image's other layers
     /// that are not here yet (named by CRI's `cri.image-layers` label), so
     /// their Prepares find them locally.
-    pub(super) fn prefetch_indexes(self: &Arc<Self>, labels: &HashMap<String, String>) {
+    pub(super) fn prefetch_indexes(
+        self: &Arc<Self>,
+        current: &LazyLayer,
+        labels: &HashMap<String, String>,
+    ) {
         let Some(list) = labels.get(LABEL_IMAGE_LAYERS) else {
             return;
         };
+        // The current layer's index is this Prepare's to fetch.
         let digests: Vec<IndexDigest> = list
             .split(',')
             .filter_map(|d| d.trim().parse().ok())
+            .filter(|d| *d != current.index)
             .collect();
         let mut wanted = Vec::new();
         {
