@@ -473,3 +473,156 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
     }
     assert!(!log().contains("panicked"), "{}", log());
 }
+
+/// Adds to the layout in `dir` an image index tagged `tag` over the
+/// manifests tagged `amd` and `arm`, as linux/amd64 and linux/arm64.
+fn make_index(dir: &Path, tag: &str) {
+    use sha2::Digest;
+    let index_path = dir.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let find = |t: &str| -> serde_json::Value {
+        top["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == t)
+            .unwrap()
+            .clone()
+    };
+    let entry = |t: &str, arch: &str| {
+        let mut m = find(t);
+        m.as_object_mut().unwrap().remove("annotations");
+        m["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        m
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("amd", "amd64"), entry("arm", "arm64")],
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let hex = hex::encode(sha2::Sha256::digest(&bytes));
+    std::fs::write(dir.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&top).unwrap()).unwrap();
+}
+
+#[test]
+fn multi_platform_images_convert_every_platform_or_the_one_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let reg = &registry.addr;
+    sh(
+        r#"
+        umoci init --layout img
+        umoci new --image img:amd
+        umoci unpack --image img:amd b
+        mkdir -p b/rootfs/etc && echo amd > b/rootfs/etc/arch
+        umoci repack --image img:amd b && rm -rf b
+        umoci new --image img:arm
+        umoci unpack --image img:arm b
+        mkdir -p b/rootfs/etc && echo arm > b/rootfs/etc/arch
+        umoci repack --image img:arm b && rm -rf b
+        "#,
+        dir,
+        &[],
+    );
+    make_index(&dir.join("img"), "multi");
+    let config = dir.join("slayerfs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[store]\nurl = {:?}\n",
+            dir.join("state").display().to_string(),
+            dir.join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let env = [("SLAYERFS_CONFIG", config.display().to_string())];
+    let slayerfs = bin("slayerfs").display().to_string();
+    sh(
+        &format!(
+            "skopeo copy -q --all --dest-tls-verify=false oci:img:multi docker://{reg}/multi:v1\n\
+             {slayerfs} convert -q docker://{reg}/multi:v1 docker://{reg}/multi:slayerfs\n\
+             {slayerfs} convert -q --platform linux/arm64 docker://{reg}/multi:v1 oci:arm:only\n"
+        ),
+        dir,
+        &env,
+    );
+
+    // Every platform: an index of two converted manifests, platforms kept.
+    let raw = sh(
+        &format!("skopeo inspect --raw --tls-verify=false docker://{reg}/multi:slayerfs"),
+        dir,
+        &[],
+    );
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let entries = index["manifests"].as_array().unwrap();
+    let arches: Vec<&str> = entries
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(arches, ["amd64", "arm64"]);
+    for m in entries {
+        let raw = sh(
+            &format!(
+                "skopeo inspect --raw --tls-verify=false docker://{reg}/multi@{}",
+                m["digest"].as_str().unwrap()
+            ),
+            dir,
+            &[],
+        );
+        let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        for l in manifest["layers"].as_array().unwrap() {
+            assert_eq!(
+                l["mediaType"], "application/vnd.oci.image.layer.slayerfs.index.v1",
+                "{raw}"
+            );
+        }
+    }
+    // One platform: a plain manifest, with that platform's files.
+    let tree = sh(
+        &format!("{slayerfs} inspect --tree oci:arm:only"),
+        dir,
+        &env,
+    );
+    assert!(tree.contains("etc/arch"), "{tree}");
+    let arch = sh(
+        &format!(
+            "mkdir -p mnt && {slayerfs} mount --daemon oci:arm:only mnt >/dev/null\n\
+             cat mnt/etc/arch; fusermount3 -u mnt"
+        ),
+        dir,
+        &env,
+    );
+    assert_eq!(arch.trim(), "arm");
+    // A platform the index lacks: a clear error.
+    let out = Command::new(bin("slayerfs"))
+        .args(["convert", "-q", "--platform", "linux/s390x"])
+        .arg(format!("docker://{reg}/multi:v1"))
+        .arg("oci:none")
+        .env("SLAYERFS_CONFIG", &config)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("linux/s390x"),
+        "{err}"
+    );
+    assert!(!dir.join("none").exists());
+}

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oci_spec::image::{
-    Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType,
+    Descriptor, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest,
+    ImageManifestBuilder, MediaType,
 };
 use slayerfs_chunkstore::{BlockStore, WriterOptions};
 use slayerfs_layerfs::convert::{convert_layer, ConvertedLayer, Expected};
@@ -31,6 +32,7 @@ pub const ANNOTATION_SOURCE_DIGEST: &str = "containerd.io/snapshot/slayerfs.sour
 pub const ANNOTATION_SOURCE_MANIFEST: &str = "dev.slayerfs.source-manifest";
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 
@@ -69,6 +71,18 @@ pub struct ConvertSummary {
 }
 
 impl ConvertSummary {
+    /// Adds another manifest's figures (of one conversion of an index).
+    fn add(&mut self, o: &ConvertSummary) {
+        self.layers += o.layers;
+        self.entries += o.entries;
+        self.bytes_in += o.bytes_in;
+        self.tar_bytes += o.tar_bytes;
+        self.blocks_written += o.blocks_written;
+        self.blocks_present += o.blocks_present;
+        self.stored_bytes += o.stored_bytes;
+        self.index_bytes += o.index_bytes;
+    }
+
     /// Throughput over the uncompressed layer bytes.
     pub fn mb_per_s(&self) -> f64 {
         self.tar_bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
@@ -94,8 +108,9 @@ fn invalid(what: impl Into<String>, message: impl ToString) -> ConvertError {
 #[derive(Debug, Clone, Default)]
 pub struct RegistrySide {
     pub options: RegistryOptions,
-    /// `os/arch` to convert from a multi-platform source.
-    pub platform: String,
+    /// `os/arch[/variant]` to convert from a multi-platform source; every
+    /// platform when unset.
+    pub platform: Option<String>,
 }
 
 /// Converts the image `src` into `store`, then writes the converted image to
@@ -122,7 +137,7 @@ pub async fn convert_image(
             let tmp = scratch("source")?;
             let remote = RemoteImage::new(r, &registry.options)?;
             let dir = tmp.path().join("image");
-            fetch_to_layout(&remote, &registry.platform, &dir, "source").await?;
+            fetch_to_layout(&remote, registry.platform.as_deref(), &dir, "source").await?;
             (Some(tmp), dir, Some("source".to_string()))
         }
     };
@@ -145,6 +160,7 @@ pub async fn convert_image(
         store,
         writer,
         progress,
+        registry.platform.as_deref(),
     )
     .await?;
     if let (Some((_, remote)), Some(tag)) = (&dst_tmp, &dst_tag) {
@@ -164,21 +180,115 @@ async fn convert_layout(
     store: Arc<dyn BlockStore>,
     writer: WriterOptions,
     progress: ProgressMode,
+    platform: Option<&str>,
 ) -> Result<ConvertSummary, ConvertError> {
     let layout = OciLayout::open(src_dir)?;
-    let manifest_desc = layout.resolve(src_tag.as_deref())?;
-    let media = manifest_desc.media_type().to_string();
-    if manifest_desc.media_type() == &MediaType::ImageIndex {
-        return Err(ConvertError::Unsupported(format!(
-            "{src} is a multi-platform image index; converting those is not supported yet"
-        )));
+    let top = layout.resolve(src_tag.as_deref())?;
+    let out = LayoutWriter::create_or_open(dst_dir)?;
+    let converted = convert_top(src, &layout, &top, &out, store, writer, progress, platform).await;
+    let published = converted.and_then(|(desc, summary)| {
+        out.publish(desc, dst_tag.as_deref())?;
+        Ok(summary)
+    });
+    if published.is_err() {
+        // Nothing half-written stays: a fresh layout goes, an existing one
+        // keeps its index.json as it was.
+        out.abort();
     }
+    published
+}
+
+/// Converts the image `top` names: a manifest, or every manifest of an
+/// index (only `platform`'s, if given). Returns the descriptor to publish.
+#[allow(clippy::too_many_arguments)]
+async fn convert_top(
+    src: &ImageRef,
+    layout: &OciLayout,
+    top: &Descriptor,
+    out: &LayoutWriter,
+    store: Arc<dyn BlockStore>,
+    writer: WriterOptions,
+    progress: ProgressMode,
+    platform: Option<&str>,
+) -> Result<(Descriptor, ConvertSummary), ConvertError> {
+    let media = top.media_type().to_string();
+    if top.media_type() != &MediaType::ImageIndex && media != DOCKER_LIST {
+        return convert_manifest(src, layout, top, out, store, writer, progress).await;
+    }
+    let index: ImageIndex = serde_json::from_slice(&layout.read_blob(top)?)
+        .map_err(|e| invalid(format!("index {}", top.digest()), e))?;
+    let entries: Vec<&Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|m| platform.is_none_or(|p| platform_of(m).as_deref() == Some(p)))
+        .collect();
+    if let Some(p) = platform {
+        let one = entries.first().ok_or_else(|| {
+            ConvertError::Unsupported(format!("{src}: no manifest for platform {p}"))
+        })?;
+        return convert_manifest(src, layout, one, out, store, writer, progress).await;
+    }
+    let mut total = ConvertSummary::default();
+    let mut descs = Vec::with_capacity(entries.len());
+    for m in entries {
+        let (mut desc, s) =
+            convert_manifest(src, layout, m, out, store.clone(), writer, progress).await?;
+        desc.set_platform(m.platform().clone());
+        total.add(&s);
+        descs.push(desc);
+    }
+    let annotations: HashMap<String, String> = [(
+        ANNOTATION_SOURCE_MANIFEST.to_string(),
+        top.digest().to_string(),
+    )]
+    .into();
+    let converted = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(descs)
+        .annotations(annotations)
+        .build()
+        .map_err(|e| invalid("converted index", e))?;
+    let bytes = canonical_json(&converted).map_err(|e| invalid("converted index", e))?;
+    let digest = out.put_blob(&bytes)?;
+    total.manifest_digest = digest.clone();
+    let desc = Descriptor::new(
+        MediaType::ImageIndex,
+        bytes.len() as u64,
+        oci_spec::image::Digest::try_from(digest).map_err(|e| invalid("index digest", e))?,
+    );
+    Ok((desc, total))
+}
+
+/// `os/arch[/variant]` of an index entry.
+fn platform_of(d: &Descriptor) -> Option<String> {
+    let p = d.platform().as_ref()?;
+    let mut s = format!("{}/{}", p.os(), p.architecture());
+    if let Some(v) = p.variant() {
+        s.push('/');
+        s.push_str(v);
+    }
+    Some(s)
+}
+
+/// Converts one image manifest's layers into `store` and writes the
+/// converted manifest (with the config and index blobs) into `out`.
+async fn convert_manifest(
+    src: &ImageRef,
+    layout: &OciLayout,
+    manifest_desc: &Descriptor,
+    out: &LayoutWriter,
+    store: Arc<dyn BlockStore>,
+    writer: WriterOptions,
+    progress: ProgressMode,
+) -> Result<(Descriptor, ConvertSummary), ConvertError> {
+    let media = manifest_desc.media_type().to_string();
     if manifest_desc.media_type() != &MediaType::ImageManifest && media != DOCKER_MANIFEST {
         return Err(ConvertError::Unsupported(format!(
             "{src}: manifest media type `{media}` is not an image manifest"
         )));
     }
-    let manifest_bytes = layout.read_blob(&manifest_desc)?;
+    let manifest_bytes = layout.read_blob(manifest_desc)?;
     let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| invalid(format!("manifest {}", manifest_desc.digest()), e))?;
     let config_bytes = layout.read_blob(manifest.config())?;
@@ -267,15 +377,9 @@ async fn convert_layout(
         converted.push((desc.clone(), layer));
     }
 
-    summary.manifest_digest = write_converted(
-        dst_dir,
-        dst_tag.as_deref(),
-        &manifest,
-        &manifest_desc,
-        &config_bytes,
-        &converted,
-    )?;
-    Ok(summary)
+    let desc = write_converted(out, &manifest, manifest_desc, &config_bytes, &converted)?;
+    summary.manifest_digest = desc.digest().to_string();
+    Ok((desc, summary))
 }
 
 /// Layers converted at the same time.
@@ -329,15 +433,15 @@ fn parse_sha256(digest: &str) -> Result<[u8; 32], ConvertError> {
     Ok(out)
 }
 
-/// Writes the converted image; returns its manifest digest.
+/// Writes a converted manifest with its config and index blobs; returns
+/// the manifest's descriptor (publishing it is the caller's).
 fn write_converted(
-    dir: &std::path::Path,
-    tag: Option<&str>,
+    out: &LayoutWriter,
     source: &ImageManifest,
     source_desc: &Descriptor,
     config_bytes: &[u8],
     layers: &[(Descriptor, ConvertedLayer)],
-) -> Result<String, ConvertError> {
+) -> Result<Descriptor, ConvertError> {
     let mut descs = Vec::with_capacity(layers.len());
     for (orig, layer) in layers {
         let mut d = Descriptor::new(
@@ -372,27 +476,14 @@ fn write_converted(
         .map_err(|e| invalid("converted manifest", e))?;
     let manifest_bytes = canonical_json(&manifest).map_err(|e| invalid("converted manifest", e))?;
 
-    let writer = LayoutWriter::create_or_open(dir)?;
-    let result = (|| {
-        writer.put_blob(config_bytes)?;
-        for (_, layer) in layers {
-            writer.put_blob(&layer.blob)?;
-        }
-        let digest = writer.put_blob(&manifest_bytes)?;
-        let desc = Descriptor::new(
-            MediaType::ImageManifest,
-            manifest_bytes.len() as u64,
-            oci_spec::image::Digest::try_from(digest.clone())
-                .map_err(|e| invalid("manifest digest", e))?,
-        );
-        writer.publish(desc, tag)?;
-        Ok::<_, ConvertError>(digest)
-    })();
-    match result {
-        Ok(d) => Ok(d),
-        Err(e) => {
-            writer.abort();
-            Err(e)
-        }
+    out.put_blob(config_bytes)?;
+    for (_, layer) in layers {
+        out.put_blob(&layer.blob)?;
     }
+    let digest = out.put_blob(&manifest_bytes)?;
+    Ok(Descriptor::new(
+        MediaType::ImageManifest,
+        manifest_bytes.len() as u64,
+        oci_spec::image::Digest::try_from(digest).map_err(|e| invalid("manifest digest", e))?,
+    ))
 }

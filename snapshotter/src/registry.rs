@@ -146,9 +146,8 @@ impl RemoteImage {
 
     fn at(reference: Reference, opts: &RegistryOptions) -> Result<Self, RegistryError> {
         let registry = reference.resolve_registry().to_string();
-        let insecure = opts.insecure
-            || is_local(&registry)
-            || opts.config.insecure.contains(&registry);
+        let insecure =
+            opts.insecure || is_local(&registry) || opts.config.insecure.contains(&registry);
         let protocol = if insecure {
             ClientProtocol::Http
         } else {
@@ -183,16 +182,8 @@ impl RemoteImage {
     /// The manifest for `platform` (`os/arch`), through an index if the
     /// reference names one.
     pub async fn manifest(&self, platform: &str) -> Result<FetchedManifest, RegistryError> {
-        let accepted = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&self.reference, &self.auth, &accepted)
-            .await
-            .map_err(|e| self.request_err(chain(&e)))?;
-        let bytes = bytes.to_vec();
-        self.check_digest("manifest", &bytes, &digest)?;
-        let media_type = media_type_of(&bytes).map_err(|m| self.malformed(m))?;
-        if media_type != OCI_INDEX && media_type != DOCKER_LIST {
+        let (bytes, digest, media_type) = self.raw_manifest(None).await?;
+        if !is_index(&media_type) {
             return Ok(FetchedManifest {
                 bytes,
                 digest,
@@ -202,12 +193,11 @@ impl RemoteImage {
         }
         let index: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| self.malformed(format!("index: {e}")))?;
-        let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
         let chosen = index["manifests"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|m| m["platform"]["os"] == os && m["platform"]["architecture"] == arch)
+            .find(|m| platform_matches(&m["platform"], platform))
             .ok_or_else(|| RegistryError::NoPlatform {
                 image: self.name(),
                 platform: platform.to_string(),
@@ -216,21 +206,55 @@ impl RemoteImage {
             .as_str()
             .ok_or_else(|| self.malformed("an index entry without a digest".into()))?
             .to_string();
-        let by_digest = self.reference.clone_with_digest(child.clone());
-        let (child_bytes, _) = self
-            .client
-            .pull_manifest_raw(&by_digest, &self.auth, &accepted)
-            .await
-            .map_err(|e| self.request_err(chain(&e)))?;
-        let child_bytes = child_bytes.to_vec();
-        self.check_digest("manifest", &child_bytes, &child)?;
-        let child_type = media_type_of(&child_bytes).map_err(|m| self.malformed(m))?;
+        let (child_bytes, _, child_type) = self.raw_manifest(Some(&child)).await?;
         Ok(FetchedManifest {
             bytes: child_bytes,
             digest: child,
             media_type: child_type,
             index: Some((bytes, digest, media_type)),
         })
+    }
+
+    /// The manifest or index the reference names (or, with `digest`, the
+    /// one of that digest in the same repository), verified: its bytes,
+    /// digest and media type.
+    pub async fn raw_manifest(
+        &self,
+        digest: Option<&str>,
+    ) -> Result<(Vec<u8>, String, String), RegistryError> {
+        let accepted = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+        let reference = match digest {
+            Some(d) => self.reference.clone_with_digest(d.to_string()),
+            None => self.reference.clone(),
+        };
+        let (bytes, got) = self
+            .client
+            .pull_manifest_raw(&reference, &self.auth, &accepted)
+            .await
+            .map_err(|e| self.request_err(chain(&e)))?;
+        let bytes = bytes.to_vec();
+        let digest = digest.map(str::to_string).unwrap_or(got);
+        self.check_digest("manifest", &bytes, &digest)?;
+        let media_type = media_type_of(&bytes).map_err(|m| self.malformed(m))?;
+        Ok((bytes, digest, media_type))
+    }
+
+    /// Uploads a manifest by its digest (one of an index's).
+    pub async fn push_manifest_by_digest(
+        &self,
+        bytes: Vec<u8>,
+        media_type: &str,
+        digest: &str,
+    ) -> Result<(), RegistryError> {
+        let content_type = media_type
+            .parse()
+            .map_err(|_| self.malformed(format!("media type `{media_type}`")))?;
+        let reference = self.reference.clone_with_digest(digest.to_string());
+        self.client
+            .push_manifest_raw(&reference, bytes, content_type)
+            .await
+            .map_err(|e| self.request_err(format!("uploading manifest {digest}: {}", chain(&e))))?;
+        Ok(())
     }
 
     /// A blob of at most `limit` bytes, verified against `digest`.
@@ -450,6 +474,21 @@ pub async fn fetch_index_blob(
     }
     Err(last_err
         .unwrap_or_else(|| RegistryError::Reference(image.to_string(), "no registry".into())))
+}
+
+/// Whether a media type names an index (OCI) or manifest list (Docker).
+pub fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
+/// Whether an index entry's `platform` is `os/arch[/variant]`.
+pub fn platform_matches(p: &serde_json::Value, platform: &str) -> bool {
+    let mut parts = platform.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    let (Some(os), Some(arch)) = (os, arch) else {
+        return false;
+    };
+    p["os"] == os && p["architecture"] == arch && variant.is_none_or(|v| p["variant"] == v)
 }
 
 /// The `mediaType` a manifest or index declares.

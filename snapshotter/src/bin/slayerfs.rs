@@ -42,9 +42,10 @@ enum Command {
         src: String,
         /// Destination for the converted image: oci:DIR[:TAG] or docker://REF.
         dst: String,
-        /// Platform to convert from a multi-platform source (os/arch).
-        #[arg(long, default_value_t = default_platform())]
-        platform: String,
+        /// Only this platform of a multi-platform source (os/arch[/variant]);
+        /// default: every platform.
+        #[arg(long)]
+        platform: Option<String>,
         /// Plain HTTP for every registry (localhost and 127.0.0.1 always are).
         #[arg(long)]
         insecure: bool,
