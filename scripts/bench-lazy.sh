@@ -63,17 +63,22 @@ bench_lazy() {
     for _ in $(seq 100); do [ -S "$c/slayerfs.sock" ] && break; sleep 0.1; done
   }
   stop_ours() {
-    [ -n "$snap_pid" ] && { kill "$snap_pid" 2>/dev/null; wait "$snap_pid" 2>/dev/null; }
+    if [ -n "$snap_pid" ]; then
+      kill "$snap_pid" 2>/dev/null || true
+      wait "$snap_pid" 2>/dev/null || true
+    fi
     snap_pid=""
   }
   start_ours
   containerd --config "$c/config.toml" 2> "$c/containerd.log" &
   local containerd_pid=$!
+  # (|| true: waits report the signal a process died of; errexit is on.)
   stop_lazy() {
-    kill "$containerd_pid" 2>/dev/null; wait "$containerd_pid" 2>/dev/null
+    kill "$containerd_pid" 2>/dev/null || true
+    wait "$containerd_pid" 2>/dev/null || true
     stop_ours
-    kill "$s3_pid" "$reg_pid" 2>/dev/null; wait "$s3_pid" "$reg_pid" 2>/dev/null
-    return 0
+    kill "$s3_pid" "$reg_pid" 2>/dev/null || true
+    wait "$s3_pid" "$reg_pid" 2>/dev/null || true
   }
   trap stop_lazy EXIT
   for _ in $(seq 200); do [ -S "$c/containerd.sock" ] && break; sleep 0.1; done

@@ -97,14 +97,14 @@ reg=127.0.0.1:$(free_port)
 mkdir -p "$work/registry"
 printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' \
   "$work/registry/data" "$reg" > "$work/registry/config.yml"
-docker-registry serve "$work/registry/config.yml" 2> "$work/registry/log" &
+docker-registry serve "$work/registry/config.yml" > "$work/registry/log" 2>&1 &
 reg_pid=$!
 "$bin/slayerfs-test-s3" --root "$work/s3" --bucket demo --stats "$work/s3.stats" > "$work/s3.addr" &
 s3_pid=$!
 for _ in $(seq 100); do grep -q listening "$work/s3.addr" 2>/dev/null && (echo > "/dev/tcp/${reg%:*}/${reg#*:}") 2>/dev/null && break; sleep 0.1; done
 s3=http://$(awk '{print $3}' "$work/s3.addr")
 export AWS_ACCESS_KEY_ID=slayerfs-test AWS_SECRET_ACCESS_KEY=slayerfs-test-secret
-stop_servers() { kill "$reg_pid" "$s3_pid" 2>/dev/null; wait "$reg_pid" "$s3_pid" 2>/dev/null; true; }
+stop_servers() { kill "$reg_pid" "$s3_pid" 2>/dev/null || true; wait "$reg_pid" "$s3_pid" 2>/dev/null || true; }
 trap stop_servers EXIT
 skopeo copy -q --dest-tls-verify=false "oci:$work/sample:latest" "docker://$reg/sample:latest"
 echo "-- converting from the registry into S3, pushing the converted image back:"
@@ -131,19 +131,11 @@ EOF
 snap_pid=$!
 containerd --config "$cdir/config.toml" 2> "$cdir/containerd.log" &
 containerd_pid=$!
-trap 'kill $containerd_pid 2>/dev/null; wait $containerd_pid 2>/dev/null; kill $snap_pid 2>/dev/null; wait $snap_pid 2>/dev/null; stop_servers' EXIT
+# (|| true: these waits report the signal, and errexit applies in traps.)
+trap 'kill $containerd_pid 2>/dev/null || true; wait $containerd_pid 2>/dev/null || true
+      kill $snap_pid 2>/dev/null || true; wait $snap_pid 2>/dev/null || true; stop_servers' EXIT
 for _ in $(seq 200); do [ -S "$cdir/containerd.sock" ] && [ -S "$cdir/slayerfs.sock" ] && break; sleep 0.1; done
 ctr="ctr --address $cdir/containerd.sock"
-tar -C "$work/sample" -cf "$work/sample.tar" .
-$ctr images import --snapshotter slayerfs --index-name demo/sample:latest "$work/sample.tar"
-$ctr snapshots --snapshotter slayerfs ls
-echo "-- a container on the slayerfs snapshotter prints files of its image:"
-$ctr run --rm --snapshotter slayerfs demo/sample:latest demo1 /bin/cat /app/hello.txt /etc/motd
-
-# The imported image has the same layers (chain ids) as the converted one:
-# it goes first, or the pull would find them present.
-for name in $($ctr images ls -q); do $ctr images rm --sync "$name" >/dev/null; done
-
 echo
 echo "== lazy pull: only the layer indexes move; file data comes from S3 on first read"
 s3_bytes() { awk '{print $4}' "$work/s3.stats"; }
@@ -151,6 +143,18 @@ sleep 0.2; before=$(s3_bytes)
 "$bin/slayerfs" pull --address "$cdir/containerd.sock" "$reg/sample:slayerfs"
 sleep 0.2; pulled=$(s3_bytes)
 echo "-- a container from the lazily pulled image:"
-$ctr run --rm --snapshotter slayerfs "$reg/sample:slayerfs" demo2 /bin/cat /app/hello.txt
+$ctr run --rm --snapshotter slayerfs "$reg/sample:slayerfs" demo1 /bin/cat /app/hello.txt /etc/motd
 sleep 0.2; ran=$(s3_bytes)
-echo "bytes from S3: $((pulled - before)) for the pull, $((ran - pulled)) for the container's first run (the image's data: $(du -sb "$work/sample/blobs" | cut -f1) bytes compressed)"
+echo "bytes from S3: $((pulled - before)) for the pull (the indexes), $((ran - pulled)) for the container's first run (the image's data: $(du -sb "$work/sample/blobs" | cut -f1) bytes compressed)"
+$ctr snapshots --snapshotter slayerfs ls
+
+# The original image has the same layers (chain ids) as the converted one:
+# the converted one goes first, or the import would find them present.
+for name in $($ctr images ls -q); do $ctr images rm --sync "$name" >/dev/null; done
+
+echo
+echo "== an image that was never converted: containerd unpacks it through our mounts"
+tar -C "$work/sample" -cf "$work/sample.tar" .
+$ctr images import --snapshotter slayerfs --index-name demo/sample:latest "$work/sample.tar"
+echo "-- a container on the slayerfs snapshotter prints files of its image:"
+$ctr run --rm --snapshotter slayerfs demo/sample:latest demo2 /bin/cat /app/hello.txt /etc/motd
