@@ -210,3 +210,49 @@ pub fn start_containerd(dir: &Path, snapshotter_socket: &Path, cri: &str) -> Pro
     wait_for(&dir.join("containerd.sock"), "containerd");
     proc
 }
+
+/// Runs `cmd` (stdin closed): whether it succeeded, and its stdout then
+/// stderr as text.
+pub fn run_text(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("starting a command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `ctr` against the containerd whose socket is `dir/containerd.sock`, in
+/// `namespace` (ctr's default when `None`).
+pub fn ctr_in(dir: &Path, namespace: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("--address").arg(dir.join("containerd.sock"));
+    if let Some(ns) = namespace {
+        cmd.arg("--namespace").arg(ns);
+    }
+    run_text(cmd.args(args))
+}
+
+/// Block files and index blobs in a snapshotter's block directory (its
+/// root's `blocks`).
+pub fn stored_objects(root: &Path) -> (usize, usize) {
+    fn walk(d: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path()),
+                Ok(_) => 1,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    let store = root.join("blocks");
+    (walk(&store.join("blocks")), walk(&store.join("indexes")))
+}

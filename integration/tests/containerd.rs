@@ -15,18 +15,7 @@ fn start_snapshotter(dir: &Path) -> Proc {
 }
 
 fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(dir.join("containerd.sock"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    daemon::ctr_in(dir, None, args)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -93,23 +82,9 @@ fn build_image(dir: &Path) -> PathBuf {
     dir.join("img.tar")
 }
 
-/// Block files and index blobs in the snapshotter's block directory.
+/// Block files and index blobs of our snapshotter.
 fn stored_objects(dir: &Path) -> (usize, usize) {
-    fn walk(d: &Path) -> usize {
-        let Ok(entries) = std::fs::read_dir(d) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|e| match e.file_type() {
-                Ok(t) if t.is_dir() => walk(&e.path()),
-                Ok(_) => 1,
-                Err(_) => 0,
-            })
-            .sum()
-    }
-    let store = dir.join("snap/blocks");
-    (walk(&store.join("blocks")), walk(&store.join("indexes")))
+    daemon::stored_objects(&dir.join("snap"))
 }
 
 fn our_mounts(dir: &Path) -> Vec<String> {

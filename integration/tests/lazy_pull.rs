@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -19,47 +19,27 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, PullImageRequest};
 use slayerfs_integration::bins::bin;
 use slayerfs_integration::daemon::{
-    start_containerd, start_snapshotter_with_env, Registry, SnapshotterPaths,
+    ctr_in, run_text, start_containerd, start_snapshotter_with_env, Registry, SnapshotterPaths,
 };
 use slayerfs_integration::s3::S3Server;
 
 const BIG_MIB: usize = 200;
 
 fn sh(script: &str, cwd: &Path, env: &[(&str, String)]) -> String {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = run_text(
+        Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(cwd)
+            .envs(env.iter().map(|(k, v)| (k, v))),
     );
-    assert!(out.status.success(), "{script}\n{text}");
+    assert!(ok, "{script}\n{text}");
     text
 }
 
 /// `ctr` in the CRI plugin's namespace: (success, stdout + stderr).
 fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(dir.join("containerd.sock"))
-        .arg("--namespace")
-        .arg("k8s.io")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    ctr_in(dir, Some("k8s.io"), args)
 }
 
 fn run(dir: &Path, image: &str, name: &str, cmd: &[&str]) -> (bool, String) {
@@ -323,36 +303,17 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
 
 /// `ctr` in the default namespace.
 fn ctr_default(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(dir.join("containerd.sock"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    ctr_in(dir, None, args)
 }
 
 fn slayerfs_pull(dir: &Path, image: &str) -> (bool, String) {
-    let out = Command::new(bin("slayerfs"))
-        .arg("pull")
-        .arg(image)
-        .arg("--address")
-        .arg(dir.join("containerd.sock"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_text(
+        Command::new(bin("slayerfs"))
+            .arg("pull")
+            .arg(image)
+            .arg("--address")
+            .arg(dir.join("containerd.sock")),
+    )
 }
 
 #[test]
@@ -457,18 +418,14 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
         (format!("docker://{reg}/missing:v1"), "manifest unknown"),
         (format!("docker://{dead}/x:v1"), "Connection refused"),
     ] {
-        let out = Command::new(bin("slayerfs"))
-            .args(["convert", &src, "oci:out", "--quiet"])
-            .env("SLAYERFS_CONFIG", &images.config)
-            .envs(images.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(needle),
-            "{src}: {err}"
+        let (ok, err) = run_text(
+            Command::new(bin("slayerfs"))
+                .args(["convert", &src, "oci:out", "--quiet"])
+                .env("SLAYERFS_CONFIG", &images.config)
+                .envs(images.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(dir),
         );
+        assert!(!ok && err.contains(needle), "{src}: {err}");
         assert!(!dir.join("out").exists(), "{src}: a destination was made");
     }
     assert!(!log().contains("panicked"), "{}", log());
@@ -611,18 +568,14 @@ fn multi_platform_images_convert_every_platform_or_the_one_asked() {
     );
     assert_eq!(arch.trim(), "arm");
     // A platform the index lacks: a clear error.
-    let out = Command::new(bin("slayerfs"))
-        .args(["convert", "-q", "--platform", "linux/s390x"])
-        .arg(format!("docker://{reg}/multi:v1"))
-        .arg("oci:none")
-        .env("SLAYERFS_CONFIG", &config)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("linux/s390x"),
-        "{err}"
+    let (ok, err) = run_text(
+        Command::new(bin("slayerfs"))
+            .args(["convert", "-q", "--platform", "linux/s390x"])
+            .arg(format!("docker://{reg}/multi:v1"))
+            .arg("oci:none")
+            .env("SLAYERFS_CONFIG", &config)
+            .current_dir(dir),
     );
+    assert!(!ok && err.contains("linux/s390x"), "{err}");
     assert!(!dir.join("none").exists());
 }

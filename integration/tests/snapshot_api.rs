@@ -12,7 +12,7 @@ use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
 use containerd_snapshots::api::snapshots::v1::*;
 use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
 use containerd_snapshots::tonic::{Code, Status};
-use slayerfs_integration::daemon::{start_snapshotter, Proc, SnapshotterPaths};
+use slayerfs_integration::daemon::{start_snapshotter, stored_objects, Proc, SnapshotterPaths};
 
 type Client = SnapshotsClient<Channel>;
 
@@ -142,25 +142,6 @@ fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
             s.code()
         }
     }
-}
-
-/// Files in the snapshotter's block directory: (blocks, index blobs).
-fn stored_objects(root: &Path) -> (usize, usize) {
-    fn walk(d: &Path) -> usize {
-        let Ok(entries) = std::fs::read_dir(d) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|e| match e.file_type() {
-                Ok(t) if t.is_dir() => walk(&e.path()),
-                Ok(_) => 1,
-                Err(_) => 0,
-            })
-            .sum()
-    }
-    let store = root.join("blocks");
-    (walk(&store.join("blocks")), walk(&store.join("indexes")))
 }
 
 fn mounts_under(dir: &Path) -> usize {

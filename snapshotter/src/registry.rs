@@ -246,14 +246,8 @@ impl RemoteImage {
         media_type: &str,
         digest: &str,
     ) -> Result<(), RegistryError> {
-        let content_type = media_type
-            .parse()
-            .map_err(|_| self.malformed(format!("media type `{media_type}`")))?;
         let reference = self.reference.clone_with_digest(digest.to_string());
-        self.client
-            .push_manifest_raw(&reference, bytes, content_type)
-            .await
-            .map_err(|e| self.request_err(format!("uploading manifest {digest}: {}", chain(&e))))?;
+        self.push_manifest_to(&reference, bytes, media_type).await?;
         Ok(())
     }
 
@@ -386,13 +380,29 @@ impl RemoteImage {
         bytes: Vec<u8>,
         media_type: &str,
     ) -> Result<String, RegistryError> {
+        self.push_manifest_to(&self.reference, bytes, media_type)
+            .await
+    }
+
+    async fn push_manifest_to(
+        &self,
+        reference: &Reference,
+        bytes: Vec<u8>,
+        media_type: &str,
+    ) -> Result<String, RegistryError> {
         let content_type = media_type
             .parse()
             .map_err(|_| self.malformed(format!("media type `{media_type}`")))?;
         self.client
-            .push_manifest_raw(&self.reference, bytes, content_type)
+            .push_manifest_raw(reference, bytes, content_type)
             .await
-            .map_err(|e| self.request_err(format!("uploading the manifest: {}", chain(&e))))
+            .map_err(|e| {
+                self.request_err(format!(
+                    "uploading manifest {}: {}",
+                    reference.whole(),
+                    chain(&e)
+                ))
+            })
     }
 
     /// A manifest or config blob (small JSON).
