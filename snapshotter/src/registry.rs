@@ -251,7 +251,9 @@ impl RemoteImage {
         Ok(())
     }
 
-    /// A blob of at most `limit` bytes, verified against `digest`.
+    /// A blob of at most `limit` bytes, verified against `digest` (`size`,
+    /// if known, is checked first; the limit holds whatever the registry
+    /// sends).
     pub async fn blob(
         &self,
         what: &'static str,
@@ -260,35 +262,20 @@ impl RemoteImage {
         limit: u64,
     ) -> Result<Vec<u8>, RegistryError> {
         if size > limit {
-            return Err(RegistryError::TooLarge {
-                image: self.name(),
-                what,
-                digest: digest.to_string(),
-                size,
-                limit,
-            });
+            return Err(self.too_large(what, digest, size, limit));
         }
         let mut out = Vec::with_capacity(size as usize);
-        self.client
-            .pull_blob(&self.reference, digest, &mut out)
-            .await
-            .map_err(|e| self.request_err(format!("{what} {digest}: {}", chain(&e))))?;
-        if out.len() as u64 > limit {
-            return Err(RegistryError::TooLarge {
-                image: self.name(),
-                what,
-                digest: digest.to_string(),
-                size: out.len() as u64,
-                limit,
-            });
-        }
-        self.check_digest(what, &out, digest)?;
+        self.stream_blob(what, digest, limit, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
         Ok(out)
     }
 
-    /// Streams a blob of at most `limit` bytes into a new file at `path`,
-    /// hashing it on the way; a blob that does not match `digest` leaves no
-    /// file. Returns its size.
+    /// Streams a blob of at most `limit` bytes into a new file at `path`; a
+    /// blob that is too large or does not match `digest` leaves no file.
+    /// Returns its size.
     pub async fn blob_to_file(
         &self,
         what: &'static str,
@@ -296,52 +283,73 @@ impl RemoteImage {
         limit: u64,
         path: &std::path::Path,
     ) -> Result<u64, RegistryError> {
+        use std::io::Write;
+        let io_err = |e: std::io::Error| self.request_err(format!("{what} {digest}: {e}"));
+        let file = std::fs::File::create(path).map_err(io_err)?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+        let result = self
+            .stream_blob(what, digest, limit, |chunk| {
+                file.write_all(chunk).map_err(io_err)
+            })
+            .await
+            .and_then(|size| {
+                file.flush().map_err(io_err)?;
+                Ok(size)
+            });
+        if result.is_err() {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
+    /// Feeds a blob to `sink` chunk by chunk, hashing it and stopping past
+    /// `limit` bytes; returns its size once it matched `digest`.
+    async fn stream_blob(
+        &self,
+        what: &'static str,
+        digest: &str,
+        limit: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<(), RegistryError>,
+    ) -> Result<u64, RegistryError> {
         use futures_util::StreamExt;
-        use tokio::io::AsyncWriteExt;
         let mut stream = self
             .client
             .pull_blob_stream(&self.reference, digest)
             .await
             .map_err(|e| self.request_err(format!("{what} {digest}: {}", chain(&e))))?;
-        let io_err =
-            |e: std::io::Error| self.request_err(format!("{what} {digest}: {}", chain(&e)));
-        let mut file = tokio::fs::File::create(path).await.map_err(io_err)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        let result: Result<(), RegistryError> = async {
-            while let Some(chunk) = stream.stream.next().await {
-                let chunk = chunk.map_err(io_err)?;
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(RegistryError::TooLarge {
-                        image: self.name(),
-                        what,
-                        digest: digest.to_string(),
-                        size,
-                        limit,
-                    });
-                }
-                hasher.update(&chunk);
-                file.write_all(&chunk).await.map_err(io_err)?;
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk =
+                chunk.map_err(|e| self.request_err(format!("{what} {digest}: {}", chain(&e))))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(self.too_large(what, digest, size, limit));
             }
-            file.flush().await.map_err(io_err)?;
-            let actual = hex::encode(hasher.finalize());
-            if digest.strip_prefix("sha256:") != Some(actual.as_str()) {
-                return Err(RegistryError::Digest {
-                    image: self.name(),
-                    what,
-                    expected: digest.to_string(),
-                    actual,
-                });
-            }
-            Ok(())
+            hasher.update(&chunk);
+            sink(&chunk)?;
         }
-        .await;
-        if result.is_err() {
-            drop(file);
-            let _ = tokio::fs::remove_file(path).await;
+        let actual = hex::encode(hasher.finalize());
+        if digest.strip_prefix("sha256:") != Some(actual.as_str()) {
+            return Err(RegistryError::Digest {
+                image: self.name(),
+                what,
+                expected: digest.to_string(),
+                actual,
+            });
         }
-        result.map(|()| size)
+        Ok(size)
+    }
+
+    fn too_large(&self, what: &'static str, digest: &str, size: u64, limit: u64) -> RegistryError {
+        RegistryError::TooLarge {
+            image: self.name(),
+            what,
+            digest: digest.to_string(),
+            size,
+            limit,
+        }
     }
 
     /// Authenticates for pushing (before [`Self::push_blob`]).
