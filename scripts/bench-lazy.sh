@@ -39,8 +39,9 @@ bench_lazy() {
   mkdir -p "$ldir/registry"
   printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' \
     "$ldir/registry/data" "$reg" > "$ldir/registry/config.yml"
-  docker-registry serve "$ldir/registry/config.yml" 2> "$ldir/registry/log" &
-  local reg_pid=$!
+  docker-registry serve "$ldir/registry/config.yml" > "$ldir/registry/log" 2>&1 &
+  # Not local: the EXIT trap that stops them runs after this function.
+  reg_pid=$!
   for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   start_s3 --stats "$ldir/s3.stats"
 
@@ -55,7 +56,7 @@ bench_lazy() {
     "$c" "$c" "$c" "$c" > "$c/config.toml"
   printf 'state_dir = "%s/state-slayerfs"\n[store]\nurl = "s3://bench"\n[store.s3]\nendpoint = "%s"\n' \
     "$c" "$endpoint" > "$c/slayerfs.toml"
-  local snap_pid=""
+  snap_pid=""
   start_ours() {
     SLAYERFS_CONFIG=$c/slayerfs.toml "$bin/slayerfs-snapshotter" --root "$c/slayerfs" \
       --address "$c/slayerfs.sock" 2>> "$c/slayerfs.log" &
@@ -71,7 +72,7 @@ bench_lazy() {
   }
   start_ours
   containerd --config "$c/config.toml" 2> "$c/containerd.log" &
-  local containerd_pid=$!
+  containerd_pid=$!
   # (|| true: waits report the signal a process died of; errexit is on.)
   stop_lazy() {
     kill "$containerd_pid" 2>/dev/null || true
@@ -96,7 +97,16 @@ bench_lazy() {
     stop_ours
     rm -rf "$c/slayerfs" "$c/state-slayerfs"
     start_ours
-    for _ in $(seq 300); do ctr snapshots --snapshotter slayerfs ls >/dev/null 2>&1 && break; sleep 0.1; done
+    # containerd redials the proxy after a back-off; `ctr snapshots ls`
+    # reads containerd's own records, so probe with a Prepare instead.
+    local probe
+    for probe in $(seq 300); do
+      if ctr snapshots --snapshotter slayerfs prepare "probe-$probe" >/dev/null 2>&1; then
+        ctr snapshots --snapshotter slayerfs rm "probe-$probe"
+        break
+      fi
+      sleep 0.1
+    done
   }
   prepare_overlayfs() { forget; }
   run_ours() {

@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod fixtures;
 pub mod mount;
 pub mod s3;
+pub mod snapshots_api;
 pub mod tree;

@@ -1,0 +1,152 @@
+//! A gRPC client of our snapshotter daemon, over its unix socket (what
+//! containerd's proxy plugin does), and the daemon it talks to, for the
+//! tests of the snapshots API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
+use containerd_snapshots::api::snapshots::v1::*;
+use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
+use containerd_snapshots::tonic::{Code, Status};
+
+use crate::daemon::{start_snapshotter, Proc, SnapshotterPaths};
+
+pub type Client = SnapshotsClient<Channel>;
+
+pub const NAME: &str = "slayerfs";
+
+pub struct Daemon {
+    pub paths: SnapshotterPaths,
+    config: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path) -> Daemon {
+        Self::start_with(dir, "")
+    }
+
+    /// With `extra` appended to the configuration file.
+    pub fn start_with(dir: &Path, extra: &str) -> Daemon {
+        let config = dir.join("slayerfs.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\n{extra}",
+                dir.join("state").display().to_string()
+            ),
+        )
+        .unwrap();
+        let paths = SnapshotterPaths::in_dir(dir);
+        let proc = Some(start_snapshotter(&paths, &config));
+        Daemon {
+            paths,
+            config,
+            proc,
+        }
+    }
+
+    pub fn kill_and_restart(&mut self) {
+        let mut p = self.proc.take().unwrap();
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+        self.proc = Some(start_snapshotter(&self.paths, &self.config));
+    }
+
+    pub async fn client(&self) -> Client {
+        let sock = self.paths.socket.clone();
+        let channel = Endpoint::try_from("http://localhost")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                tokio::net::UnixStream::connect(sock.clone())
+            }))
+            .await
+            .unwrap();
+        SnapshotsClient::new(channel)
+    }
+}
+
+pub async fn prepare(c: &mut Client, key: &str, parent: &str) -> Result<String, Status> {
+    let r = c
+        .prepare(PrepareSnapshotRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: HashMap::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(r.mounts.len(), 1, "{r:?}");
+    Ok(r.mounts[0].source.clone())
+}
+
+pub async fn commit(c: &mut Client, name: &str, key: &str) -> Result<(), Status> {
+    c.commit(CommitSnapshotRequest {
+        snapshotter: NAME.into(),
+        name: name.into(),
+        key: key.into(),
+        labels: HashMap::new(),
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn remove(c: &mut Client, key: &str) -> Result<(), Status> {
+    c.remove(RemoveSnapshotRequest {
+        snapshotter: NAME.into(),
+        key: key.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn mounts(c: &mut Client, key: &str) -> Result<String, Status> {
+    let r = c
+        .mounts(MountsRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(r.mounts[0].source.clone())
+}
+
+/// Every snapshot as (name, kind, parent, labels), sorted.
+pub async fn state(c: &mut Client) -> Vec<(String, i32, String, BTreeMap<String, String>)> {
+    let mut stream = c
+        .list(ListSnapshotsRequest {
+            snapshotter: NAME.into(),
+            filters: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await.unwrap() {
+        for i in r.info {
+            out.push((i.name, i.kind, i.parent, i.labels.into_iter().collect()));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => {
+            assert!(!s.message().is_empty(), "an error without a message");
+            s.code()
+        }
+    }
+}
+
+pub fn mounts_under(dir: &Path) -> usize {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+        .count()
+}
