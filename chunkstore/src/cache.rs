@@ -5,9 +5,10 @@
 //! damaged disk copy is dropped and fetched again, and a damaged store
 //! object is an error, never data.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use moka::notification::RemovalCause;
 
@@ -82,6 +83,26 @@ impl BlockCache {
         &self.store
     }
 
+    /// Keeps these blocks in the disk cache while an open file needs them
+    /// (no eviction until as many [`Self::unpin`]s); a no-op without a
+    /// disk cache.
+    pub fn pin(&self, ids: &[BlockId]) {
+        if let Some(d) = &self.disk {
+            for id in ids {
+                d.pin(*id);
+            }
+        }
+    }
+
+    /// Undoes one [`Self::pin`] of these blocks.
+    pub fn unpin(&self, ids: &[BlockId]) {
+        if let Some(d) = &self.disk {
+            for id in ids {
+                d.unpin(*id);
+            }
+        }
+    }
+
     /// Whether block `id` is in memory now.
     pub fn contains(&self, id: &BlockId) -> bool {
         self.memory.contains_key(id)
@@ -152,10 +173,21 @@ impl BlockCache {
     }
 }
 
-/// Stored blocks in a directory, least recently used evicted past capacity.
+/// Stored blocks in a directory, least recently used evicted past capacity
+/// — except blocks pinned by an open file, which stay (outside the
+/// capacity) until the last file that needs them is closed.
 struct DiskCache {
     dir: PathBuf,
+    /// Unpinned blocks on disk and their sizes, in LRU order.
     index: moka::sync::Cache<BlockId, u32>,
+    /// Pinned blocks: how many pins, and their size if they are on disk.
+    pins: Arc<Mutex<HashMap<BlockId, Pin>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    count: u32,
+    on_disk: Option<u32>,
 }
 
 fn cache_path(dir: &Path, id: &BlockId) -> PathBuf {
@@ -171,12 +203,22 @@ impl DiskCache {
         };
         std::fs::create_dir_all(dir).map_err(open_err)?;
         let evict_dir = dir.to_path_buf();
+        let pins: Arc<Mutex<HashMap<BlockId, Pin>>> = Arc::default();
+        let evict_pins = pins.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_, size: &u32| *size)
-            .eviction_listener(move |id: Arc<BlockId>, _, cause| {
-                if matches!(cause, RemovalCause::Size | RemovalCause::Explicit) {
-                    let _ = std::fs::remove_file(cache_path(&evict_dir, &id));
+            .eviction_listener(move |id: Arc<BlockId>, size: u32, cause| {
+                if !matches!(cause, RemovalCause::Size | RemovalCause::Explicit) {
+                    return;
+                }
+                // A block pinned meanwhile keeps its file: the pin owns it.
+                let mut pins = evict_pins.lock().unwrap_or_else(|p| p.into_inner());
+                match pins.get_mut(&id) {
+                    Some(pin) => pin.on_disk = Some(size),
+                    None => {
+                        let _ = std::fs::remove_file(cache_path(&evict_dir, &id));
+                    }
                 }
             })
             .build();
@@ -203,12 +245,65 @@ impl DiskCache {
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             index,
+            pins,
         })
+    }
+
+    fn pinned_on_disk(&self, id: &BlockId) -> bool {
+        self.lock_pins()
+            .get(id)
+            .is_some_and(|p| p.on_disk.is_some())
+    }
+
+    fn lock_pins(&self) -> std::sync::MutexGuard<'_, HashMap<BlockId, Pin>> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `id` on disk (once there) until as many [`Self::unpin`]s.
+    fn pin(&self, id: BlockId) {
+        let first = {
+            let mut pins = self.lock_pins();
+            let pin = pins.entry(id).or_insert(Pin {
+                count: 0,
+                on_disk: None,
+            });
+            pin.count += 1;
+            pin.count == 1
+        };
+        if first {
+            // Out of the LRU: the eviction listener sees the pin and hands
+            // the file over instead of deleting it.
+            if let Some(size) = self.index.remove(&id) {
+                if let Some(pin) = self.lock_pins().get_mut(&id) {
+                    pin.on_disk = Some(size);
+                }
+            }
+        }
+    }
+
+    /// Releases a pin; the last one puts the block back under the LRU.
+    fn unpin(&self, id: BlockId) {
+        let back = {
+            let mut pins = self.lock_pins();
+            let Some(pin) = pins.get_mut(&id) else {
+                return;
+            };
+            pin.count = pin.count.saturating_sub(1);
+            if pin.count > 0 {
+                return;
+            }
+            pins.remove(&id).and_then(|p| p.on_disk)
+        };
+        if let Some(size) = back {
+            self.index.insert(id, size);
+        }
     }
 
     /// The verified plain bytes, `None` if not cached, or why the copy is bad.
     async fn read(&self, id: BlockId) -> Option<Result<Vec<u8>, CodecError>> {
-        self.index.get(&id)?;
+        if !self.pinned_on_disk(&id) {
+            self.index.get(&id)?;
+        }
         let path = cache_path(&self.dir, &id);
         let read = tokio::task::spawn_blocking(move || {
             let stored = std::fs::read(path).ok()?;
@@ -219,7 +314,7 @@ impl DiskCache {
         .flatten();
         if read.is_none() {
             // Indexed but unreadable (removed behind our back): forget it.
-            self.index.invalidate(&id);
+            self.forget(id);
         }
         read
     }
@@ -238,14 +333,31 @@ impl DiskCache {
         })
         .await;
         match written {
-            Ok(Ok(())) => self.index.insert(id, len),
+            Ok(Ok(())) => {
+                let mut pins = self.lock_pins();
+                match pins.get_mut(&id) {
+                    Some(pin) => pin.on_disk = Some(len),
+                    None => {
+                        drop(pins);
+                        self.index.insert(id, len);
+                    }
+                }
+            }
             Ok(Err(e)) => tracing::warn!(block = %id, error = %e, "cannot write to the disk cache"),
             Err(e) => tracing::warn!(block = %id, error = %e, "disk cache writer failed"),
         }
     }
 
-    async fn remove(&self, id: BlockId) {
+    /// Forgets a copy that is gone or bad (pinned or not).
+    fn forget(&self, id: BlockId) {
+        if let Some(pin) = self.lock_pins().get_mut(&id) {
+            pin.on_disk = None;
+        }
         self.index.invalidate(&id);
+    }
+
+    async fn remove(&self, id: BlockId) {
+        self.forget(id);
         let _ = tokio::fs::remove_file(cache_path(&self.dir, &id)).await;
     }
 

@@ -165,11 +165,19 @@ fn containers_run_on_our_snapshots_and_survive_a_daemon_restart() {
     // a reconnect back-off. (`snapshots ls` reads containerd's own
     // records; a Prepare reaches the daemon.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !ctr(dir, &["snapshots", "--snapshotter", "slayerfs", "prepare", "probe"]).0 {
+    while !ctr(
+        dir,
+        &["snapshots", "--snapshotter", "slayerfs", "prepare", "probe"],
+    )
+    .0
+    {
         assert!(Instant::now() < deadline, "containerd never reconnected");
         std::thread::sleep(Duration::from_millis(200));
     }
-    ok(dir, &["snapshots", "--snapshotter", "slayerfs", "rm", "probe"]);
+    ok(
+        dir,
+        &["snapshots", "--snapshotter", "slayerfs", "rm", "probe"],
+    );
     let again = ok(dir, &["snapshots", "--snapshotter", "slayerfs", "ls"]);
     assert_eq!(again.matches("Committed").count(), 3, "{again}");
     let out = run_in(dir, "c3", &["/bin/cat", "/etc/two"]);

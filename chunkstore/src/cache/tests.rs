@@ -144,3 +144,63 @@ async fn a_damaged_store_object_is_an_error_every_time() {
         "an error is not cached"
     );
 }
+
+#[tokio::test]
+async fn pinned_blocks_stay_on_disk_until_unpinned() {
+    let blocks: Vec<Vec<u8>> = (0..8).map(|i| block(i, 1 << 20)).collect();
+    let (dir, store, ids) = store_with(&blocks).await;
+    let disk_dir = dir.path().join("cache");
+    let (_, one) = encode_block(&blocks[0], 3).unwrap();
+    let cache = BlockCache::new(
+        store,
+        &CacheOptions {
+            local: None,
+            memory_bytes: 1,
+            disk: Some((disk_dir.clone(), one.len() as u64 * 2)),
+        },
+    )
+    .unwrap();
+    let settle = |c: &BlockCache| {
+        if let Some(d) = &c.disk {
+            d.settle();
+        }
+    };
+    let on_disk = |id: &BlockId| cache_path(&disk_dir, id).exists();
+    // Pinned before and after it is fetched: both stay through a cache's
+    // worth of other blocks many times over.
+    cache.pin(&ids[..1]);
+    cache.get(&ids[0]).await.unwrap();
+    cache.get(&ids[1]).await.unwrap();
+    cache.pin(&ids[1..2]);
+    for id in &ids[2..] {
+        cache.get(id).await.unwrap();
+        settle(&cache);
+    }
+    assert!(on_disk(&ids[0]) && on_disk(&ids[1]));
+    let fetches = cache.stats().fetches.load(Ordering::Relaxed);
+    cache.get(&ids[0]).await.unwrap();
+    assert_eq!(
+        cache.stats().fetches.load(Ordering::Relaxed),
+        fetches,
+        "served from disk"
+    );
+
+    // Pinned twice, unpinned once: still kept. Unpinned again: an ordinary
+    // cached block, evicted by the next ones.
+    cache.pin(&ids[..1]);
+    cache.unpin(&ids[..1]);
+    for id in &ids[2..] {
+        cache.get(id).await.unwrap();
+        settle(&cache);
+    }
+    assert!(on_disk(&ids[0]));
+    cache.unpin(&ids[..2]);
+    for id in &ids[2..] {
+        cache.get(id).await.unwrap();
+        settle(&cache);
+    }
+    assert!(
+        !on_disk(&ids[0]) && !on_disk(&ids[1]),
+        "unpinned blocks are evicted again"
+    );
+}

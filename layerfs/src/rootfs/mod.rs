@@ -14,6 +14,7 @@
 
 mod diff;
 mod mutate;
+mod pins;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -202,6 +203,8 @@ pub struct ReadAhead {
 struct OpenFile {
     count: u32,
     data: Option<Arc<File>>,
+    /// Blocks pinned in the disk cache while the file is open.
+    pinned: Vec<slayerfs_chunkstore::BlockId>,
 }
 
 /// A merged lower view with an optional upper layer.
@@ -362,13 +365,25 @@ impl Rootfs {
 
     /// Notes an open file (its data file stays open while it is).
     pub fn opened(&self, ino: Ino) {
-        lock(&self.open)
-            .entry(ino)
-            .or_insert(OpenFile {
+        let first = {
+            let mut open = lock(&self.open);
+            let entry = open.entry(ino).or_insert(OpenFile {
                 count: 0,
                 data: None,
-            })
-            .count += 1;
+                pinned: Vec::new(),
+            });
+            entry.count += 1;
+            entry.count == 1
+        };
+        if first {
+            let blocks = self.file_blocks(ino);
+            self.cache.pin(&blocks);
+            match lock(&self.open).get_mut(&ino) {
+                Some(entry) => entry.pinned = blocks,
+                // Closed meanwhile.
+                None => self.cache.unpin(&blocks),
+            }
+        }
     }
 
     /// Notes a close; the last close of an unlinked inode removes it.
@@ -382,7 +397,9 @@ impl Rootfs {
             if entry.count > 0 {
                 return Ok(());
             }
-            open.remove(&ino);
+            if let Some(closed) = open.remove(&ino) {
+                self.cache.unpin(&closed.pinned);
+            }
         }
         let Some(up) = &self.upper else {
             return Ok(());
