@@ -10,6 +10,7 @@ packages=(
   fuse3               # fusermount3, for FUSE mounts
   containerd runc     # the container runtime the snapshotter serves
   docker-registry     # a local OCI registry for lazy-pull tests
+  apache2-utils       # htpasswd, for a registry that wants credentials
   umoci skopeo        # building and copying OCI images
   busybox-static      # a self-contained userland for test images
   zstd openssl time   # benchmark baselines and peak-memory measurement

@@ -125,17 +125,33 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path) -> Registry {
+        Self::start_with_login(dir, None)
+    }
+
+    /// A registry that wants `login` (user, password) for every request
+    /// (htpasswd, basic auth) when given.
+    pub fn start_with_login(dir: &Path, login: Option<(&str, &str)>) -> Registry {
         std::fs::create_dir_all(dir).expect("registry directory");
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.join("data").display()
-            ),
-        )
-        .expect("registry config");
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.join("data").display()
+        );
+        if let Some((user, pass)) = login {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("running htpasswd");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, &out.stdout).expect("htpasswd file");
+            text.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, text).expect("registry config");
         let log = dir.join("registry.log");
         let child = Command::new("docker-registry")
             .arg("serve")

@@ -1,0 +1,113 @@
+//! Registries that want credentials (a real `docker-registry` with
+//! htpasswd basic auth): without them, `slayerfs convert` and `slayerfs
+//! pull` fail with the registry's 401 named and nothing written; with
+//! `--creds`, the `[registry.auths]` config or docker's `config.json`, they
+//! work.
+
+use std::path::Path;
+use std::process::Command;
+
+use slayerfs_integration::bins::bin;
+use slayerfs_integration::daemon::{run_text, Registry};
+
+fn sh(script: &str, cwd: &Path) -> String {
+    let (ok, text) = run_text(Command::new("sh").arg("-ec").arg(script).current_dir(cwd));
+    assert!(ok, "{script}\n{text}");
+    text
+}
+
+#[test]
+fn credentials_come_from_flags_config_or_docker_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start_with_login(&dir.join("registry"), Some(("alice", "s3cret")));
+    let reg = &registry.addr;
+    sh(
+        &format!(
+            r#"
+        umoci init --layout img
+        umoci new --image img:v1
+        umoci unpack --image img:v1 b
+        mkdir -p b/rootfs/etc && echo private > b/rootfs/etc/secret
+        umoci repack --image img:v1 b && rm -rf b
+        skopeo copy -q --dest-tls-verify=false --dest-creds alice:s3cret oci:img:v1 docker://{reg}/private:v1
+        "#
+        ),
+        dir,
+    );
+    let config = dir.join("slayerfs.toml");
+    let base = format!(
+        "state_dir = {:?}\n[store]\nurl = {:?}\n",
+        dir.join("state").display().to_string(),
+        dir.join("store").display().to_string()
+    );
+    std::fs::write(&config, &base).unwrap();
+    let convert = |extra: &[&str], out: &str, env: &[(&str, String)]| {
+        run_text(
+            Command::new(bin("slayerfs"))
+                .args(["convert", "-q"])
+                .args(extra)
+                .arg(format!("docker://{reg}/private:v1"))
+                .arg(format!("oci:{out}"))
+                .env("SLAYERFS_CONFIG", &config)
+                .env("DOCKER_CONFIG", dir.join("no-docker-config"))
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .current_dir(dir),
+        )
+    };
+
+    // No credentials, or wrong ones: the registry's refusal, nothing written.
+    for (extra, out) in [(vec![], "none"), (vec!["--creds", "alice:wrong"], "wrong")] {
+        let (ok, text) = convert(&extra, out, &[]);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("401") || text.to_lowercase().contains("authorized"),
+            "{text}"
+        );
+        assert!(!dir.join(out).exists());
+    }
+    // --creds.
+    let (ok, text) = convert(&["--creds", "alice:s3cret"], "by-flag", &[]);
+    assert!(ok, "{text}");
+    // docker's config.json (DOCKER_CONFIG names its directory).
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        // "alice:s3cret" in base64.
+        format!(r#"{{"auths": {{"{reg}": {{"auth": "YWxpY2U6czNjcmV0"}}}}}}"#),
+    )
+    .unwrap();
+    let (ok, text) = convert(
+        &[],
+        "by-docker-config",
+        &[("DOCKER_CONFIG", docker.display().to_string())],
+    );
+    assert!(ok, "{text}");
+    // [registry.auths] in our config, and a push back with them.
+    std::fs::write(
+        &config,
+        format!("{base}[registry.auths.\"{reg}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n"),
+    )
+    .unwrap();
+    let (ok, text) = run_text(
+        Command::new(bin("slayerfs"))
+            .args(["convert", "-q"])
+            .arg(format!("docker://{reg}/private:v1"))
+            .arg(format!("docker://{reg}/private:slayerfs"))
+            .env("SLAYERFS_CONFIG", &config)
+            .env("DOCKER_CONFIG", dir.join("no-docker-config"))
+            .current_dir(dir),
+    );
+    assert!(ok, "{text}");
+    let tree = sh(
+        &format!(
+            "skopeo copy -q --src-tls-verify=false --src-creds alice:s3cret docker://{reg}/private:slayerfs oci:back:v1\n\
+             SLAYERFS_CONFIG={} {} inspect --tree oci:back:v1",
+            config.display(),
+            bin("slayerfs").display()
+        ),
+        dir,
+    );
+    assert!(tree.contains("etc/secret"), "{tree}");
+}
