@@ -1,8 +1,9 @@
-//! Registries that want credentials (a real `docker-registry` with
-//! htpasswd basic auth): without them, `slayerfs convert` and `slayerfs
-//! pull` fail with the registry's 401 named and nothing written; with
-//! `--creds`, the `[registry.auths]` config or docker's `config.json`, they
-//! work.
+//! What registries answer besides the image. A real `docker-registry` with
+//! htpasswd basic auth: without credentials `slayerfs convert` fails with
+//! the refusal named and nothing written; with `--creds`, the
+//! `[registry.auths]` config or docker's `config.json` it works. A server
+//! error (500), which a real registry does not produce on demand, comes from
+//! a stand-in that answers nothing else: a clear error, nothing written.
 
 use std::path::Path;
 use std::process::Command;
@@ -110,4 +111,70 @@ fn credentials_come_from_flags_config_or_docker_config() {
         dir,
     );
     assert!(tree.contains("etc/secret"), "{tree}");
+}
+
+/// Answers every HTTP request with 500 until the test ends.
+fn failing_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = r#"{"errors":[{"code":"UNKNOWN","message":"storage is broken"}]}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_registry_that_fails_is_a_clear_error_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let reg = failing_server();
+    let config = dir.join("slayerfs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[store]\nurl = {:?}\n",
+            dir.join("state").display().to_string(),
+            dir.join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[String]| {
+        run_text(
+            Command::new(bin("slayerfs"))
+                .args(args)
+                .env("SLAYERFS_CONFIG", &config)
+                .current_dir(dir),
+        )
+    };
+    let (ok, text) = run(&[
+        "convert".into(),
+        "-q".into(),
+        format!("docker://{reg}/img:v1"),
+        "oci:out".into(),
+    ]);
+    assert!(
+        !ok && text.contains(&reg) && text.contains("storage is broken"),
+        "{text}"
+    );
+    assert!(!dir.join("out").exists());
+    // The pull fails at the registry, before containerd is asked anything.
+    let (ok, text) = run(&[
+        "pull".into(),
+        format!("{reg}/img:v1"),
+        "--address".into(),
+        dir.join("no-containerd.sock").display().to_string(),
+    ]);
+    assert!(!ok && text.contains("storage is broken"), "{text}");
+    assert!(!text.contains("containerd at"), "{text}");
 }
