@@ -2,10 +2,12 @@
 //!
 //! Owns everything that knows about images and containerd: image references
 //! in skopeo's transport syntax ([`image_ref`]), OCI image layouts
-//! ([`oci_layout`]), converting an image into blocks and layer indexes
-//! ([`convert`]), showing a converted image ([`inspect`]) and mounting one
-//! ([`mount`]). Later: the snapshots gRPC service, snapshot records, lazy
-//! pull.
+//! ([`oci_layout`]), registries ([`registry`], [`transfer`]), converting an
+//! image into blocks and layer indexes ([`convert`]), showing a converted
+//! image ([`inspect`]) and mounting one ([`mount`]), snapshot records
+//! ([`records`], [`filters`]), the containerd snapshots service with its
+//! lazy pull and garbage collection ([`service`]), and `slayerfs pull`
+//! through containerd's API ([`pull`]).
 //!
 //! It does not know how blocks are encoded or how a layer becomes an index:
 //! that is `chunkstore` and `layerfs`.
