@@ -185,6 +185,12 @@ pub async fn pull(
         .map(|d| d.as_str().map(str::to_string))
         .collect::<Option<_>>()
         .with_context(|| format!("{name}: a diff id that is not a string"))?;
+    if let Some(bad) = diff_ids
+        .iter()
+        .find(|d| crate::oci_layout::sha256_hex(d).is_none())
+    {
+        bail!("{name}: diff id `{bad}` is not a sha256 digest");
+    }
     if diff_ids.len() != layers.len() {
         bail!(
             "{name}: the config lists {} diff ids for {} layers",
