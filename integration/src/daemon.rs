@@ -272,3 +272,37 @@ pub fn stored_objects(root: &Path) -> (usize, usize) {
     let store = root.join("blocks");
     (walk(&store.join("blocks")), walk(&store.join("indexes")))
 }
+
+/// Runs `script` with `sh -e` in `cwd` (extra environment `env`); panics
+/// with its output if it fails, returns its output otherwise.
+pub fn sh(script: &str, cwd: &Path, env: &[(&str, String)]) -> String {
+    let (ok, text) = run_text(
+        Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(cwd)
+            .envs(env.iter().map(|(k, v)| (k, v))),
+    );
+    assert!(ok, "{script}\n{text}");
+    text
+}
+
+/// Writes `dir/slayerfs.toml`: state under `dir/state`, then `extra`
+/// (more settings); returns its path.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("slayerfs.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = {:?}\n{extra}",
+            dir.join("state").display().to_string()
+        ),
+    )
+    .expect("writing the configuration");
+    path
+}
+
+/// `[store]` settings for a local store directory.
+pub fn local_store(dir: &Path) -> String {
+    format!("[store]\nurl = {:?}\n", dir.display().to_string())
+}

@@ -10,7 +10,7 @@ use containerd_snapshots::api::snapshots::v1::*;
 use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
 use containerd_snapshots::tonic::{Code, Status};
 
-use crate::daemon::{start_snapshotter, Proc, SnapshotterPaths};
+use crate::daemon::{start_snapshotter, write_config, Proc, SnapshotterPaths};
 
 pub type Client = SnapshotsClient<Channel>;
 
@@ -29,15 +29,7 @@ impl Daemon {
 
     /// With `extra` appended to the configuration file.
     pub fn start_with(dir: &Path, extra: &str) -> Daemon {
-        let config = dir.join("slayerfs.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\n{extra}",
-                dir.join("state").display().to_string()
-            ),
-        )
-        .unwrap();
+        let config = write_config(dir, extra);
         let paths = SnapshotterPaths::in_dir(dir);
         let proc = Some(start_snapshotter(&paths, &config));
         Daemon {

@@ -5,10 +5,9 @@
 //! removing the image leaves no mount behind.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slayerfs_integration::daemon::{self, Proc, SnapshotterPaths};
+use slayerfs_integration::daemon::{self, sh, write_config, Proc, SnapshotterPaths};
 
 fn start_snapshotter(dir: &Path) -> Proc {
     daemon::start_snapshotter(&SnapshotterPaths::in_dir(dir), &dir.join("slayerfs.toml"))
@@ -42,17 +41,6 @@ fn run_in(dir: &Path, name: &str, cmd: &[&str]) -> String {
     ok(dir, &args)
 }
 
-fn sh(script: &str, cwd: &Path) {
-    let status = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(cwd)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{script}");
-}
-
 /// Three layers made with umoci: busybox and files; a second file and a
 /// whiteout; a changed file.
 fn build_image(dir: &Path) -> PathBuf {
@@ -78,6 +66,7 @@ fn build_image(dir: &Path) -> PathBuf {
         tar -C img -cf img.tar .
         "#,
         dir,
+        &[],
     );
     dir.join("img.tar")
 }
@@ -101,14 +90,7 @@ fn our_mounts(dir: &Path) -> Vec<String> {
 fn containers_run_on_our_snapshots_and_survive_a_daemon_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(
-        dir.join("slayerfs.toml"),
-        format!(
-            "state_dir = {:?}\n",
-            dir.join("state").display().to_string()
-        ),
-    )
-    .unwrap();
+    write_config(dir, "");
     let mut snapshotter = start_snapshotter(dir);
     let containerd = daemon::start_containerd(dir, &dir.join("snap.sock"), "");
     let image = build_image(dir);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use containerd_snapshots::api::snapshots::v1::*;
 use containerd_snapshots::tonic::{Code, Status};
+use slayerfs_integration::daemon::local_store;
 use slayerfs_integration::snapshots_api::{code, prepare, remove, state, Client, Daemon, NAME};
 
 /// A one-file layer converted into the local store at `store`; returns the
@@ -113,10 +114,7 @@ async fn lazy_pull_labels_commit_good_indexes_and_bad_ones_fall_back() {
     .unwrap();
     let missing = slayerfs_chunkstore::IndexDigest::of(b"nowhere").to_string();
 
-    let daemon = Daemon::start_with(
-        tmp.path(),
-        &format!("[store]\nurl = {:?}\n", store.display().to_string()),
-    );
+    let daemon = Daemon::start_with(tmp.path(), &local_store(&store));
     let mut c = daemon.client().await;
 
     // A good index: committed under the target, AlreadyExists answered;

@@ -19,33 +19,33 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, PullImageRequest};
 use slayerfs_integration::bins::bin;
 use slayerfs_integration::daemon::{
-    ctr_in, run_text, start_containerd, start_snapshotter_with_env, Registry, SnapshotterPaths,
+    ctr_in, local_store, run_text, sh, start_containerd, start_snapshotter_with_env, write_config,
+    Registry, SnapshotterPaths,
 };
 use slayerfs_integration::s3::S3Server;
 
 const BIG_MIB: usize = 200;
 
-fn sh(script: &str, cwd: &Path, env: &[(&str, String)]) -> String {
-    let (ok, text) = run_text(
-        Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(cwd)
-            .envs(env.iter().map(|(k, v)| (k, v))),
-    );
-    assert!(ok, "{script}\n{text}");
-    text
-}
-
 /// `ctr` in the CRI plugin's namespace: (success, stdout + stderr).
 fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
-    ctr_in(dir, Some("k8s.io"), args)
+    ctr_in(dir, K8S, args)
 }
 
-fn run(dir: &Path, image: &str, name: &str, cmd: &[&str]) -> (bool, String) {
+/// The namespace of images pulled through CRI.
+const K8S: Option<&str> = Some("k8s.io");
+
+/// `ctr run --rm` of `cmd` in a new container `name` of `image` on our
+/// snapshotter, in the CRI plugin's namespace or, with `None`, the default.
+fn run(
+    dir: &Path,
+    namespace: Option<&str>,
+    image: &str,
+    name: &str,
+    cmd: &[&str],
+) -> (bool, String) {
     let mut args = vec!["run", "--rm", "--snapshotter", "slayerfs", image, name];
     args.extend_from_slice(cmd);
-    ctr(dir, &args)
+    ctr_in(dir, namespace, &args)
 }
 
 /// PullImage through containerd's CRI plugin, as kubelet calls it.
@@ -131,16 +131,13 @@ fn publish_images(dir: &Path) -> Images {
     let registry = Registry::start(&dir.join("registry"));
     build_image(dir);
 
-    let config = dir.join("slayerfs.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\n[store]\nurl = \"s3://images\"\n[store.s3]\nendpoint = \"{}\"\nmax_attempts = 2\nconnect_timeout_ms = 1000\noperation_timeout_ms = 5000\n",
-            dir.join("state").display().to_string(),
+    let config = write_config(
+        dir,
+        &format!(
+            "[store]\nurl = \"s3://images\"\n[store.s3]\nendpoint = \"{}\"\nmax_attempts = 2\nconnect_timeout_ms = 1000\noperation_timeout_ms = 5000\n",
             s3.endpoint()
         ),
-    )
-    .unwrap();
+    );
     let mut conv_env = env.clone();
     conv_env.push(("SLAYERFS_CONFIG", config.display().to_string()));
     sh(
@@ -253,7 +250,7 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
     // A container reading one small file fetches about what it reads: the
     // block holding busybox and the file, not the big file's.
     let before_run = s3.counters.get_bytes.load(Ordering::Relaxed);
-    let (ok, out) = run(dir, &image, "c1", &["/bin/cat", "/etc/small"]);
+    let (ok, out) = run(dir, K8S, &image, "c1", &["/bin/cat", "/etc/small"]);
     assert!(ok && out.contains("a small file"), "{out}\n{}", log());
     let run_bytes = s3.counters.get_bytes.load(Ordering::Relaxed) - before_run;
     let read = std::fs::metadata("/bin/busybox").unwrap().len() + 13;
@@ -272,10 +269,16 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
     // S3 gone: what was read still reads; the big file fails with EIO in
     // bounded time; S3 back: it reads.
     drop(s3);
-    let (ok, out) = run(dir, &image, "c2", &["/bin/cat", "/etc/small"]);
+    let (ok, out) = run(dir, K8S, &image, "c2", &["/bin/cat", "/etc/small"]);
     assert!(ok && out.contains("a small file"), "{out}\n{}", log());
     let t0 = Instant::now();
-    let (ok, out) = run(dir, &image, "c3", &["/bin/head", "-c", "100", "/data/big"]);
+    let (ok, out) = run(
+        dir,
+        K8S,
+        &image,
+        "c3",
+        &["/bin/head", "-c", "100", "/data/big"],
+    );
     assert!(!ok, "read the big file with S3 down: {out}");
     assert!(
         out.contains("I/O error") || out.contains("Input/output error"),
@@ -285,6 +288,7 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
     s3 = S3Server::start_at(&s3_root, &["images"], s3_addr).unwrap();
     let (ok, out) = run(
         dir,
+        K8S,
         &image,
         "c4",
         &["/bin/sh", "-c", "head -c 1000000 /data/big | wc -c"],
@@ -296,7 +300,7 @@ fn a_converted_image_pulled_through_cri_starts_without_its_data() {
     // it through our mounts.
     let plain = format!("{}/plain:v1", registry.addr);
     cri_pull_blocking(dir, &plain).unwrap_or_else(|e| panic!("{e}\n{}", log()));
-    let (ok, out) = run(dir, &plain, "c5", &["/bin/cat", "/etc/small"]);
+    let (ok, out) = run(dir, K8S, &plain, "c5", &["/bin/cat", "/etc/small"]);
     assert!(ok && out.contains("a small file"), "{out}\n{}", log());
     assert!(!paths.log_text().contains("panicked"), "{}", log());
 }
@@ -351,18 +355,12 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
         assert!(allowed.contains(&blob), "the registry served blob {blob}");
     }
     assert!(served.contains(&images.index_digests[0]), "{served:?}");
-    let (ok, out) = ctr_default(
+    let (ok, out) = run(
         dir,
-        &[
-            "run",
-            "--rm",
-            "--snapshotter",
-            "slayerfs",
-            &format!("{reg}/lazy:v1"),
-            "p1",
-            "/bin/cat",
-            "/etc/small",
-        ],
+        None,
+        &format!("{reg}/lazy:v1"),
+        "p1",
+        &["/bin/cat", "/etc/small"],
     );
     assert!(ok && out.contains("a small file"), "{out}\n{}", log());
 
@@ -378,19 +376,12 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
     let (ok, out) = slayerfs_pull(dir, &format!("{reg}/plain:v2"));
     assert!(ok, "{out}\n{}", log());
     assert!(out.contains("0 lazily, 1 unpacked, 2 present"), "{out}");
-    let (ok, out) = ctr_default(
+    let (ok, out) = run(
         dir,
-        &[
-            "run",
-            "--rm",
-            "--snapshotter",
-            "slayerfs",
-            &format!("{reg}/plain:v2"),
-            "p2",
-            "/bin/cat",
-            "/etc/extra",
-            "/etc/small",
-        ],
+        None,
+        &format!("{reg}/plain:v2"),
+        "p2",
+        &["/bin/cat", "/etc/extra", "/etc/small"],
     );
     assert!(
         ok && out.contains("an extra layer\na small file"),
@@ -495,16 +486,7 @@ fn multi_platform_images_convert_every_platform_or_the_one_asked() {
         &[],
     );
     make_index(&dir.join("img"), "multi");
-    let config = dir.join("slayerfs.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\n[store]\nurl = {:?}\n",
-            dir.join("state").display().to_string(),
-            dir.join("store").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir, &local_store(&dir.join("store")));
     let env = [("SLAYERFS_CONFIG", config.display().to_string())];
     let slayerfs = bin("slayerfs").display().to_string();
     sh(

@@ -5,17 +5,10 @@
 //! error (500), which a real registry does not produce on demand, comes from
 //! a stand-in that answers nothing else: a clear error, nothing written.
 
-use std::path::Path;
 use std::process::Command;
 
 use slayerfs_integration::bins::bin;
-use slayerfs_integration::daemon::{run_text, Registry};
-
-fn sh(script: &str, cwd: &Path) -> String {
-    let (ok, text) = run_text(Command::new("sh").arg("-ec").arg(script).current_dir(cwd));
-    assert!(ok, "{script}\n{text}");
-    text
-}
+use slayerfs_integration::daemon::{local_store, run_text, sh, write_config, Registry};
 
 #[test]
 fn credentials_come_from_flags_config_or_docker_config() {
@@ -35,14 +28,10 @@ fn credentials_come_from_flags_config_or_docker_config() {
         "#
         ),
         dir,
+        &[],
     );
-    let config = dir.join("slayerfs.toml");
-    let base = format!(
-        "state_dir = {:?}\n[store]\nurl = {:?}\n",
-        dir.join("state").display().to_string(),
-        dir.join("store").display().to_string()
-    );
-    std::fs::write(&config, &base).unwrap();
+    let base = local_store(&dir.join("store"));
+    let config = write_config(dir, &base);
     let convert = |extra: &[&str], out: &str, env: &[(&str, String)]| {
         run_text(
             Command::new(bin("slayerfs"))
@@ -86,11 +75,10 @@ fn credentials_come_from_flags_config_or_docker_config() {
     );
     assert!(ok, "{text}");
     // [registry.auths] in our config, and a push back with them.
-    std::fs::write(
-        &config,
-        format!("{base}[registry.auths.\"{reg}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n"),
-    )
-    .unwrap();
+    write_config(
+        dir,
+        &format!("{base}[registry.auths.\"{reg}\"]\nusername = \"alice\"\npassword = \"s3cret\"\n"),
+    );
     let (ok, text) = run_text(
         Command::new(bin("slayerfs"))
             .args(["convert", "-q"])
@@ -109,6 +97,7 @@ fn credentials_come_from_flags_config_or_docker_config() {
             bin("slayerfs").display()
         ),
         dir,
+    &[],
     );
     assert!(tree.contains("etc/secret"), "{tree}");
 }
@@ -139,16 +128,7 @@ fn a_registry_that_fails_is_a_clear_error_and_nothing_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let reg = failing_server();
-    let config = dir.join("slayerfs.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\n[store]\nurl = {:?}\n",
-            dir.join("state").display().to_string(),
-            dir.join("store").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir, &local_store(&dir.join("store")));
     let run = |args: &[String]| {
         run_text(
             Command::new(bin("slayerfs"))
