@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages SlayerFS needs. Idempotent and quiet when
-# everything is present already.
+# everything is present already; exits 0 whenever the packages end up
+# installed, whatever the machine had before (a policy-rc.d of its own or
+# none, apt lists or none), and otherwise says what failed and why.
+#
+# It never removes a package: a container runtime installed from another
+# package (Docker's containerd.io ships containerd and runc) is used as it
+# is, and an install that would remove anything is refused with the names.
 #
 #   scripts/install-deps.sh          build + test dependencies
 set -euo pipefail
+
+say() { echo "install-deps: $*" >&2; }
+fail() { say "$*"; exit 1; }
 
 packages=(
   protobuf-compiler   # protoc, for the protobuf definitions
@@ -16,30 +25,85 @@ packages=(
   zstd openssl time   # benchmark baselines and peak-memory measurement
   golang-go golang-github-containerd-containerd-dev  # containerd's snapshotter conformance suite
 )
+# Packages whose command may come from another package (Docker's
+# containerd.io conflicts with Debian's containerd and runc and ships both
+# commands): if the command is there, the package is not needed.
+declare -A command_of=([containerd]=containerd [runc]=runc)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  installed "$p" && continue
+  cmd=${command_of[$p]:-}
+  if [ -n "$cmd" ] && path=$(command -v "$cmd"); then
+    owner=$(dpkg-query -S "$(readlink -f "$path")" 2>/dev/null | cut -d: -f1 || true)
+    say "using $path${owner:+ (package $owner)} instead of Debian's $p"
+    continue
+  fi
+  missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: missing ${missing[*]}; run as root to install them" >&2
-  exit 1
+  fail "missing ${missing[*]}; run as root to install them"
 fi
-echo "install-deps: installing ${missing[*]}" >&2
+say "installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+
 # Packages must not start their services on install (containerd, the
 # registry): the tests and the demo start their own, on their own sockets.
+# A policy-rc.d the machine has is its owner's and stays as it is; one made
+# here is removed on every way out.
 policy=/usr/sbin/policy-rc.d
 created_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
-fi
-cleanup() { [ "$created_policy" = 1 ] && rm -f "$policy"; }
+cleanup() {
+  if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi
+  if [ -n "${log:-}" ]; then rm -f "$log"; fi
+}
 trap cleanup EXIT
-if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ! -e "$policy" ] && [ ! -L "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"
+  chmod +x "$policy"
+  created_policy=1
 fi
+log=$(mktemp)
+
+# What would the install remove? Nothing may go (a user's runtime above all).
+# Simulated first, so that a refusal names the packages; --no-remove makes
+# apt itself refuse too. Returns 2 when the lists should be fetched first.
+install_once() {
+  local simulated removed
+  if ! simulated=$(apt-get -s install --no-install-recommends "${missing[@]}" 2>&1); then
+    printf '%s\n' "$simulated" > "$log"
+    return 2
+  fi
+  removed=$(printf '%s\n' "$simulated" | awk '$1 == "Remv" { print $2 }' | tr '\n' ' ')
+  if [ -n "$removed" ]; then
+    fail "installing ${missing[*]} would remove ${removed% }; nothing was changed. Install what conflicts by hand (or make its commands available on PATH) and run this again"
+  fi
+  apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}" > "$log" 2>&1 || return 2
+}
+rc=0
+install_once || rc=$?
+if [ "$rc" -ne 0 ]; then
+  # No lists yet, or stale ones naming versions the mirror no longer has.
+  say "updating the package lists and trying again"
+  if ! apt-get update > "$log" 2>&1; then
+    sed 's/^/  apt-get: /' "$log" >&2
+    fail "apt-get update failed (see above)"
+  fi
+  rc=0
+  install_once || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    sed 's/^/  apt-get: /' "$log" >&2
+    fail "apt-get install ${missing[*]} failed (see above)"
+  fi
+fi
+still=()
+for p in "${missing[@]}"; do installed "$p" || still+=("$p"); done
+if [ "${#still[@]}" -ne 0 ]; then
+  fail "apt-get reported success but ${still[*]} is not installed"
+fi
+say "installed ${missing[*]}"

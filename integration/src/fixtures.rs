@@ -139,7 +139,9 @@ pub fn awkward_layers() -> Vec<FLayer> {
         FEntry::new("usr/bin", Dir).mode(0o755),
         FEntry::new("usr/bin/suid", File(b"#!/bin/sh\necho suid\n".to_vec())).mode(0o4755),
         FEntry::new("usr/bin/sgid", File(b"sgid".to_vec())).mode(0o2711),
-        FEntry::new("usr/bin/suid-link", Hardlink(b"usr/bin/suid".to_vec())),
+        // Link headers carry their target's metadata, as tar writers do
+        // (containerd applies a link header's metadata to the inode).
+        FEntry::new("usr/bin/suid-link", Hardlink(b"usr/bin/suid".to_vec())).mode(0o4755),
         FEntry::new("usr/bin/rel", Symlink(b"../../etc/passwd".to_vec())),
         FEntry::new("tmp", Dir).mode(0o1777),
         FEntry::new("dev", Dir),
@@ -193,8 +195,8 @@ pub fn awkward_layers() -> Vec<FLayer> {
         ),
         FEntry::new("links", Dir),
         FEntry::new("links/target", File(noise(100_000, 3))).mode(0o600),
-        FEntry::new("links/second", Hardlink(b"links/target".to_vec())),
-        FEntry::new("links/third", Hardlink(b"links/target".to_vec())),
+        FEntry::new("links/second", Hardlink(b"links/target".to_vec())).mode(0o600),
+        FEntry::new("links/third", Hardlink(b"links/target".to_vec())).mode(0o600),
     ];
     vec![
         FLayer {
@@ -209,6 +211,115 @@ pub fn awkward_layers() -> Vec<FLayer> {
             entries: l3,
             compression: Compression::Zstd,
         },
+    ]
+}
+
+/// Layers where the order of entries, or metadata GNU tar and containerd
+/// treat differently, decides what the rootfs shows: a hardlink whose header
+/// differs from its target's, a directory described twice, a file replaced
+/// within a layer (its other name keeps the old inode), `.wh.X` then `X/`
+/// (not opaque: the lower `X` shows through, as containerd's overlayfs
+/// unpack leaves it), entries under a symlink of the same layer (relative,
+/// absolute) and of a lower layer, an opaque marker after an entry, a parent
+/// only implied over a lower directory with its own mode, owner and xattrs,
+/// xattrs in namespaces containerd drops, mtimes before 1970, past 2262 and
+/// with nanoseconds. The third layer is raw: an absolute name, one climbing
+/// above the root, and a root entry with its own mode.
+pub fn unpack_order_layers() -> Vec<(Vec<u8>, Compression)> {
+    use FKind::*;
+    let capability = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let l1 = vec![
+        FEntry::new("real", Dir),
+        FEntry::new("real/old", File(b"old".to_vec())),
+        FEntry::new("x", Dir),
+        FEntry::new("x/lower-child", File(b"lower".to_vec())),
+        FEntry::new("lowlink", Symlink(b"real".to_vec())),
+        FEntry::new("base", Dir)
+            .mode(0o700)
+            .owner(5, 6)
+            .xattr("user.base", b"1"),
+        FEntry::new("base/keep", File(b"keep".to_vec())),
+        FEntry::new("o", Dir),
+        FEntry::new("o/old", File(b"hidden".to_vec())),
+    ];
+    let l2 = vec![
+        FEntry::new("h", Dir),
+        FEntry::new("h/target", File(b"target".to_vec()))
+            .owner(1, 1)
+            .mtime(1_600_000_000, 0)
+            .xattr("user.t", b"1")
+            .xattr("user.both", b"target"),
+        FEntry::new("h/link", Hardlink(b"h/target".to_vec()))
+            .mode(0o600)
+            .owner(2, 3)
+            .mtime(1_650_000_000, 5)
+            .xattr("user.l", b"2")
+            .xattr("user.both", b"link"),
+        FEntry::new("twice", Dir)
+            .mode(0o700)
+            .mtime(1_500_000_000, 0)
+            .xattr("user.one", b"1"),
+        FEntry::new("twice/f", File(b"f".to_vec())),
+        FEntry::new("twice", Dir)
+            .mode(0o750)
+            .mtime(1_550_000_000, 0)
+            .xattr("user.two", b"2"),
+        FEntry::new("rep", File(b"one".to_vec())),
+        FEntry::new("rep-link", Hardlink(b"rep".to_vec())),
+        FEntry::new("rep", File(b"two".to_vec())).mode(0o600),
+        FEntry::new("x", Whiteout),
+        FEntry::new("x", Dir).mode(0o711),
+        FEntry::new("x/new", File(b"new".to_vec())),
+        FEntry::new("sl", Symlink(b"real".to_vec())),
+        FEntry::new("sl/via-link", File(b"via".to_vec())),
+        FEntry::new("abs", Symlink(b"/made/by/link".to_vec())),
+        FEntry::new("abs/f", File(b"abs".to_vec())),
+        FEntry::new("lowlink/f", File(b"under a lower symlink".to_vec())),
+        FEntry::new("o/a", File(b"a".to_vec())),
+        FEntry::new("o", Opaque),
+        FEntry::new("base/sub/f", File(b"implied parent".to_vec())),
+        FEntry::new("xs", File(b"xattrs".to_vec()))
+            .xattr("user.u", b"1")
+            .xattr("trusted.t", b"1")
+            .xattr("security.capability", &capability),
+        FEntry::new("sym-x", Symlink(b"xs".to_vec())).xattr("user.s", b"1"),
+        FEntry::new("fifo-x", Fifo).xattr("user.f", b"1"),
+        FEntry::new("neg", File(b"1969".to_vec())).mtime(-5, 0),
+        FEntry::new("future", File(b"2286".to_vec())).mtime(10_000_000_000, 1),
+        FEntry::new("frac", File(b"ns".to_vec())).mtime(1_700_000_000, 123_456_789),
+    ];
+    let raw = raw_tar(&[
+        (b"./", tar::EntryType::Directory, b"", b""),
+        (b"/abs-entry", tar::EntryType::Regular, b"absolute", b""),
+        (b"../../climb", tar::EntryType::Regular, b"climbed", b""),
+        (
+            b"real/../up-and-back",
+            tar::EntryType::Regular,
+            b"lexical",
+            b"",
+        ),
+    ]);
+    vec![
+        (
+            compress(
+                &layer_tar(&FLayer {
+                    entries: l1,
+                    compression: Compression::Gzip,
+                }),
+                Compression::Gzip,
+            ),
+            Compression::Gzip,
+        ),
+        (
+            layer_tar(&FLayer {
+                entries: l2,
+                compression: Compression::None,
+            }),
+            Compression::None,
+        ),
+        (raw, Compression::None),
     ]
 }
 

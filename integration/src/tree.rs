@@ -34,6 +34,11 @@ pub fn sha(bytes: &[u8]) -> String {
 }
 
 pub fn user_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    xattrs_where(path, |n| n.starts_with(b"user."))
+}
+
+/// Every xattr of `path` whose name `keep` accepts, in name order.
+pub fn xattrs_where(path: &Path, keep: impl Fn(&[u8]) -> bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     let mut names = vec![0u8; 4096];
     // SAFETY: the buffers are valid for the lengths given.
@@ -44,7 +49,7 @@ pub fn user_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     for name in names[..n as usize]
         .split(|&b| b == 0)
-        .filter(|n| n.starts_with(b"user."))
+        .filter(|n| !n.is_empty() && keep(n))
     {
         let cname = CString::new(name).unwrap();
         let mut value = vec![0u8; 65536];
@@ -76,8 +81,12 @@ pub fn run(cmd: &mut Command) {
 
 /// Extracts a layer the way the kernel's overlayfs wants it: `.wh.NAME` as a
 /// 0/0 character device, `.wh..wh..opq` as `trusted.overlay.opaque=y`, with
-/// the touched directories' mtimes put back.
-pub fn extract_for_overlay(tar: &[u8], dir: &Path, scratch: &Path) {
+/// the touched directories' mtimes put back. Where GNU tar differs from
+/// containerd's unpack (the first reference), containerd's rule is applied
+/// after it: a parent directory the layer does not describe gets the mode,
+/// owner and user xattrs of the directory below it in `lowers` (extracted
+/// before, bottom first), and a time before 1970 becomes the epoch.
+pub fn extract_for_overlay(tar: &[u8], dir: &Path, scratch: &Path, lowers: &[PathBuf]) {
     std::fs::create_dir_all(dir).unwrap();
     let tar_path = scratch.join("layer.tar");
     std::fs::write(&tar_path, tar).unwrap();
@@ -92,6 +101,7 @@ pub fn extract_for_overlay(tar: &[u8], dir: &Path, scratch: &Path) {
         .arg(&tar_path)
         .arg("-C")
         .arg(dir));
+    like_containerd(tar, dir, lowers);
     let mut whiteouts = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -152,6 +162,96 @@ pub fn extract_for_overlay(tar: &[u8], dir: &Path, scratch: &Path) {
     }
 }
 
+/// The directories a layer's tar describes, relative and without `./`.
+fn described_dirs(tar: &[u8]) -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut archive = tar::Archive::new(tar);
+    for e in archive.entries().unwrap() {
+        let e = e.unwrap();
+        if e.header().entry_type() == tar::EntryType::Directory {
+            let p = e.path().unwrap();
+            out.insert(p.components().collect::<PathBuf>());
+        }
+    }
+    out
+}
+
+fn set_times(path: &Path, sec: i64, nsec: i64) {
+    let t = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string and two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [t, t].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {}", path.display());
+}
+
+/// containerd's rules where GNU tar has others (see [`extract_for_overlay`]).
+fn like_containerd(tar: &[u8], dir: &Path, lowers: &[PathBuf]) {
+    let described = described_dirs(tar);
+    let mut stack = vec![PathBuf::new()];
+    let mut implicit = Vec::new();
+    while let Some(rel) = stack.pop() {
+        let path = dir.join(&rel);
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        if m.mtime() < 0 {
+            set_times(&path, 0, 0);
+        }
+        if m.is_dir() {
+            if !rel.as_os_str().is_empty() && !described.contains(&rel) {
+                implicit.push(rel.clone());
+            }
+            for e in std::fs::read_dir(&path).unwrap().flatten() {
+                stack.push(rel.join(e.file_name()));
+            }
+        }
+    }
+    for rel in implicit {
+        let path = dir.join(&rel);
+        for lower in lowers.iter().rev() {
+            let Ok(m) = std::fs::symlink_metadata(lower.join(&rel)) else {
+                continue;
+            };
+            if m.is_dir() {
+                let times = std::fs::symlink_metadata(&path).unwrap();
+                std::os::unix::fs::lchown(&path, Some(m.uid()), Some(m.gid())).unwrap();
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o7777),
+                )
+                .unwrap();
+                for (name, value) in user_xattrs(&lower.join(&rel)) {
+                    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+                    let n = CString::new(name).unwrap();
+                    // SAFETY: valid C strings and value buffer.
+                    let rc = unsafe {
+                        libc::lsetxattr(
+                            c.as_ptr(),
+                            n.as_ptr(),
+                            value.as_ptr().cast(),
+                            value.len(),
+                            0,
+                        )
+                    };
+                    assert_eq!(rc, 0, "setxattr {}", path.display());
+                }
+                set_times(&path, times.mtime(), times.mtime_nsec());
+            }
+            // A non-directory below (a whiteout device among them) was
+            // replaced: nothing to copy.
+            break;
+        }
+    }
+}
+
 /// Fills in each entry's hardlink group: for a non-directory, the smallest
 /// path sharing its inode (`K`: the kernel's st_ino, or our merged inode).
 pub fn with_link_groups<K: Ord + Clone>(
@@ -176,8 +276,13 @@ pub fn with_link_groups<K: Ord + Clone>(
 }
 
 /// Every entry under `root`, keyed by its path relative to `root`
-/// (`/a/b`; the root itself is the empty path).
+/// (`/a/b`; the root itself is the empty path), with its user xattrs.
 pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
+    snapshot_with(root, |n| n.starts_with(b"user."))
+}
+
+/// [`snapshot`] with the xattrs whose names `keep` accepts.
+pub fn snapshot_with(root: &Path, keep: impl Fn(&[u8]) -> bool) -> BTreeMap<Vec<u8>, Entry> {
     let mut out = BTreeMap::new();
     let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new())];
     while let Some((path, rel)) = stack.pop() {
@@ -218,7 +323,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
             }),
             rdev: matches!(kind, 'c' | 'b').then(|| (libc::major(rdev), libc::minor(rdev))),
             mtime: Some((m.mtime(), m.mtime_nsec() as u32)),
-            xattrs: user_xattrs(&path),
+            xattrs: xattrs_where(&path, &keep),
             link_group: Vec::new(),
         };
         if kind == 'd' {

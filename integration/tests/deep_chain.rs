@@ -154,7 +154,7 @@ fn a_128_layer_image_mounts_and_looks_like_overlayfs() {
     let mut lowers = Vec::new();
     for (i, l) in layers.iter().enumerate() {
         let dir = root.join(format!("{i}"));
-        extract_for_overlay(&layer_tar(l), &dir, root);
+        extract_for_overlay(&layer_tar(l), &dir, root, &lowers);
         lowers.push(dir);
     }
     let _k = mount_overlay(&lowers, None, &root.join("k"));

@@ -100,7 +100,7 @@ async fn merged_view_equals_kernel_overlayfs() {
         let tar = layer_tar(layer);
         loaded.push(convert_and_load(compress(&tar, layer.compression), &store, &db).await);
         let dir = tmp.path().join(format!("l{i}"));
-        extract_for_overlay(&tar, &dir, tmp.path());
+        extract_for_overlay(&tar, &dir, tmp.path(), &lowerdirs);
         lowerdirs.push(dir);
     }
     let view = MergedView::open(&db, &loaded).unwrap();

@@ -341,12 +341,17 @@ fn apply_entry<R: Read>(
                 .link_name_bytes()
                 .ok_or_else(|| ImportErrorKind::BadHeader("hardlink without a target".into()))?;
             let target = LayerPath::parse(&target)?;
-            tree.hardlink(&path, &target)?;
+            tree.hardlink(&path, &target, attrs)?;
             return Ok(0);
         }
         other => return Err(ImportErrorKind::UnsupportedType(other)),
     };
     let is_file = kind == NodeKind::Regular;
+    if path.is_root() {
+        // containerd ignores an entry that names the root itself.
+        return Ok(0);
+    }
+    let attrs = attrs.kept_for(&kind);
     let ino = tree.insert(&path, kind, attrs)?;
     if !is_file {
         return Ok(0);
@@ -412,6 +417,7 @@ fn read_attrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Attrs, ImportErr
         u32::try_from(v)
             .map_err(|_| ImportErrorKind::BadHeader(format!("{what} {v} does not fit in 32 bits")))
     };
+    let (mtime_sec, mtime_nsec) = bound_time(mtime_sec, mtime_nsec);
     Ok(Attrs {
         mode,
         uid: id32("uid", uid)?,
@@ -420,6 +426,18 @@ fn read_attrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Attrs, ImportErr
         mtime_nsec,
         xattrs,
     })
+}
+
+/// A time as containerd sets it: one before the epoch or past what a
+/// 64-bit nanosecond count holds (year 2262) becomes the epoch.
+fn bound_time(sec: i64, nsec: u32) -> (i64, u32) {
+    const MAX_SEC: i64 = i64::MAX / 1_000_000_000;
+    const MAX_NSEC: u32 = (i64::MAX % 1_000_000_000) as u32;
+    if !(0..=MAX_SEC).contains(&sec) || (sec == MAX_SEC && nsec > MAX_NSEC) {
+        (0, 0)
+    } else {
+        (sec, nsec)
+    }
 }
 
 /// Parses a PAX time (`-?SECONDS[.FRACTION]`) into seconds and nanoseconds,
@@ -467,5 +485,18 @@ mod tests {
         assert_eq!(parse_pax_time("-3"), Some((-3, 0)));
         assert_eq!(parse_pax_time("x"), None);
         assert_eq!(parse_pax_time(".5"), None);
+    }
+
+    #[test]
+    fn times_are_bounded_like_containerd() {
+        assert_eq!(bound_time(1_700_000_000, 5), (1_700_000_000, 5));
+        assert_eq!(bound_time(0, 0), (0, 0));
+        assert_eq!(bound_time(-1, 500_000_000), (0, 0));
+        assert_eq!(
+            bound_time(9_223_372_036, 854_775_807),
+            (9_223_372_036, 854_775_807)
+        );
+        assert_eq!(bound_time(9_223_372_036, 854_775_808), (0, 0));
+        assert_eq!(bound_time(i64::MAX, 0), (0, 0));
     }
 }

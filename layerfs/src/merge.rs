@@ -227,20 +227,20 @@ impl MergedView {
                             ino: top.ino.0,
                         }],
                         nlink: 0,
-                        mtime_source: 0,
+                        attr_source: 0,
                     };
                     inodes.insert(&key2(chain, child_ino), rec.encode_to_vec());
                 }
             }
             // Decided here, once, so that attrs() reads one or two inodes
             // however many layers imply the directory.
-            let mut mtime_source = 0;
+            let mut attr_source = 0;
             for (i, s) in sources.iter().enumerate() {
                 let (inode, _) = db
                     .inode(s.layer, s.ino)?
                     .ok_or_else(|| corrupt("inodes", format!("{} has no {}", s.layer, s.ino)))?;
                 if !inode.implicit {
-                    mtime_source = i as u32;
+                    attr_source = i as u32;
                     break;
                 }
             }
@@ -253,7 +253,7 @@ impl MergedView {
                     })
                     .collect(),
                 nlink: 2 + subdirs,
-                mtime_source,
+                attr_source,
             };
             inodes.insert(&key2(chain, mino), rec.encode_to_vec());
         }
@@ -314,10 +314,11 @@ impl MergedView {
     }
 
     /// Attributes as the merged view shows them: the topmost copy's, as the
-    /// kernel's overlayfs does (a directory a layer only implied has mode
-    /// 0755, root's, no xattrs, like containerd creates it). Its mtime, which
-    /// extraction would set to the time of extraction, is taken from the
-    /// first layer that described the directory, so it is stable. Also the
+    /// kernel's overlayfs does. A directory the top layer only implied
+    /// shows the first copy below that a layer described — its mode, owner
+    /// and xattrs, as containerd copies them onto a parent it creates (with
+    /// 0755 and root's when there is none), and its mtime, which unpacking
+    /// would set to the time of unpacking, so that it is stable. Also the
     /// link count.
     pub fn attrs(&self, ino: Ino) -> Result<(Inode, u32), DbError> {
         let rec = self.record(ino)?;
@@ -336,11 +337,15 @@ impl MergedView {
         } else {
             nlink
         };
-        if inode.implicit && rec.mtime_source > 0 {
-            let from = rec.sources.get(rec.mtime_source as usize).ok_or_else(|| {
+        if inode.implicit && rec.attr_source > 0 {
+            let from = rec.sources.get(rec.attr_source as usize).ok_or_else(|| {
                 corrupt("merged_inodes", format!("{ino}: mtime source out of range"))
             })?;
             let (described, _) = inode_of(from)?;
+            inode.mode = described.mode;
+            inode.uid = described.uid;
+            inode.gid = described.gid;
+            inode.xattrs = described.xattrs;
             inode.mtime_sec = described.mtime_sec;
             inode.mtime_nsec = described.mtime_nsec;
         }

@@ -1,5 +1,7 @@
 //! Names of tar entries, made safe: relative to the layer root, no `.` or
-//! `..` components, never climbing above the root.
+//! `..` components, never climbing above the root. As containerd reads
+//! them: an absolute name is taken from the layer root, and `..` at the
+//! root stays there.
 
 use std::fmt;
 
@@ -9,10 +11,6 @@ pub struct LayerPath(Vec<Vec<u8>>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("absolute path")]
-    Absolute,
-    #[error("`..` climbs above the layer root")]
-    ClimbsAboveRoot,
     #[error("a name contains a NUL byte")]
     Nul,
     #[error("a name is longer than {MAX_NAME_LEN} bytes")]
@@ -27,18 +25,16 @@ impl LayerPath {
         LayerPath(Vec::new())
     }
 
-    /// Normalizes a tar entry name. `./a//b/` and `a/x/../b` become `a/b`;
-    /// absolute names and names that climb above the root are refused.
+    /// Normalizes a tar entry name lexically, as Go's `filepath.Clean` and
+    /// containerd's root-relative resolution do: `./a//b/` and `a/x/../b`
+    /// become `a/b`, `/etc/x` and `../../etc/x` become `etc/x`.
     pub fn parse(raw: &[u8]) -> Result<Self, PathError> {
-        if raw.first() == Some(&b'/') {
-            return Err(PathError::Absolute);
-        }
         let mut parts: Vec<Vec<u8>> = Vec::new();
         for comp in raw.split(|&b| b == b'/') {
             match comp {
                 b"" | b"." => {}
                 b".." => {
-                    parts.pop().ok_or(PathError::ClimbsAboveRoot)?;
+                    parts.pop();
                 }
                 name if name.contains(&0) => return Err(PathError::Nul),
                 name if name.len() > MAX_NAME_LEN => return Err(PathError::NameTooLong),
@@ -46,6 +42,11 @@ impl LayerPath {
             }
         }
         Ok(LayerPath(parts))
+    }
+
+    /// A path of components already known to be single, valid names.
+    pub(crate) fn from_components(parts: Vec<Vec<u8>>) -> Self {
+        LayerPath(parts)
     }
 
     pub fn is_root(&self) -> bool {
@@ -60,11 +61,6 @@ impl LayerPath {
     pub fn split_last(&self) -> Option<(LayerPath, &[u8])> {
         let (last, parent) = self.0.split_last()?;
         Some((LayerPath(parent.to_vec()), last))
-    }
-
-    /// The first `n` components.
-    pub fn prefix(&self, n: usize) -> LayerPath {
-        LayerPath(self.0[..n.min(self.0.len())].to_vec())
     }
 
     pub fn join(&self, name: &[u8]) -> LayerPath {
@@ -108,15 +104,15 @@ mod tests {
     }
 
     #[test]
-    fn normalizes_and_refuses_escapes() {
+    fn normalizes_and_stays_inside_the_root() {
         assert_eq!(p("./a//b/").unwrap(), "a/b");
         assert_eq!(p("a/x/../b").unwrap(), "a/b");
         assert_eq!(p("./").unwrap(), "/");
         assert_eq!(p("a/..").unwrap(), "/");
-        assert_eq!(p("/etc/passwd"), Err(PathError::Absolute));
-        assert_eq!(p("../x"), Err(PathError::ClimbsAboveRoot));
-        assert_eq!(p("a/../../x"), Err(PathError::ClimbsAboveRoot));
-        assert_eq!(p("./.."), Err(PathError::ClimbsAboveRoot));
+        assert_eq!(p("/etc/passwd").unwrap(), "etc/passwd");
+        assert_eq!(p("../x").unwrap(), "x");
+        assert_eq!(p("a/../../x").unwrap(), "x");
+        assert_eq!(p("./..").unwrap(), "/");
         assert_eq!(LayerPath::parse(b"a/b\0c"), Err(PathError::Nul));
         assert_eq!(LayerPath::parse(&[b'x'; 256]), Err(PathError::NameTooLong));
         assert!(LayerPath::parse(&[b'x'; 255]).is_ok());

@@ -1,6 +1,19 @@
 //! The in-memory tree of one layer while it is being imported: inodes, names,
-//! whiteouts and opaque markers, with the replace-and-merge rules of applying
-//! a tar stream in order.
+//! whiteouts and opaque markers, with the rules containerd follows when it
+//! applies a tar stream in order onto its overlayfs snapshotter (the
+//! reference a converted image is compared with):
+//! - an entry replaces what is at its name, except that a directory over a
+//!   directory merges (attributes replaced, xattrs added, children kept);
+//! - a hardlink's header applies its owner, mode, mtime and xattrs to the
+//!   shared inode, as containerd chowns, chmods and sets times on every
+//!   entry it creates;
+//! - parents are resolved through this layer's symlinks, within the layer
+//!   root; missing parents are created as implicit directories;
+//! - a whiteout is a name of this layer (overlayfs's 0/0 device): an entry
+//!   written over it later in the layer replaces it (a directory there is
+//!   not opaque); a whiteout of a name this layer already has, and an entry
+//!   under a whiteout, are refused, as containerd refuses those layers;
+//! - an entry naming the root itself is ignored.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +47,40 @@ pub struct Attrs {
 }
 
 impl Attrs {
+    /// Applies a later header's attributes to an inode that has some:
+    /// owner and mtime replaced, the mode too unless `with_mode` is false,
+    /// xattrs added to (and overriding) the ones it has — containerd sets
+    /// each xattr of a header and removes none.
+    pub fn apply(&mut self, later: Attrs, with_mode: bool) {
+        if with_mode {
+            self.mode = later.mode;
+        }
+        self.uid = later.uid;
+        self.gid = later.gid;
+        self.mtime_sec = later.mtime_sec;
+        self.mtime_nsec = later.mtime_nsec;
+        self.xattrs.extend(later.xattrs);
+    }
+
+    /// These attributes without the xattrs containerd's unpack cannot keep
+    /// on an inode of `kind`: `trusted.*` (it never sets them), `user.*`
+    /// on anything but files and directories (the kernel refuses them
+    /// there), and names outside the `user.`, `security.` and POSIX ACL
+    /// namespaces (no filesystem takes them).
+    pub fn kept_for(mut self, kind: &NodeKind) -> Self {
+        let user_ok = matches!(kind, NodeKind::Regular | NodeKind::Directory);
+        self.xattrs.retain(|name, _| {
+            if name.starts_with(b"user.") {
+                user_ok
+            } else {
+                name.starts_with(b"security.")
+                    || name == b"system.posix_acl_access"
+                    || name == b"system.posix_acl_default"
+            }
+        });
+        self
+    }
+
     /// Attributes of a directory no tar entry described.
     pub fn implicit_dir() -> Self {
         Attrs {
@@ -80,8 +127,6 @@ pub enum Child {
 pub enum TreeError {
     #[error("`{0}` is not a directory, so nothing can be placed under it")]
     NotADirectory(LayerPath),
-    #[error("a {0} cannot replace the layer root")]
-    ReplacesRoot(&'static str),
     #[error("hardlink target `{0}` does not exist in this layer")]
     MissingLinkTarget(LayerPath),
     #[error("hardlink target `{0}` is a directory")]
@@ -90,7 +135,14 @@ pub enum TreeError {
     WhiteoutOfRoot,
     #[error("whiteout `{0}` names no entry")]
     EmptyWhiteout(String),
+    #[error("whiteout of `{0}`, which this layer already has (containerd refuses such a layer)")]
+    WhiteoutOfOwnEntry(LayerPath),
+    #[error("resolving `{0}` follows more than {MAX_SYMLINK_HOPS} symlinks")]
+    SymlinkLoop(LayerPath),
 }
+
+/// Symlinks followed while resolving one path (containerd's limit).
+pub const MAX_SYMLINK_HOPS: usize = 255;
 
 /// A layer's tree under construction. Inode numbers here are provisional;
 /// the index renumbers reachable inodes in tree order.
@@ -137,20 +189,65 @@ impl LayerTree {
         Some(ino)
     }
 
-    /// The directory at `path`, creating missing directories as implicit.
+    /// Where `path` leads when its components are resolved through this
+    /// layer's symlinks, as containerd resolves an entry's parent within the
+    /// layer root: `..` stops at the root, an absolute target starts there,
+    /// names not in this layer are kept as they are.
+    fn resolve(&self, path: &LayerPath) -> Result<Vec<Vec<u8>>, TreeError> {
+        let mut todo: Vec<Vec<u8>> = path.components().iter().rev().cloned().collect();
+        let mut done: Vec<(Vec<u8>, Option<Ino>)> = Vec::new();
+        let mut hops = 0;
+        while let Some(name) = todo.pop() {
+            if name == b".." {
+                done.pop();
+                continue;
+            }
+            if name.is_empty() || name == b"." {
+                continue;
+            }
+            let here = match done.last() {
+                None => Some(Ino::ROOT),
+                Some((_, ino)) => *ino,
+            };
+            let child = here.and_then(|dir| match self.node(dir).children.get(&name) {
+                Some(Child::Entry(c)) => Some(*c),
+                _ => None,
+            });
+            if let Some(c) = child {
+                if let NodeKind::Symlink(target) = &self.node(c).kind {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(TreeError::SymlinkLoop(path.clone()));
+                    }
+                    if target.first() == Some(&b'/') {
+                        done.clear();
+                    }
+                    todo.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+                    continue;
+                }
+            }
+            done.push((name, child));
+        }
+        Ok(done.into_iter().map(|(n, _)| n).collect())
+    }
+
+    /// The directory at `path` (resolved through this layer's symlinks),
+    /// creating missing directories as implicit.
     fn ensure_dir(&mut self, path: &LayerPath) -> Result<Ino, TreeError> {
+        let resolved = self.resolve(path)?;
         let mut ino = Ino::ROOT;
-        for (depth, name) in path.components().iter().enumerate() {
+        for (depth, name) in resolved.iter().enumerate() {
             ino = match self.node(ino).children.get(name).copied() {
                 Some(Child::Entry(child)) if self.node(child).kind == NodeKind::Directory => child,
-                Some(Child::Entry(_)) => {
-                    return Err(TreeError::NotADirectory(path.prefix(depth + 1)));
+                // A non-directory, or a whiteout (a device in containerd's
+                // upper directory): nothing can be placed under it.
+                Some(_) => {
+                    return Err(TreeError::NotADirectory(LayerPath::from_components(
+                        resolved[..=depth].to_vec(),
+                    )));
                 }
-                existing => {
-                    let mut dir = new_node(NodeKind::Directory, Attrs::implicit_dir(), true);
-                    // Deleted from lower layers and re-created here: nothing
-                    // of the lower directory shows through.
-                    dir.opaque = existing == Some(Child::Whiteout);
+                None => {
+                    let dir = new_node(NodeKind::Directory, Attrs::implicit_dir(), true);
                     let child = self.alloc(dir);
                     self.node_mut(ino)
                         .children
@@ -163,8 +260,10 @@ impl LayerTree {
     }
 
     /// Applies an entry at `path`: a directory over a directory merges
-    /// (attributes replaced, children kept); anything else replaces what was
-    /// there. Returns the inode now at `path`.
+    /// (attributes replaced, xattrs added, children kept); anything else
+    /// replaces what was there, a whiteout of this layer included. An entry
+    /// naming the root is ignored, as containerd ignores it. Returns the
+    /// inode now at `path`.
     pub fn insert(
         &mut self,
         path: &LayerPath,
@@ -173,12 +272,6 @@ impl LayerTree {
     ) -> Result<Ino, TreeError> {
         let is_dir = kind == NodeKind::Directory;
         let Some((parent, name)) = path.split_last() else {
-            if !is_dir {
-                return Err(TreeError::ReplacesRoot(kind_name(&kind)));
-            }
-            let root = self.node_mut(Ino::ROOT);
-            root.attrs = attrs;
-            root.implicit = false;
             return Ok(Ino::ROOT);
         };
         let parent = self.ensure_dir(&parent)?;
@@ -186,14 +279,12 @@ impl LayerTree {
         if let Some(Child::Entry(old)) = existing {
             if is_dir && self.node(old).kind == NodeKind::Directory {
                 let node = self.node_mut(old);
-                node.attrs = attrs;
+                node.attrs.apply(attrs, true);
                 node.implicit = false;
                 return Ok(old);
             }
         }
-        let mut node = new_node(kind, attrs, false);
-        node.opaque = is_dir && existing == Some(Child::Whiteout);
-        let ino = self.alloc(node);
+        let ino = self.alloc(new_node(kind, attrs, false));
         self.node_mut(parent)
             .children
             .insert(name.to_vec(), Child::Entry(ino));
@@ -207,27 +298,43 @@ impl LayerTree {
         node.slices = slices;
     }
 
-    /// Adds `path` as another name of the (non-directory) inode at `target`.
-    pub fn hardlink(&mut self, path: &LayerPath, target: &LayerPath) -> Result<Ino, TreeError> {
-        let ino = self
-            .lookup(target)
-            .ok_or_else(|| TreeError::MissingLinkTarget(target.clone()))?;
+    /// Adds `path` as another name of the (non-directory) inode at `target`
+    /// and applies the link header's `attrs` to that inode (a symlink's
+    /// mode stays). A link naming the root is ignored.
+    pub fn hardlink(
+        &mut self,
+        path: &LayerPath,
+        target: &LayerPath,
+        attrs: Attrs,
+    ) -> Result<Ino, TreeError> {
+        let missing = || TreeError::MissingLinkTarget(target.clone());
+        let ino = match target.split_last() {
+            None => Ino::ROOT,
+            Some((dir, name)) => {
+                let dir = LayerPath::from_components(self.resolve(&dir)?);
+                self.lookup(&dir.join(name)).ok_or_else(missing)?
+            }
+        };
         if self.node(ino).kind == NodeKind::Directory {
             return Err(TreeError::LinkToDirectory(target.clone()));
         }
         let Some((parent, name)) = path.split_last() else {
-            return Err(TreeError::ReplacesRoot("hardlink"));
+            return Ok(Ino::ROOT);
         };
         let parent = self.ensure_dir(&parent)?;
         self.node_mut(parent)
             .children
             .insert(name.to_vec(), Child::Entry(ino));
+        let node = self.node_mut(ino);
+        let keep_mode = matches!(node.kind, NodeKind::Symlink(_));
+        let attrs = attrs.kept_for(&node.kind);
+        node.attrs.apply(attrs, !keep_mode);
         Ok(ino)
     }
 
-    /// Records `.wh.NAME` in `dir`: NAME of lower layers is hidden. An entry
-    /// of this layer with that name stays (whiteouts apply to lower layers
-    /// only); a directory there becomes opaque.
+    /// Records `.wh.NAME` in `dir`: NAME of lower layers is hidden. A name
+    /// this layer already has cannot be whited out in it (containerd's
+    /// overlayfs unpack cannot create the whiteout device over it).
     pub fn whiteout(&mut self, dir: &LayerPath, name: &[u8]) -> Result<(), TreeError> {
         if name == b"." || name == b".." {
             return Err(TreeError::WhiteoutOfRoot);
@@ -236,18 +343,12 @@ impl LayerTree {
             return Err(TreeError::EmptyWhiteout(dir.join(b".wh.").to_string()));
         }
         let parent = self.ensure_dir(dir)?;
-        match self.node(parent).children.get(name).copied() {
-            Some(Child::Entry(ino)) => {
-                if self.node(ino).kind == NodeKind::Directory {
-                    self.node_mut(ino).opaque = true;
-                }
-            }
-            _ => {
-                self.node_mut(parent)
-                    .children
-                    .insert(name.to_vec(), Child::Whiteout);
-            }
+        if self.node(parent).children.contains_key(name) {
+            return Err(TreeError::WhiteoutOfOwnEntry(dir.join(name)));
         }
+        self.node_mut(parent)
+            .children
+            .insert(name.to_vec(), Child::Whiteout);
         Ok(())
     }
 
@@ -319,6 +420,13 @@ mod tests {
         }
     }
 
+    fn xattrs(pairs: &[(&str, &str)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
     #[test]
     fn replace_merge_and_whiteout_rules() {
         let mut t = LayerTree::new();
@@ -342,17 +450,18 @@ mod tests {
             Err(TreeError::NotADirectory(lp("a/b")))
         );
         // Hardlinks share the inode; a directory cannot be linked.
-        let l = t.hardlink(&lp("c"), &lp("a/b")).unwrap();
+        let l = t.hardlink(&lp("c"), &lp("a/b"), attrs(0o600)).unwrap();
         assert_eq!(Some(l), t.lookup(&lp("a/b")));
         assert!(matches!(
-            t.hardlink(&lp("d"), &lp("nope")),
+            t.hardlink(&lp("d"), &lp("nope"), attrs(0)),
             Err(TreeError::MissingLinkTarget(_))
         ));
         assert!(matches!(
-            t.hardlink(&lp("d"), &lp("a")),
+            t.hardlink(&lp("d"), &lp("a"), attrs(0)),
             Err(TreeError::LinkToDirectory(_))
         ));
-        // Whiteouts: recorded, and a directory re-created over one is opaque.
+        // Whiteouts: recorded; nothing goes under one; an entry written
+        // over one later replaces it and is not opaque.
         t.whiteout(&lp("w"), b"gone").unwrap();
         assert_eq!(
             t.node(t.lookup(&lp("w")).unwrap())
@@ -360,19 +469,30 @@ mod tests {
                 .get(&b"gone"[..]),
             Some(&Child::Whiteout)
         );
+        assert_eq!(
+            t.insert(&lp("w/gone/x"), NodeKind::Regular, attrs(0o644)),
+            Err(TreeError::NotADirectory(lp("w/gone")))
+        );
         let g = t
             .insert(&lp("w/gone"), NodeKind::Directory, attrs(0o755))
             .unwrap();
-        assert!(t.node(g).opaque);
+        assert!(!t.node(g).opaque);
+        // A whiteout of a name this layer has is refused.
+        assert_eq!(
+            t.whiteout(&lp("w"), b"gone"),
+            Err(TreeError::WhiteoutOfOwnEntry(lp("w/gone")))
+        );
         assert_eq!(t.whiteout(&lp(""), b"."), Err(TreeError::WhiteoutOfRoot));
         assert!(matches!(
             t.whiteout(&lp(""), b""),
             Err(TreeError::EmptyWhiteout(_))
         ));
+        // An entry naming the root is ignored.
         assert_eq!(
             t.insert(&lp("./"), NodeKind::Regular, attrs(0)),
-            Err(TreeError::ReplacesRoot("file"))
+            Ok(Ino::ROOT)
         );
+        assert_eq!(t.node(Ino::ROOT).attrs, Attrs::implicit_dir());
         // The walk visits each reachable inode once, root first.
         let order = t.walk_order();
         assert_eq!(order[0], Ino::ROOT);
@@ -380,5 +500,117 @@ mod tests {
         dedup.sort();
         dedup.dedup();
         assert_eq!(dedup.len(), order.len());
+    }
+
+    #[test]
+    fn later_headers_apply_their_metadata_like_containerd() {
+        let mut t = LayerTree::new();
+        let mut first = attrs(0o644);
+        first.uid = 1;
+        first.mtime_sec = 100;
+        first.xattrs = xattrs(&[("user.t", "1"), ("user.both", "target")]);
+        let f = t.insert(&lp("f"), NodeKind::Regular, first).unwrap();
+        let mut link = attrs(0o600);
+        link.uid = 2;
+        link.gid = 3;
+        link.mtime_sec = 200;
+        link.xattrs = xattrs(&[("user.l", "2"), ("user.both", "link")]);
+        assert_eq!(t.hardlink(&lp("g"), &lp("f"), link).unwrap(), f);
+        let a = &t.node(f).attrs;
+        assert_eq!((a.mode, a.uid, a.gid, a.mtime_sec), (0o600, 2, 3, 200));
+        assert_eq!(
+            a.xattrs,
+            xattrs(&[("user.both", "link"), ("user.l", "2"), ("user.t", "1")])
+        );
+        // A directory described twice: the later header wins, xattrs add up.
+        let mut d1 = attrs(0o700);
+        d1.xattrs = xattrs(&[("user.one", "1")]);
+        let d = t.insert(&lp("d"), NodeKind::Directory, d1).unwrap();
+        let mut d2 = attrs(0o750);
+        d2.mtime_sec = 5;
+        d2.xattrs = xattrs(&[("user.two", "2")]);
+        assert_eq!(t.insert(&lp("d"), NodeKind::Directory, d2).unwrap(), d);
+        let a = &t.node(d).attrs;
+        assert_eq!((a.mode, a.mtime_sec), (0o750, 5));
+        assert_eq!(a.xattrs, xattrs(&[("user.one", "1"), ("user.two", "2")]));
+        // A file replaced: the other name keeps the old inode.
+        let r = t.insert(&lp("r"), NodeKind::Regular, attrs(0o644)).unwrap();
+        t.hardlink(&lp("r2"), &lp("r"), attrs(0o644)).unwrap();
+        let r_new = t.insert(&lp("r"), NodeKind::Regular, attrs(0o644)).unwrap();
+        assert_ne!(r, r_new);
+        assert_eq!(t.lookup(&lp("r2")), Some(r));
+        // What containerd cannot keep is dropped.
+        let kept = Attrs {
+            xattrs: xattrs(&[
+                ("user.a", "1"),
+                ("trusted.x", "1"),
+                ("security.capability", "1"),
+                ("system.other", "1"),
+                ("other.ns", "1"),
+            ]),
+            ..attrs(0)
+        };
+        assert_eq!(
+            kept.clone().kept_for(&NodeKind::Regular).xattrs,
+            xattrs(&[("security.capability", "1"), ("user.a", "1")])
+        );
+        assert_eq!(
+            kept.kept_for(&NodeKind::Symlink(b"x".to_vec())).xattrs,
+            xattrs(&[("security.capability", "1")])
+        );
+    }
+
+    #[test]
+    fn parents_resolve_through_symlinks_of_the_layer() {
+        let mut t = LayerTree::new();
+        let real = t
+            .insert(&lp("real"), NodeKind::Directory, attrs(0o755))
+            .unwrap();
+        t.insert(
+            &lp("rel"),
+            NodeKind::Symlink(b"real".to_vec()),
+            attrs(0o777),
+        )
+        .unwrap();
+        t.insert(
+            &lp("sub/abs"),
+            NodeKind::Symlink(b"/real/../real".to_vec()),
+            attrs(0o777),
+        )
+        .unwrap();
+        t.insert(
+            &lp("up"),
+            NodeKind::Symlink(b"../../../elsewhere".to_vec()),
+            attrs(0o777),
+        )
+        .unwrap();
+        let f = t
+            .insert(&lp("rel/f"), NodeKind::Regular, attrs(0o644))
+            .unwrap();
+        assert_eq!(t.lookup(&lp("real/f")), Some(f));
+        let g = t
+            .insert(&lp("sub/abs/g"), NodeKind::Regular, attrs(0o644))
+            .unwrap();
+        assert_eq!(t.lookup(&lp("real/g")), Some(g));
+        // `..` stops at the root; a target not in the layer is created.
+        let h = t
+            .insert(&lp("up/h"), NodeKind::Regular, attrs(0o644))
+            .unwrap();
+        assert_eq!(t.lookup(&lp("elsewhere/h")), Some(h));
+        assert!(t.node(t.lookup(&lp("elsewhere")).unwrap()).implicit);
+        // Links resolve their target's parent the same way.
+        assert_eq!(t.hardlink(&lp("k"), &lp("rel/f"), attrs(0o644)), Ok(f));
+        assert_eq!(t.lookup(&lp("real")), Some(real));
+        // A loop is an error, not a hang.
+        t.insert(
+            &lp("loop"),
+            NodeKind::Symlink(b"loop".to_vec()),
+            attrs(0o777),
+        )
+        .unwrap();
+        assert_eq!(
+            t.insert(&lp("loop/x"), NodeKind::Regular, attrs(0o644)),
+            Err(TreeError::SymlinkLoop(lp("loop")))
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! in skopeo's transport syntax ([`image_ref`]), OCI image layouts
 //! ([`oci_layout`]), registries ([`registry`], [`transfer`]), converting an
 //! image into blocks and layer indexes ([`convert`]), showing a converted
-//! image ([`inspect`]) and mounting one ([`mount`]), snapshot records
+//! image ([`inspect`]) and mounting one ([`mount`], with its upper directory
+//! in [`upper_dir`]), snapshot records
 //! ([`records`], [`filters`]), the containerd snapshots service with its
 //! lazy pull and garbage collection ([`service`]), and `slayerfs pull`
 //! through containerd's API ([`pull`]).
@@ -26,3 +27,4 @@ pub mod registry;
 pub mod service;
 pub mod store_args;
 pub mod transfer;
+pub mod upper_dir;

@@ -29,16 +29,7 @@ pub fn image_rootfs(
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<Rootfs> {
     let db = match upper_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the upper directory {}", dir.display()))?;
-            sled::open(dir.join("db")).with_context(|| {
-                format!(
-                    "opening the upper layer's database in {} (is it mounted elsewhere?)",
-                    dir.display()
-                )
-            })?
-        }
+        Some(dir) => crate::upper_dir::open_db(dir)?,
         // A read-only mount keeps its layer records only while it runs.
         None => {
             let mounts = config.mounts_dir();

@@ -11,11 +11,11 @@ use slayerfs_config::{Config, StoreLocation};
 use slayerfs_snapshotter::convert::{convert_image, RegistrySide};
 use slayerfs_snapshotter::image_ref::ImageRef;
 use slayerfs_snapshotter::inspect::{print_layers, print_tree, ConvertedImage};
-use slayerfs_snapshotter::mount;
 use slayerfs_snapshotter::progress::{human_bytes, ProgressMode};
 use slayerfs_snapshotter::pull::{pull, LayerOutcome, PullOptions};
 use slayerfs_snapshotter::registry::RegistryOptions;
 use slayerfs_snapshotter::store_args::StoreArgs;
+use slayerfs_snapshotter::{mount, upper_dir};
 
 #[derive(Parser)]
 #[command(
@@ -407,14 +407,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(dir) => format!("read-write, upper {}", dir.display()),
                 None => "read-only".to_string(),
             };
-            mount::serve(std::sync::Arc::new(rootfs), &mountpoint, opts, || {
+            let served = mount::serve(std::sync::Arc::new(rootfs), &mountpoint, opts, || {
+                if let Some(dir) = &upper {
+                    if let Err(e) = upper_dir::record_mount(dir, &mountpoint) {
+                        tracing::warn!("{e:#}");
+                    }
+                }
                 eprintln!(
                     "slayerfs: {src} mounted at {} ({mode}); unmount with `fusermount3 -u {}` or Ctrl-C",
                     mountpoint.display(),
                     mountpoint.display()
                 );
             })
-            .await?;
+            .await;
+            if let Some(dir) = &upper {
+                upper_dir::clear_mount(dir);
+            }
+            served?;
             eprintln!("slayerfs: {} unmounted", mountpoint.display());
         }
     }
