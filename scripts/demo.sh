@@ -8,9 +8,11 @@
 # converted one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/steps.sh
 
+step "installing dependencies"
 scripts/install-deps.sh
-echo "== building (release)"
+step "building (release)"
 cargo build --release --bins --locked -q
 bin=$PWD/target/release
 
@@ -20,7 +22,7 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 
-echo "== building a sample image with umoci + busybox (3 layers)"
+step "building a sample image with umoci + busybox (3 layers)"
 umoci init --layout sample >/dev/null
 umoci new --image sample:latest >/dev/null
 layer() { # layer MESSAGE COMMANDSâ€¦: one umoci layer made by COMMANDS in rootfs/
@@ -50,23 +52,23 @@ layer "config" '
 umoci config --image sample:latest --config.cmd /bin/sh >/dev/null
 rm -rf bundle
 
-echo "== converting into the block store ($state/store)"
+step "converting into the block store ($state/store)"
 "$bin/slayerfs" convert "oci:$work/sample:latest" "oci:$work/sample-slayerfs:latest"
 echo
-echo "== the converted image"
+step "the converted image"
 "$bin/slayerfs" inspect "oci:$work/sample-slayerfs:latest"
 echo
-echo "== layer 2 as its index records it"
+step "layer 2 as its index records it"
 "$bin/slayerfs" inspect --layer 2 "oci:$work/sample-slayerfs:latest"
 echo
-echo "== converting again writes no new blocks"
+step "converting again writes no new blocks"
 "$bin/slayerfs" convert -q "oci:$work/sample:latest" "oci:$work/sample-slayerfs:latest" | grep blocks
 
 mnt=$work/mnt
 mkdir -p "$mnt"
-trap 'mountpoint -q "$mnt" && fusermount3 -u "$mnt"; true' EXIT
+at_exit 'mountpoint -q "$mnt" && fusermount3 -u "$mnt"' 
 echo
-echo "== mounting it read-only at $mnt"
+step "mounting it read-only at $mnt"
 "$bin/slayerfs" mount --daemon --log "$work/mount.log" "oci:$work/sample-slayerfs:latest" "$mnt"
 ls -l "$mnt" "$mnt/app"
 echo "etc/motd (layer 3 replaced layer 1's):  $(cat "$mnt/etc/motd")"
@@ -78,7 +80,7 @@ echo "app/sparse.img: $(stat -c %s "$mnt/app/sparse.img") bytes, non-zero bytes:
 fusermount3 -u "$mnt"
 
 echo
-echo "== mounting it writable (upper layer in $work/upper), changing it, remounting"
+step "mounting it writable (upper layer in $work/upper), changing it, remounting"
 "$bin/slayerfs" mount --rw --upper "$work/upper" --daemon --log "$work/mount.log" "oci:$work/sample-slayerfs:latest" "$mnt"
 echo "changed in the upper layer" > "$mnt/etc/motd"
 printf 'X' | dd of="$mnt/app/data.bin" bs=1 seek=5000000 conv=notrunc status=none
@@ -91,7 +93,7 @@ echo "upper data files (bytes on disk): $(du -sh "$work/upper/data" | cut -f1) â
 fusermount3 -u "$mnt"
 
 echo
-echo "== a local registry and S3 server (127.0.0.1) for the lazy pull"
+step "a local registry and S3 server (127.0.0.1) for the lazy pull"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 reg=127.0.0.1:$(free_port)
 mkdir -p "$work/registry"
@@ -105,13 +107,13 @@ for _ in $(seq 100); do grep -q listening "$work/s3.addr" 2>/dev/null && (echo >
 s3=http://$(awk '{print $3}' "$work/s3.addr")
 export AWS_ACCESS_KEY_ID=slayerfs-test AWS_SECRET_ACCESS_KEY=slayerfs-test-secret
 stop_servers() { kill "$reg_pid" "$s3_pid" 2>/dev/null || true; wait "$reg_pid" "$s3_pid" 2>/dev/null || true; }
-trap stop_servers EXIT
+at_exit stop_servers
 skopeo copy -q --dest-tls-verify=false "oci:$work/sample:latest" "docker://$reg/sample:latest"
 echo "-- converting from the registry into S3, pushing the converted image back:"
 "$bin/slayerfs" convert -q "docker://$reg/sample:latest" "docker://$reg/sample:slayerfs" --store s3://demo --s3-endpoint "$s3"
 
 echo
-echo "== containerd with the slayerfs snapshotter"
+step "containerd with the slayerfs snapshotter"
 cdir=$work/containerd
 mkdir -p "$cdir"
 cat > "$cdir/config.toml" <<EOF
@@ -131,13 +133,12 @@ EOF
 snap_pid=$!
 containerd --config "$cdir/config.toml" 2> "$cdir/containerd.log" &
 containerd_pid=$!
-# (|| true: these waits report the signal, and errexit applies in traps.)
-trap 'kill $containerd_pid 2>/dev/null || true; wait $containerd_pid 2>/dev/null || true
-      kill $snap_pid 2>/dev/null || true; wait $snap_pid 2>/dev/null || true; stop_servers' EXIT
+at_exit 'kill $snap_pid; wait $snap_pid'
+at_exit 'kill $containerd_pid; wait $containerd_pid'
 for _ in $(seq 200); do [ -S "$cdir/containerd.sock" ] && [ -S "$cdir/slayerfs.sock" ] && break; sleep 0.1; done
 ctr="ctr --address $cdir/containerd.sock"
 echo
-echo "== lazy pull: only the layer indexes move; file data comes from S3 on first read"
+step "lazy pull: only the layer indexes move; file data comes from S3 on first read"
 s3_bytes() { awk '{print $4}' "$work/s3.stats"; }
 sleep 0.2; before=$(s3_bytes)
 "$bin/slayerfs" pull --address "$cdir/containerd.sock" "$reg/sample:slayerfs"
@@ -153,7 +154,7 @@ $ctr snapshots --snapshotter slayerfs ls
 for name in $($ctr images ls -q); do $ctr images rm --sync "$name" >/dev/null; done
 
 echo
-echo "== an image that was never converted: containerd unpacks it through our mounts"
+step "an image that was never converted: containerd unpacks it through our mounts"
 tar -C "$work/sample" -cf "$work/sample.tar" .
 $ctr images import --snapshotter slayerfs --index-name demo/sample:latest "$work/sample.tar"
 echo "-- a container on the slayerfs snapshotter prints files of its image:"

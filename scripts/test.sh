@@ -3,24 +3,27 @@
 # tests and the end-to-end tests against real servers. This is what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/steps.sh
 
+step "installing dependencies (scripts/install-deps.sh)"
 scripts/install-deps.sh
-
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== build binaries"
+step "build binaries"
 # The end-to-end tests run the real binaries.
 cargo build --workspace --bins --locked
-echo "== tests"
+step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --doc --locked
 else
   cargo test --workspace --locked --no-fail-fast
 fi
-echo "== containerd's snapshotter conformance suite"
+step "install-deps.sh on a machine in other states (isolated roots)"
+scripts/test-install-deps.sh
+step "containerd's snapshotter conformance suite"
 # The suite's runner lives beside the repository (shared with containerd's
 # own snapshotters); it starts one daemon per sub-test.
 conformance=${SLAYERFS_CONFORMANCE_RUN:-../shared/conformance/run}

@@ -490,3 +490,97 @@ fn busy_mount_points_are_refused_and_sigterm_unmounts() {
     assert!(!slayerfs_snapshotter::mount::is_mount_point(&mnt).unwrap());
     let _ = wait_gone(child.id(), Duration::from_secs(1));
 }
+
+/// An upper unmounted and mounted again at once gets the mount, though the
+/// process that had it may still be flushing and holding its database; an
+/// upper still mounted elsewhere is refused at once, naming that process.
+#[test]
+fn an_upper_remounts_at_once_and_one_in_use_is_refused() {
+    let img = image(&[base_layer()]);
+    let upper = img.path("loop-upper");
+    let config = test_config(&img.path("state")).unwrap();
+    let mount = |mnt: &Path| {
+        std::fs::create_dir_all(mnt).unwrap();
+        Command::new(slayerfs_integration::bins::bin("slayerfs"))
+            .arg("--config")
+            .arg(&config)
+            .args(["mount", "--daemon", "--rw", "--upper"])
+            .arg(&upper)
+            .arg(&img.image)
+            .arg(mnt)
+            .args(["--store", img.store.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let pid_of = |out: &std::process::Output| -> u32 {
+        let (stdout, _) = text(out);
+        stdout
+            .split("(pid ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
+    };
+    let mnt = img.path("loop");
+    let mut pids = Vec::new();
+    for round in 0..20 {
+        let out = mount(&mnt);
+        let (_, err) = text(&out);
+        assert!(out.status.success(), "round {round}: {err}");
+        pids.push(pid_of(&out));
+        std::fs::write(mnt.join(format!("round-{round}")), round.to_string()).unwrap();
+        // Unmounted, and straight on to the next mount: no waiting here.
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "round {round}: fusermount3 -u");
+        if round % 2 == 1 {
+            // A slow exit, made certain: the process stays stopped, holding
+            // the upper, while the next mount starts.
+            let pid = pids[round] as i32;
+            // SAFETY: signalling the mount process this test started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(500));
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            });
+        }
+    }
+    let out = mount(&mnt);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let pid = pid_of(&out);
+    for round in 0..20 {
+        assert_eq!(
+            std::fs::read_to_string(mnt.join(format!("round-{round}"))).unwrap(),
+            round.to_string(),
+            "round {round}'s write"
+        );
+    }
+    // In use: refused at once, with the holder and where it is mounted.
+    let started = Instant::now();
+    let out = mount(&img.path("elsewhere"));
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success(),
+        "a second mount of the upper succeeded"
+    );
+    let want = format!("mounted at {} by process {pid}", mnt.display());
+    assert!(err.contains(&want), "`{err}` lacks `{want}`");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for p in pids.into_iter().chain([pid]) {
+        wait_gone(p, Duration::from_secs(20)).unwrap();
+    }
+}

@@ -146,8 +146,41 @@ fn default_platform() -> String {
     format!("linux/{arch}")
 }
 
+/// Set for a detached mount process without a log: its stderr is silenced
+/// once it is mounted (the parent has read what it said before).
+const QUIET_ONCE_MOUNTED: &str = "SLAYERFS_QUIET_ONCE_MOUNTED";
+
+/// The last `slayerfs: …` line a mount process wrote to `file`, without the
+/// prefix.
+fn last_error(file: &mut std::fs::File) -> Option<String> {
+    use std::io::{Read, Seek};
+    let len = file.seek(std::io::SeekFrom::End(0)).ok()?;
+    // The tail is enough: the error is the last line written.
+    file.seek(std::io::SeekFrom::Start(len.saturating_sub(64 << 10)))
+        .ok()?;
+    let mut text = String::new();
+    file.take(64 << 10).read_to_string(&mut text).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("slayerfs: "))
+        .map(str::to_string)
+}
+
+/// Silences this process's stderr (see [`QUIET_ONCE_MOUNTED`]).
+fn quiet_stderr() {
+    if std::env::var_os(QUIET_ONCE_MOUNTED).is_none() {
+        return;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 2 of a valid open fd; nothing holds fd 2's
+        // old file in a way this breaks.
+        unsafe { libc::dup2(null.as_raw_fd(), 2) };
+    }
+}
+
 /// Re-runs this command without `--daemon`, detached, and returns once its
-/// mount is in place (or it failed).
+/// mount is in place (or it failed, with what it said).
 fn spawn_daemon(mountpoint: &std::path::Path, log: Option<&PathBuf>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("locating this program")?;
@@ -170,20 +203,24 @@ fn spawn_daemon(mountpoint: &std::path::Path, log: Option<&PathBuf>) -> anyhow::
         ),
         None => std::process::Stdio::null(),
     };
-    let err = match log {
-        Some(path) => std::process::Stdio::from(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening the log {}", path.display()))?,
-        ),
-        None => std::process::Stdio::null(),
+    // What the mount process says before it is mounted reaches the user:
+    // its stderr is the log, or a file of ours it silences once mounted.
+    let err_file = match log {
+        Some(path) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening the log {}", path.display()))?,
+        None => tempfile::tempfile().context("creating a file for the mount's messages")?,
     };
+    let mut err_read = err_file.try_clone()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
         .stdin(std::process::Stdio::null())
         .stdout(out)
-        .stderr(err);
+        .stderr(err_file);
+    if log.is_none() {
+        cmd.env(QUIET_ONCE_MOUNTED, "1");
+    }
     // SAFETY: setsid is async-signal-safe; it detaches the child from our
     // session so that it outlives the terminal.
     unsafe {
@@ -198,9 +235,11 @@ fn spawn_daemon(mountpoint: &std::path::Path, log: Option<&PathBuf>) -> anyhow::
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait()? {
+            let said = last_error(&mut err_read);
             anyhow::bail!(
-                "the mount process exited ({status}) before mounting{}",
-                log.map(|l| format!("; see {}", l.display()))
+                "the mount process exited ({status}) before mounting{}{}",
+                said.map(|s| format!(": {s}")).unwrap_or_default(),
+                log.map(|l| format!(" (log: {})", l.display()))
                     .unwrap_or_default()
             );
         }
@@ -418,6 +457,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     mountpoint.display(),
                     mountpoint.display()
                 );
+                quiet_stderr();
             })
             .await;
             if let Some(dir) = &upper {
