@@ -310,7 +310,11 @@ fn apply_entry<R: Read>(
             .map_err(|e| ImportErrorKind::BadHeader(e.to_string()))?;
         Ok((major.unwrap_or(0), minor.unwrap_or(0)))
     };
+    // An old-style regular entry (type NUL) whose name ends in `/` is a
+    // directory, as Go's tar reader (containerd's) takes it.
+    let old_style_dir = header.as_old().linkflag[0] == 0 && raw_name.ends_with(b"/");
     let kind = match ty {
+        tar::EntryType::Regular if old_style_dir => NodeKind::Directory,
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
             NodeKind::Regular
         }

@@ -514,3 +514,32 @@ fn fuzzed_indexes_are_errors_not_panics() {
     let err = decode_index(&blob).unwrap_err().to_string();
     assert!(err.contains("socket"), "{err}");
 }
+
+/// An old-style entry (type NUL) whose name ends in `/` is a directory, as
+/// containerd's tar reader takes it; without the `/` it is a file.
+#[tokio::test]
+async fn old_style_entries_ending_in_a_slash_are_directories() {
+    let mut tar = Vec::new();
+    for (name, data) in [(&b"old-dir/"[..], &b""[..]), (b"old-file", b"data")] {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.as_old_mut().linkflag[0] = 0;
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        tar.extend_from_slice(data);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
+    let (_dir, store, res) = convert(finish_tar(tar)).await;
+    let index = res.unwrap().index;
+    validate(&index).unwrap();
+    assert_eq!(
+        lookup(&index, "old-dir").unwrap().kind,
+        InodeKind::Directory as i32
+    );
+    assert_eq!(content(&index, &store, "old-file").await, b"data");
+}
