@@ -223,7 +223,7 @@ pub fn awkward_layers() -> Vec<FLayer> {
 /// absolute) and of a lower layer, an opaque marker after an entry, a parent
 /// only implied over a lower directory with its own mode, owner and xattrs,
 /// xattrs in namespaces containerd drops, mtimes before 1970, past 2262 and
-/// with nanoseconds. The third layer is raw: an absolute name, one climbing
+/// with nanoseconds, 0/0 character devices (overlayfs's whiteouts). The third layer is raw: an absolute name, one climbing
 /// above the root, and a root entry with its own mode.
 pub fn unpack_order_layers() -> Vec<(Vec<u8>, Compression)> {
     use FKind::*;
@@ -243,6 +243,7 @@ pub fn unpack_order_layers() -> Vec<(Vec<u8>, Compression)> {
         FEntry::new("base/keep", File(b"keep".to_vec())),
         FEntry::new("o", Dir),
         FEntry::new("o/old", File(b"hidden".to_vec())),
+        FEntry::new("gone-by-device", File(b"hidden by a 0/0 device".to_vec())),
     ];
     let l2 = vec![
         FEntry::new("h", Dir),
@@ -289,6 +290,9 @@ pub fn unpack_order_layers() -> Vec<(Vec<u8>, Compression)> {
         FEntry::new("neg", File(b"1969".to_vec())).mtime(-5, 0),
         FEntry::new("future", File(b"2286".to_vec())).mtime(10_000_000_000, 1),
         FEntry::new("frac", File(b"ns".to_vec())).mtime(1_700_000_000, 123_456_789),
+        FEntry::new("gone-by-device", Char(0, 0)),
+        FEntry::new("own-device-over-file", File(b"replaced".to_vec())),
+        FEntry::new("own-device-over-file", Char(0, 0)),
     ];
     let raw = raw_tar(&[
         (b"./", tar::EntryType::Directory, b"", b""),

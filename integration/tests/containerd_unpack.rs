@@ -238,6 +238,10 @@ fn converted_images_look_as_containerd_unpacks_them() {
     assert_eq!(at("/neg").mtime, Some((0, 0)));
     assert_eq!(at("/future").mtime, Some((0, 0)));
     assert_eq!(at("/frac").mtime, Some((1_700_000_000, 123_456_789)));
+    // A 0/0 character device is a whiteout, of the lower file and of the
+    // layer's own.
+    assert!(!reference.contains_key(b"/gone-by-device".as_slice()));
+    assert!(!reference.contains_key(b"/own-device-over-file".as_slice()));
 }
 
 /// What containerd's overlayfs unpack refuses, conversion refuses too, with

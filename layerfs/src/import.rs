@@ -333,6 +333,12 @@ fn apply_entry<R: Read>(
         }
         tar::EntryType::Char => {
             let (major, minor) = device(header)?;
+            if (major, minor) == (0, 0) {
+                // What containerd makes of it is overlayfs's whiteout: every
+                // container's rootfs hides the name and what lies below.
+                tree.whiteout_device(&path)?;
+                return Ok(0);
+            }
             NodeKind::CharDevice { major, minor }
         }
         tar::EntryType::Block => {

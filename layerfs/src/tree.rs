@@ -13,6 +13,8 @@
 //!   written over it later in the layer replaces it (a directory there is
 //!   not opaque); a whiteout of a name this layer already has, and an entry
 //!   under a whiteout, are refused, as containerd refuses those layers;
+//! - a 0/0 character device is a whiteout (overlayfs's own), replacing what
+//!   the layer had at its name;
 //! - an entry naming the root itself is ignored.
 
 use std::collections::BTreeMap;
@@ -352,6 +354,20 @@ impl LayerTree {
         Ok(())
     }
 
+    /// A 0/0 character device entry at `path`: it replaces what the layer
+    /// has there, and overlayfs (every container's rootfs on containerd)
+    /// takes it for a whiteout. An entry naming the root is ignored.
+    pub fn whiteout_device(&mut self, path: &LayerPath) -> Result<(), TreeError> {
+        let Some((parent, name)) = path.split_last() else {
+            return Ok(());
+        };
+        let parent = self.ensure_dir(&parent)?;
+        self.node_mut(parent)
+            .children
+            .insert(name.to_vec(), Child::Whiteout);
+        Ok(())
+    }
+
     /// Records `.wh..wh..opq` in `dir`: no lower child of it shows through.
     pub fn opaque(&mut self, dir: &LayerPath) -> Result<(), TreeError> {
         let ino = self.ensure_dir(dir)?;
@@ -487,6 +503,11 @@ mod tests {
             t.whiteout(&lp(""), b""),
             Err(TreeError::EmptyWhiteout(_))
         ));
+        // A 0/0 device replaces the layer's entry with a whiteout.
+        t.insert(&lp("dev0"), NodeKind::Regular, attrs(0o644))
+            .unwrap();
+        t.whiteout_device(&lp("dev0")).unwrap();
+        assert_eq!(t.lookup(&lp("dev0")), None);
         // An entry naming the root is ignored.
         assert_eq!(
             t.insert(&lp("./"), NodeKind::Regular, attrs(0)),
