@@ -220,7 +220,7 @@ pub fn awkward_layers() -> Vec<FLayer> {
 /// within a layer (its other name keeps the old inode), `.wh.X` then `X/`
 /// (not opaque: the lower `X` shows through, as containerd's overlayfs
 /// unpack leaves it), entries under a symlink of the same layer (relative,
-/// absolute) and of a lower layer, an opaque marker after an entry, a parent
+/// absolute) and of a lower layer, an opaque marker between entries, a parent
 /// only implied over a lower directory with its own mode, owner and xattrs,
 /// xattrs in namespaces containerd drops, mtimes before 1970, past 2262 and
 /// with nanoseconds, 0/0 character devices (overlayfs's whiteouts). The third layer is raw: an absolute name, one climbing
@@ -280,6 +280,7 @@ pub fn unpack_order_layers() -> Vec<(Vec<u8>, Compression)> {
         FEntry::new("lowlink/f", File(b"under a lower symlink".to_vec())),
         FEntry::new("o/a", File(b"a".to_vec())),
         FEntry::new("o", Opaque),
+        FEntry::new("o/b", File(b"after the marker".to_vec())),
         FEntry::new("base/sub/f", File(b"implied parent".to_vec())),
         FEntry::new("xs", File(b"xattrs".to_vec()))
             .xattr("user.u", b"1")

@@ -222,6 +222,11 @@ fn converted_images_look_as_containerd_unpacks_them() {
     // `.wh.x` then `x/`: the lower `x` still shows through.
     assert!(reference.contains_key(b"/x/lower-child".as_slice()));
     assert!(reference.contains_key(b"/x/new".as_slice()));
+    // An opaque marker hides the lower entries only, whatever the order.
+    assert!(
+        reference.contains_key(b"/o/a".as_slice()) && reference.contains_key(b"/o/b".as_slice())
+    );
+    assert!(!reference.contains_key(b"/o/old".as_slice()));
     // Parents through symlinks of the layer; a lower symlink replaced.
     assert!(reference.contains_key(b"/real/via-link".as_slice()));
     assert!(reference.contains_key(b"/made/by/link/f".as_slice()));
