@@ -18,6 +18,7 @@ pub enum CodecError {
     Compress(std::io::Error),
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// Compresses a block, returning its id and its stored form.
 pub fn encode_block(plain: &[u8], level: i32) -> Result<(BlockId, Vec<u8>), CodecError> {
     if plain.len() > MAX_BLOCK_SIZE {

@@ -16,10 +16,13 @@ mod store;
 mod writer;
 
 pub use cache::{BlockCache, CacheOptions, CacheStats};
-pub use codec::{decode_block, encode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
+pub use codec::{decode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
 pub use id::{BlockId, IndexDigest, ParseDigestError};
 pub use store::{
-    fetch_block, fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey,
-    PutOutcome, S3Store, StoreError,
+    fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey, PutOutcome, S3Store,
+    StoreError,
 };
 pub use writer::{BlockSeq, BlockWriter, WriteError, WriteReport, WriterOptions};
+/// What only tests use: one block encoded, or fetched and checked, alone.
+#[cfg(any(test, feature = "test-support"))]
+pub use {codec::encode_block, store::fetch_block};

@@ -162,6 +162,7 @@ impl BlockWriter {
         Ok(seq)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Queues a block, waiting while the queue is full.
     pub async fn submit(&mut self, data: Vec<u8>) -> Result<BlockSeq, WriteError> {
         let seq = self.reserve();

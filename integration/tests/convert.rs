@@ -12,7 +12,7 @@ use slayerfs_integration::fixtures::{
     awkward_layers, noise, raw_tar, write_image, write_image_blobs, Compression, FEntry, FKind,
     FLayer,
 };
-use slayerfs_layerfs::db::LayerDb;
+use slayerfs_layerfs::store::layers::LayerDb;
 use slayerfs_snapshotter::convert::{ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST};
 use slayerfs_snapshotter::image_ref::ImageRef;
 use slayerfs_snapshotter::inspect::ConvertedImage;
@@ -80,7 +80,7 @@ async fn awkward_image_round_trips_through_blocks_and_indexes() {
         let loaded = db.load_index(&digest, &index).unwrap();
         assert_eq!(
             db.export_index(&loaded).unwrap(),
-            index,
+            *index,
             "layer {i}: sled differs from the index"
         );
     }

@@ -15,8 +15,8 @@ use slayerfs_chunkstore::{BlockStore, LocalStore};
 use slayerfs_integration::fixtures::{layer_tar, write_image, Compression, FEntry, FKind, FLayer};
 use slayerfs_integration::mount::SlayerMount;
 use slayerfs_integration::tree::{assert_same_trees, extract_for_overlay, mount_overlay, snapshot};
-use slayerfs_layerfs::db::LayerDb;
-use slayerfs_layerfs::merge::MergedView;
+use slayerfs_layerfs::store::layers::LayerDb;
+use slayerfs_layerfs::store::merged::MergedView;
 use slayerfs_layerfs::Ino;
 
 const LAYERS: usize = 128;

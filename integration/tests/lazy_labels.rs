@@ -31,7 +31,7 @@ async fn converted_layer(store: &Path, content: &[u8]) -> (String, Vec<u8>) {
         workers: 1,
         zstd_level: 3,
     };
-    let conv = slayerfs_layerfs::convert::convert_layer(
+    let conv = slayerfs_layerfs::build::convert_layer(
         std::io::Cursor::new(tar),
         local.clone(),
         opts,

@@ -13,9 +13,9 @@ use slayerfs_integration::fixtures::{awkward_layers, compress, layer_tar};
 use slayerfs_integration::tree::{
     assert_same_trees, extract_for_overlay, mount_overlay, sha, snapshot, with_link_groups, Entry,
 };
-use slayerfs_layerfs::db::LayerDb;
-use slayerfs_layerfs::merge::MergedView;
-use slayerfs_layerfs::read::read_range;
+use slayerfs_layerfs::store::layers::LayerDb;
+use slayerfs_layerfs::store::merged::MergedView;
+use slayerfs_layerfs::test_support::read_range;
 use slayerfs_layerfs::Ino;
 use slayerfs_proto::index::InodeKind;
 

@@ -6,6 +6,8 @@ use std::fmt;
 pub const CHUNK_SIZE: u64 = 64 << 20;
 /// A block holds at most this many plain bytes.
 pub const BLOCK_SIZE: usize = slayerfs_chunkstore::MAX_BLOCK_SIZE;
+/// The longest name a directory entry may have (Linux NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
 
 /// An inode number within one layer; 1 is the layer root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

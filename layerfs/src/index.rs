@@ -1,21 +1,46 @@
-//! The layer index codec: building a [`LayerIndex`] from an imported tree,
-//! encoding it (protobuf, then zstd), and decoding an index from outside with
-//! every field checked before anything trusts it.
+//! The layer index format: encoding an index (protobuf, then zstd), and
+//! decoding one from outside with every field checked before anything
+//! trusts it — a [`ValidIndex`] is the proof that the checks were made.
+//! Building an index from a layer tar is [`crate::build`]'s.
 
-use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Deref;
 
-use slayerfs_chunkstore::{BlockId, BlockSeq, IndexDigest};
-use slayerfs_proto::index::{Dentry, Inode, InodeKind, LayerIndex, Slice, Xattr, VERSION};
+use slayerfs_chunkstore::IndexDigest;
+use slayerfs_proto::index::{Inode, InodeKind, LayerIndex, VERSION};
 use slayerfs_proto::Message;
 
-use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
-use crate::tree::{Child, LayerTree, NodeKind};
+pub use crate::geometry::MAX_NAME_LEN;
+use crate::geometry::{BLOCK_SIZE, CHUNK_SIZE};
 
 /// The largest decompressed index accepted (a layer of millions of files
 /// stays far below this).
 pub const MAX_INDEX_BYTES: u64 = 512 << 20;
-pub use crate::path::MAX_NAME_LEN;
+
+/// An index whose every invariant the read path relies on was checked
+/// ([`ValidIndex::check`]); only such an index can be loaded into the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidIndex(LayerIndex);
+
+impl ValidIndex {
+    /// Checks `index` (see [`validate`]).
+    pub fn check(index: LayerIndex) -> Result<Self, IndexError> {
+        validate(&index)?;
+        Ok(ValidIndex(index))
+    }
+
+    pub fn into_inner(self) -> LayerIndex {
+        self.0
+    }
+}
+
+impl Deref for ValidIndex {
+    type Target = LayerIndex;
+
+    fn deref(&self) -> &LayerIndex {
+        &self.0
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -37,111 +62,6 @@ fn invalid(msg: impl Into<String>) -> IndexError {
     IndexError::Invalid(msg.into())
 }
 
-/// Turns an imported tree into an index: reachable inodes renumbered in tree
-/// order (root = 1), block sequence numbers resolved to ids (`ids[seq]`) and
-/// listed once each.
-pub fn build_index(
-    tree: &LayerTree,
-    ids: &[BlockId],
-    source_digest: &str,
-) -> Result<LayerIndex, IndexError> {
-    let order = tree.walk_order();
-    let number: HashMap<Ino, u64> = order
-        .iter()
-        .enumerate()
-        .map(|(i, ino)| (*ino, i as u64 + 1))
-        .collect();
-    let mut table: Vec<Vec<u8>> = Vec::new();
-    let mut position: HashMap<BlockId, u32> = HashMap::new();
-    let mut block_of = |seq: BlockSeq| -> Result<u32, IndexError> {
-        let id = *ids
-            .get(seq.0 as usize)
-            .ok_or(IndexError::MissingBlock(seq.0))?;
-        Ok(*position.entry(id).or_insert_with(|| {
-            table.push(id.as_bytes().to_vec());
-            (table.len() - 1) as u32
-        }))
-    };
-    let mut inodes = Vec::with_capacity(order.len());
-    for ino in &order {
-        let node = tree.node(*ino);
-        let mut out = Inode {
-            kind: InodeKind::Directory as i32,
-            mode: node.attrs.mode,
-            uid: node.attrs.uid,
-            gid: node.attrs.gid,
-            mtime_sec: node.attrs.mtime_sec,
-            mtime_nsec: node.attrs.mtime_nsec,
-            xattrs: node
-                .attrs
-                .xattrs
-                .iter()
-                .map(|(name, value)| Xattr {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            opaque: node.opaque,
-            implicit: node.implicit,
-            ..Default::default()
-        };
-        let kind = match &node.kind {
-            NodeKind::Directory => InodeKind::Directory,
-            NodeKind::Regular => InodeKind::Regular,
-            NodeKind::Symlink(target) => {
-                out.symlink_target = target.clone();
-                InodeKind::Symlink
-            }
-            NodeKind::CharDevice { major, minor } | NodeKind::BlockDevice { major, minor } => {
-                out.rdev_major = *major;
-                out.rdev_minor = *minor;
-                if matches!(node.kind, NodeKind::CharDevice { .. }) {
-                    InodeKind::CharDevice
-                } else {
-                    InodeKind::BlockDevice
-                }
-            }
-            NodeKind::Fifo => InodeKind::Fifo,
-        };
-        out.kind = kind as i32;
-        if kind == InodeKind::Regular {
-            out.size = node.size;
-            for s in &node.slices {
-                out.slices.push(Slice {
-                    chunk_index: s.chunk_index,
-                    offset_in_chunk: s.offset_in_chunk,
-                    length: s.length,
-                    block: block_of(s.block)?,
-                    offset_in_block: s.offset_in_block,
-                });
-            }
-        }
-        for (name, child) in &node.children {
-            out.children.push(match child {
-                Child::Entry(c) => Dentry {
-                    name: name.clone(),
-                    ino: number[c],
-                    whiteout: false,
-                },
-                Child::Whiteout => Dentry {
-                    name: name.clone(),
-                    ino: 0,
-                    whiteout: true,
-                },
-            });
-        }
-        inodes.push(out);
-    }
-    Ok(LayerIndex {
-        version: VERSION,
-        chunk_size: CHUNK_SIZE,
-        block_size: BLOCK_SIZE as u64,
-        source_digest: source_digest.to_string(),
-        blocks: table,
-        inodes,
-    })
-}
-
 /// Serializes and compresses an index; returns its digest and blob.
 pub fn encode_index(
     index: &LayerIndex,
@@ -154,7 +74,7 @@ pub fn encode_index(
 
 /// Decompresses, decodes and validates an index blob from outside. The
 /// caller checks the blob's digest (see `chunkstore::fetch_index`).
-pub fn decode_index(blob: &[u8]) -> Result<LayerIndex, IndexError> {
+pub fn decode_index(blob: &[u8]) -> Result<ValidIndex, IndexError> {
     let decoder = zstd::stream::read::Decoder::new(blob).map_err(IndexError::Decompress)?;
     let mut plain = Vec::new();
     decoder
@@ -164,9 +84,7 @@ pub fn decode_index(blob: &[u8]) -> Result<LayerIndex, IndexError> {
     if plain.len() as u64 > MAX_INDEX_BYTES {
         return Err(IndexError::TooLarge);
     }
-    let index = LayerIndex::decode(plain.as_slice())?;
-    validate(&index)?;
-    Ok(index)
+    ValidIndex::check(LayerIndex::decode(plain.as_slice())?)
 }
 
 /// Checks every invariant the read path relies on: geometry, kinds, slices

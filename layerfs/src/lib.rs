@@ -1,30 +1,28 @@
 //! SlayerFS layers.
 //!
-//! Owns the inode/slice model of a layer: importing an OCI layer tar stream
-//! into blocks plus a layer tree ([`import`]), the versioned index codec with
-//! its validation ([`index`]), the sled store that the read path works from
-//! ([`db`]), the overlay merge of a layer chain ([`merge`]), reading a
-//! file's bytes back through its slices ([`read`]), the writable upper layer
-//! ([`upper`]), the filesystem over a merged view and an upper
-//! ([`rootfs`]), and the FUSE protocol on top of it ([`fuse`]).
+//! Owns the inode/slice model of a layer, built and served:
+//! - building: a layer tar stream becomes blocks plus an index
+//!   ([`build`]); the index format, with the checks that make an index from
+//!   outside a [`index::ValidIndex`] ([`index`]);
+//! - keeping: the sled schema of imported layers, merged views of layer
+//!   chains and upper layers, in one place ([`store`]);
+//! - serving: slices at the bottom ([`slice`]), reading a file's bytes
+//!   through them ([`read`]), the filesystem over a merged view and an
+//!   upper ([`rootfs`]), and the FUSE protocol on top of it ([`fuse`]).
 //!
 //! It does not know about containerd, registries or OCI manifests: a layer
 //! arrives as a byte stream and leaves as an index and blocks. Block encoding
 //! and storage belong to `chunkstore`.
 
-pub mod convert;
-pub mod db;
+pub mod build;
 pub mod fuse;
 pub mod geometry;
-pub mod import;
 pub mod index;
-pub mod merge;
-mod packer;
-pub mod path;
-mod pipe;
 pub mod read;
 pub mod rootfs;
-pub mod tree;
-pub mod upper;
+pub mod slice;
+pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 pub use geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};

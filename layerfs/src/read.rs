@@ -1,157 +1,16 @@
-//! Reading file bytes through slices: the newest slice covering a byte wins,
-//! and bytes no slice covers are zeros (holes).
+//! Reading file bytes through their slices ([`crate::slice`]): blocks
+//! through the block cache, local slices from the upper data file, holes
+//! as zeros.
 
-use std::io::Write;
 use std::ops::Range;
 
 use std::sync::Arc;
 
-use slayerfs_chunkstore::{BlockCache, BlockId, BlockStore, CacheOptions, FetchError};
+use slayerfs_chunkstore::{BlockCache, BlockId, FetchError};
 use slayerfs_proto::index::{Inode, LayerIndex};
 
-use crate::geometry::{BLOCK_SIZE, CHUNK_SIZE};
-
-/// Where the bytes of a slice live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backing {
-    /// In a block of the store, from this offset of its plain bytes.
-    Block { id: BlockId, offset_in_block: u32 },
-    /// In the upper layer's local data file of the inode, at the same file
-    /// offset (the data file is laid out like the file, sparse).
-    Local,
-}
-
-/// A slice of one chunk with its backing resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SliceView {
-    pub offset_in_chunk: u32,
-    pub length: u32,
-    pub backing: Backing,
-}
-
-impl SliceView {
-    /// The part `[a, b)` (chunk-relative, inside this slice) of the slice.
-    pub fn clip(&self, a: u32, b: u32) -> SliceView {
-        let skip = a - self.offset_in_chunk;
-        SliceView {
-            offset_in_chunk: a,
-            length: b - a,
-            backing: match self.backing {
-                Backing::Block {
-                    id,
-                    offset_in_block,
-                } => Backing::Block {
-                    id,
-                    offset_in_block: offset_in_block + skip,
-                },
-                Backing::Local => Backing::Local,
-            },
-        }
-    }
-
-    fn end(&self) -> u32 {
-        self.offset_in_chunk + self.length
-    }
-
-    /// Whether `next` continues this slice's bytes without a seam.
-    fn continued_by(&self, next: &SliceView) -> bool {
-        if self.end() != next.offset_in_chunk {
-            return false;
-        }
-        match (self.backing, next.backing) {
-            (Backing::Local, Backing::Local) => true,
-            (
-                Backing::Block {
-                    id: a,
-                    offset_in_block: oa,
-                },
-                Backing::Block {
-                    id: b,
-                    offset_in_block: ob,
-                },
-            ) => a == b && oa + self.length == ob,
-            _ => false,
-        }
-    }
-}
-
-/// Where the bytes of a piece of a read come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Zeros,
-    Slice(Backing),
-}
-
-/// A run of bytes of a chunk, chunk-relative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    pub offset_in_chunk: u32,
-    pub length: u32,
-    pub source: Source,
-}
-
-/// Resolves `range` (chunk-relative) of a chunk whose slices are listed
-/// oldest first into segments in offset order, covering the range exactly.
-pub fn resolve(slices: &[SliceView], range: Range<u32>) -> Vec<Segment> {
-    let mut uncovered = vec![range];
-    let mut out = Vec::new();
-    for s in slices.iter().rev() {
-        if uncovered.is_empty() {
-            break;
-        }
-        let (s_start, s_end) = (s.offset_in_chunk, s.offset_in_chunk + s.length);
-        let mut rest = Vec::with_capacity(uncovered.len() + 1);
-        for gap in uncovered {
-            let (a, b) = (gap.start.max(s_start), gap.end.min(s_end));
-            if a >= b {
-                rest.push(gap);
-                continue;
-            }
-            out.push(Segment {
-                offset_in_chunk: a,
-                length: b - a,
-                source: Source::Slice(s.clip(a, b).backing),
-            });
-            if gap.start < a {
-                rest.push(gap.start..a);
-            }
-            if b < gap.end {
-                rest.push(b..gap.end);
-            }
-        }
-        uncovered = rest;
-    }
-    out.extend(uncovered.into_iter().map(|gap| Segment {
-        offset_in_chunk: gap.start,
-        length: gap.end - gap.start,
-        source: Source::Zeros,
-    }));
-    out.sort_by_key(|s| s.offset_in_chunk);
-    out
-}
-
-/// The canonical form of a chunk's slices: what [`resolve`] shows over the
-/// whole chunk, without holes, adjacent pieces of one source joined; sorted
-/// and non-overlapping. Keeps an upper file's slice list from growing with
-/// every write to the same range.
-pub fn normalize(slices: &[SliceView]) -> Vec<SliceView> {
-    let mut out: Vec<SliceView> = Vec::new();
-    for seg in resolve(slices, 0..CHUNK_SIZE as u32) {
-        let Source::Slice(backing) = seg.source else {
-            continue;
-        };
-        let s = SliceView {
-            offset_in_chunk: seg.offset_in_chunk,
-            length: seg.length,
-            backing,
-        };
-        match out.last_mut() {
-            Some(last) if last.continued_by(&s) => last.length += s.length,
-            _ => out.push(s),
-        }
-    }
-    out
-}
+use crate::geometry::CHUNK_SIZE;
+use crate::slice::{resolve, Backing, Origin, Segment, SliceView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -160,9 +19,7 @@ pub enum ReadError {
     #[error(transparent)]
     Cached(#[from] Arc<FetchError>),
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
-    #[error(transparent)]
-    Upper(#[from] crate::upper::UpperError),
+    Store(#[from] crate::store::StoreError),
     #[error("block {0} is shorter than a slice says")]
     ShortBlock(BlockId),
     #[error("writing file data: {0}")]
@@ -203,40 +60,6 @@ pub fn chunk_slices(
         .collect()
 }
 
-/// Streams the whole content of a regular file of an index to `sink`,
-/// a block at a time through [`read_range`] and a small block cache of its own.
-pub async fn read_file<W: Write + Send>(
-    index: &LayerIndex,
-    inode: &Inode,
-    store: &Arc<dyn BlockStore>,
-    sink: &mut W,
-) -> Result<(), ReadError> {
-    let cache = BlockCache::new(
-        store.clone(),
-        &CacheOptions {
-            local: None,
-            memory_bytes: 4 * BLOCK_SIZE as u64,
-            disk: None,
-        },
-    )
-    .map_err(FetchError::from)?;
-    let mut offset = 0;
-    while offset < inode.size {
-        let piece = read_range(
-            inode.size,
-            offset,
-            BLOCK_SIZE as u32,
-            |chunk| chunk_slices(index, inode, chunk),
-            &cache,
-            None,
-        )
-        .await?;
-        sink.write_all(&piece)?;
-        offset += piece.len() as u64;
-    }
-    Ok(())
-}
-
 /// Bytes read from a file: a range of one cached block when the read falls
 /// inside one (no copy), or a buffer of their own.
 #[derive(Debug, Clone)]
@@ -273,26 +96,8 @@ impl ReadBytes {
 /// the end of the file): `slices_of(chunk)` gives a chunk's slices, oldest
 /// first; blocks come through `cache`, local slices from the upper data file
 /// `local`; uncovered bytes are zeros. This is the read path's core, whatever
-/// keeps the slices (an index, sled, an upper layer).
-pub async fn read_range<F>(
-    size: u64,
-    offset: u64,
-    len: u32,
-    slices_of: F,
-    cache: &BlockCache,
-    local: Option<&std::fs::File>,
-) -> Result<Vec<u8>, ReadError>
-where
-    F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
-{
-    Ok(
-        read_range_shared(size, offset, len, slices_of, cache, local)
-            .await?
-            .into_vec(),
-    )
-}
-
-/// [`read_range`] without a copy when the bytes lie in one block.
+/// keeps the slices (an index, sled, an upper layer); the bytes are shared
+/// with the cache when they lie in one block.
 pub async fn read_range_shared<F>(
     size: u64,
     offset: u64,
@@ -314,8 +119,8 @@ where
     if end <= chunk_start + CHUNK_SIZE {
         let range = (offset - chunk_start) as u32..(end - chunk_start) as u32;
         if let [Segment {
-            source:
-                Source::Slice(Backing::Block {
+            origin:
+                Origin::Slice(Backing::Block {
                     id,
                     offset_in_block,
                 }),
@@ -340,16 +145,16 @@ where
             None => slices_of(chunk)?,
         };
         for seg in resolve(&slices, range) {
-            match seg.source {
-                Source::Zeros => out.resize(out.len() + seg.length as usize, 0),
-                Source::Slice(Backing::Local) => {
+            match seg.origin {
+                Origin::Zeros => out.resize(out.len() + seg.length as usize, 0),
+                Origin::Slice(Backing::Local) => {
                     let file = local.ok_or(ReadError::NoLocalData)?;
                     let at = chunk_start + u64::from(seg.offset_in_chunk);
                     let start = out.len();
                     out.resize(start + seg.length as usize, 0);
                     read_local(file, at, &mut out[start..])?;
                 }
-                Source::Slice(Backing::Block {
+                Origin::Slice(Backing::Block {
                     id,
                     offset_in_block,
                 }) => {
@@ -398,103 +203,4 @@ fn read_local(file: &std::fs::File, at: u64, buf: &mut [u8]) -> Result<(), ReadE
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sv(off: u32, len: u32, tag: u8) -> SliceView {
-        SliceView {
-            offset_in_chunk: off,
-            length: len,
-            backing: Backing::Block {
-                id: BlockId::from_bytes([tag; 32]),
-                offset_in_block: 0,
-            },
-        }
-    }
-
-    fn tag_at(s: &SliceView, b: u32) -> (u8, u32) {
-        match s.backing {
-            Backing::Block {
-                id,
-                offset_in_block,
-            } => (id.as_bytes()[0], offset_in_block + b - s.offset_in_chunk),
-            Backing::Local => (0, b),
-        }
-    }
-
-    /// Resolves by brute force: the newest slice per byte.
-    fn naive(slices: &[SliceView], range: Range<u32>) -> Vec<Option<(u8, u32)>> {
-        range
-            .map(|b| {
-                slices
-                    .iter()
-                    .rev()
-                    .find(|s| b >= s.offset_in_chunk && b < s.offset_in_chunk + s.length)
-                    .map(|s| tag_at(s, b))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn newest_slice_wins_and_gaps_are_zeros() {
-        let slices = [
-            sv(0, 100, 1),
-            sv(50, 10, 2),
-            sv(90, 30, 3),
-            sv(55, 2, 4),
-            sv(200, 5, 5),
-        ];
-        for range in [0..300, 10..60, 56..57, 100..200, 0..1, 199..206] {
-            let segs = resolve(&slices, range.clone());
-            let mut got = Vec::new();
-            let mut pos = range.start;
-            for s in &segs {
-                assert_eq!(s.offset_in_chunk, pos, "segments are contiguous");
-                for i in 0..s.length {
-                    got.push(match s.source {
-                        Source::Zeros => None,
-                        Source::Slice(backing) => Some(tag_at(
-                            &SliceView {
-                                offset_in_chunk: s.offset_in_chunk,
-                                length: s.length,
-                                backing,
-                            },
-                            s.offset_in_chunk + i,
-                        )),
-                    });
-                }
-                pos += s.length;
-            }
-            assert_eq!(pos, range.end);
-            assert_eq!(got, naive(&slices, range));
-        }
-    }
-
-    #[test]
-    fn normalize_keeps_what_resolve_shows() {
-        let local = |off, len| SliceView {
-            offset_in_chunk: off,
-            length: len,
-            backing: Backing::Local,
-        };
-        let slices = [
-            sv(0, 100, 1),
-            local(50, 10),
-            local(60, 5),
-            sv(90, 30, 3),
-            sv(200, 5, 5),
-            local(10, 5),
-        ];
-        let norm = normalize(&slices);
-        for w in norm.windows(2) {
-            assert!(w[0].end() < w[1].offset_in_chunk || !w[0].continued_by(&w[1]));
-            assert!(w[0].end() <= w[1].offset_in_chunk, "sorted, no overlap");
-        }
-        // The two adjacent local writes are one slice.
-        assert!(norm.contains(&local(50, 15)));
-        assert_eq!(naive(&norm, 0..300), naive(&slices, 0..300));
-    }
 }

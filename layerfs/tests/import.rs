@@ -5,10 +5,10 @@ use std::io::Write;
 use std::sync::Arc;
 
 use slayerfs_chunkstore::{BlockStore, LocalStore, WriterOptions};
-use slayerfs_layerfs::convert::{convert_layer, ConvertError, ConvertedLayer, Expected};
-use slayerfs_layerfs::db::LayerDb;
+use slayerfs_layerfs::build::{convert_layer, BuildError, ConvertedLayer, Expected};
 use slayerfs_layerfs::index::{decode_index, validate};
-use slayerfs_layerfs::read::{read_file, read_range};
+use slayerfs_layerfs::store::layers::LayerDb;
+use slayerfs_layerfs::test_support::{read_file, read_range};
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 
 const OPTS: WriterOptions = WriterOptions {
@@ -77,7 +77,7 @@ async fn convert(
 ) -> (
     tempfile::TempDir,
     Arc<dyn BlockStore>,
-    Result<ConvertedLayer, ConvertError>,
+    Result<ConvertedLayer, BuildError>,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(dir.path()).unwrap());
@@ -162,7 +162,7 @@ async fn files_pack_align_and_hole_as_specified() {
     let dbdir = tempfile::tempdir().unwrap();
     let db = LayerDb::open(dbdir.path()).unwrap();
     let layer = db.load_index(&conv.digest, index).unwrap();
-    assert_eq!(&db.export_index(&layer).unwrap(), index);
+    assert_eq!(&db.export_index(&layer).unwrap(), &**index);
     let again = db.load_index(&conv.digest, index).unwrap();
     assert_eq!(again.id, layer.id, "loading twice is a no-op");
     let rec = db
@@ -500,7 +500,7 @@ fn fuzzed_indexes_are_errors_not_panics() {
     assert!(decode_index(&conv.blob[..conv.blob.len() - 3]).is_err());
 
     // A socket (upper layers only) is not a layer's.
-    let mut index = decode_index(&conv.blob).unwrap();
+    let mut index = decode_index(&conv.blob).unwrap().into_inner();
     let file = index
         .inodes
         .iter()

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use slayerfs_chunkstore::{BlockId, BlockStore, LocalStore, ObjectKey, WriterOptions};
-use slayerfs_layerfs::convert::{convert_layer, Expected};
-use slayerfs_layerfs::db::{Layer, LayerDb};
-use slayerfs_layerfs::merge::{chain_key, chains, remove_chain, MergedView};
+use slayerfs_layerfs::build::{convert_layer, Expected};
+use slayerfs_layerfs::store::layers::{Layer, LayerDb};
+use slayerfs_layerfs::store::merged::{chain_key, chains, remove_chain, MergedView};
 use slayerfs_layerfs::Ino;
 
 /// A tar of regular files with the given contents.

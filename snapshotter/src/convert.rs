@@ -14,7 +14,7 @@ use oci_spec::image::{
     ImageManifestBuilder, MediaType,
 };
 use slayerfs_chunkstore::{BlockStore, WriterOptions};
-use slayerfs_layerfs::convert::{convert_layer, ConvertedLayer, Expected};
+use slayerfs_layerfs::build::{convert_layer, ConvertedLayer, Expected};
 use slayerfs_proto::index::MEDIA_TYPE;
 use tokio::task::JoinSet;
 
@@ -51,7 +51,7 @@ pub enum ConvertError {
     #[error("layer {digest}: {source}")]
     Layer {
         digest: String,
-        source: Box<slayerfs_layerfs::convert::ConvertError>,
+        source: Box<slayerfs_layerfs::build::BuildError>,
     },
 }
 

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use oci_spec::image::{Descriptor, ImageManifest};
-use slayerfs_layerfs::index::decode_index;
+use slayerfs_layerfs::index::{decode_index, ValidIndex};
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex, MEDIA_TYPE};
 
 use crate::convert::{ConvertError, ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST};
@@ -42,7 +42,7 @@ impl ConvertedImage {
     }
 
     /// Reads, verifies and decodes the index of a converted layer.
-    pub fn layer_index(&self, desc: &Descriptor) -> Result<LayerIndex, ConvertError> {
+    pub fn layer_index(&self, desc: &Descriptor) -> Result<ValidIndex, ConvertError> {
         let digest = desc.digest().to_string();
         if desc.media_type().to_string() != MEDIA_TYPE {
             return Err(ConvertError::Unsupported(format!(

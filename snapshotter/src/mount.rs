@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, IndexDigest};
 use slayerfs_config::Config;
-use slayerfs_layerfs::db::LayerDb;
 use slayerfs_layerfs::fuse::{session_config, MountOptions, SlayerFuse};
-use slayerfs_layerfs::merge::{chain_key, MergedView};
 use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
-use slayerfs_layerfs::upper::{Upper, UpperId};
+use slayerfs_layerfs::store::layers::LayerDb;
+use slayerfs_layerfs::store::merged::{chain_key, MergedView};
+use slayerfs_layerfs::store::upper::{Upper, UpperId};
 
 use crate::inspect::ConvertedImage;
 

@@ -148,6 +148,7 @@ pub enum FetchError {
     },
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// Fetches a block and returns its plain bytes, verified against `id`.
 pub async fn fetch_block(store: &dyn BlockStore, id: &BlockId) -> Result<Vec<u8>, FetchError> {
     let stored = store.get(&ObjectKey::Block(*id)).await?;

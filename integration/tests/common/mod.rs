@@ -9,9 +9,9 @@ use sha2::{Digest, Sha256};
 use slayerfs_chunkstore::{BlockStore, WriterOptions};
 use slayerfs_integration::bins::bin;
 use slayerfs_integration::fixtures::{FEntry, FKind, FLayer};
-use slayerfs_layerfs::convert::{convert_layer, Expected};
-use slayerfs_layerfs::db::{Layer, LayerDb};
-use slayerfs_layerfs::read::read_file;
+use slayerfs_layerfs::build::{convert_layer, Expected};
+use slayerfs_layerfs::store::layers::{Layer, LayerDb};
+use slayerfs_layerfs::test_support::read_file;
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 
 /// An empty config file: defaults only, whatever the machine has in /etc.

@@ -394,7 +394,7 @@ impl Filesystem for SlayerFuse {
         // The space an upper layer can grow into; a read-only mount has none.
         let mut s = (0u64, 0u64, 0u64, 0u64, 0u64, 4096u32);
         if let Some(up) = self.fs.upper() {
-            if let Ok(v) = crate::upper::statvfs(up.data_dir()) {
+            if let Ok(v) = crate::store::upper::statvfs(up.data_dir()) {
                 s = v;
             }
         }

@@ -21,7 +21,7 @@ use slayerfs_proto::index::InodeKind;
 use super::{Attr, FsError, Rootfs};
 use crate::geometry::Ino;
 use crate::read::ReadBytes;
-use crate::upper::Upper;
+use crate::store::upper::Upper;
 
 /// What a diff held.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -332,7 +332,7 @@ mod tests {
         ] {
             let text = pax_time(sec, nsec);
             assert_eq!(
-                crate::import::parse_pax_time(&text),
+                crate::build::import::parse_pax_time(&text),
                 Some((sec, nsec)),
                 "{text}"
             );

@@ -26,11 +26,12 @@ use slayerfs_chunkstore::BlockCache;
 use slayerfs_proto::index::{Inode, InodeKind};
 use slayerfs_proto::store::UpperInode;
 
-use crate::db::DbError;
 use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
-use crate::merge::MergedView;
-use crate::read::{read_range_shared, resolve, Backing, ReadBytes, ReadError, SliceView, Source};
-use crate::upper::{Upper, UpperError};
+use crate::read::{read_range_shared, ReadBytes, ReadError};
+use crate::slice::{resolve, Backing, Origin, SliceView};
+use crate::store::merged::MergedView;
+use crate::store::upper::Upper;
+use crate::store::StoreError;
 
 pub use diff::DiffStats;
 pub use mutate::{NewNode, SetAttr};
@@ -61,9 +62,7 @@ pub enum FsError {
     #[error("file too large")]
     TooLarge,
     #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Upper(#[from] UpperError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error("upper data file of {ino}: {source}")]
@@ -85,7 +84,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::TooLarge => libc::EFBIG,
             FsError::Data { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            FsError::Db(_) | FsError::Upper(_) | FsError::Read(_) => libc::EIO,
+            FsError::Store(_) | FsError::Read(_) => libc::EIO,
         }
     }
 
@@ -94,7 +93,7 @@ impl FsError {
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
-            FsError::Db(_) | FsError::Upper(_) | FsError::Read(_) | FsError::Data { .. }
+            FsError::Store(_) | FsError::Read(_) | FsError::Data { .. }
         )
     }
 }
@@ -161,7 +160,7 @@ impl Attr {
 
     fn from_upper(ino: Ino, rec: UpperInode) -> Result<Attr, FsError> {
         let inode = rec.inode.ok_or_else(|| {
-            FsError::Upper(UpperError::Corrupt {
+            FsError::Store(StoreError::Corrupt {
                 tree: "upper_inodes",
                 reason: format!("{ino} has no attributes"),
             })
@@ -500,7 +499,7 @@ impl Rootfs {
             };
             let range = (pos - chunk_start) as u32..(chunk_end - chunk_start) as u32;
             for seg in resolve(&slices, range) {
-                if let Source::Slice(Backing::Block { id, .. }) = seg.source {
+                if let Origin::Slice(Backing::Block { id, .. }) = seg.origin {
                     if !wanted.contains(&id) && !self.cache.contains(&id) {
                         wanted.push(id);
                     }

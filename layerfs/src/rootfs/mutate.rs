@@ -6,9 +6,9 @@ use slayerfs_proto::index::{Inode, InodeKind, Xattr};
 use slayerfs_proto::store::DentryRecord;
 
 use super::{lock, Attr, FsError, Rootfs, Time};
+use crate::build::path::MAX_NAME_LEN;
 use crate::geometry::Ino;
-use crate::path::MAX_NAME_LEN;
-use crate::upper::Upper;
+use crate::store::upper::Upper;
 
 /// An inode to create.
 #[derive(Debug, Clone)]

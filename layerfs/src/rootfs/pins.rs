@@ -8,7 +8,7 @@ use slayerfs_proto::index::InodeKind;
 
 use super::Rootfs;
 use crate::geometry::{Ino, CHUNK_SIZE};
-use crate::read::{Backing, SliceView};
+use crate::slice::{Backing, SliceView};
 
 impl Rootfs {
     /// Every block a regular file's slices point at (none for other kinds

@@ -13,8 +13,8 @@ use super::{lock, Attr, FsError, Rootfs, Time};
 /// files removed) when the data fills it.
 const RECORD_RESERVE: u64 = 16 << 20;
 use crate::geometry::{chunk_of, Ino, CHUNK_SIZE};
-use crate::read::{normalize, Backing, SliceView};
-use crate::upper::Upper;
+use crate::slice::{normalize, Backing, SliceView};
+use crate::store::upper::Upper;
 
 impl Rootfs {
     /// The inode's upper record, copying the lower inode's attributes and

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::Status;
 use containerd_snapshots::{Info, Snapshotter, Usage};
-use slayerfs_layerfs::upper::{Upper, UpperId};
+use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 use tracing::Instrument;
 

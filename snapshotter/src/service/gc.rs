@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use slayerfs_chunkstore::{BlockId, ObjectKey};
-use slayerfs_layerfs::merge::{chain_key, chains, remove_chain};
-use slayerfs_layerfs::upper::Upper;
+use slayerfs_layerfs::store::merged::{chain_key, chains, remove_chain};
+use slayerfs_layerfs::store::upper::Upper;
 use slayerfs_proto::store::SnapshotKind;
 
 use super::api::{internal, Result};

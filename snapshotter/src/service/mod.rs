@@ -23,12 +23,12 @@ use slayerfs_chunkstore::{
     BlockCache, BlockStore, CacheOptions, IndexDigest, LocalStore, ObjectKey, WriterOptions,
 };
 use slayerfs_config::Config;
-use slayerfs_layerfs::convert::{convert_layer, Expected};
-use slayerfs_layerfs::db::{Layer, LayerDb};
+use slayerfs_layerfs::build::{convert_layer, Expected};
 use slayerfs_layerfs::fuse::MountOptions;
-use slayerfs_layerfs::merge::{chain_key, MergedView};
 use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
-use slayerfs_layerfs::upper::{Upper, UpperId};
+use slayerfs_layerfs::store::layers::{Layer, LayerDb};
+use slayerfs_layerfs::store::merged::{chain_key, MergedView};
+use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 
 use crate::mount::{is_mount_point, MountHandle};

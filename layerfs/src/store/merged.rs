@@ -21,7 +21,8 @@ use slayerfs_proto::index::{Inode, InodeKind};
 use slayerfs_proto::store::{ChainRecord, MergedInode, MergedSource};
 use slayerfs_proto::Message;
 
-use crate::db::{DbError, Layer, LayerDb, LayerId};
+use super::layers::{Layer, LayerDb, LayerId};
+use super::{be_u64, corrupt, decode, remove_prefix, StoreError};
 use crate::geometry::Ino;
 
 /// A built merged view.
@@ -45,14 +46,6 @@ pub struct MergedView {
     dentries: sled::Tree,
 }
 
-fn corrupt(tree: &'static str, reason: String) -> DbError {
-    DbError::Corrupt { tree, reason }
-}
-
-fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, DbError> {
-    M::decode(bytes).map_err(|e| corrupt(tree, e.to_string()))
-}
-
 /// The key of a chain: the layers' index digests, bottom first, hashed.
 pub fn chain_key(layers: &[Layer]) -> String {
     let mut h = Sha256::new();
@@ -64,10 +57,7 @@ pub fn chain_key(layers: &[Layer]) -> String {
 }
 
 fn key2(chain: ChainId, ino: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&chain.0.to_be_bytes());
-    k[8..].copy_from_slice(&ino.to_be_bytes());
-    k
+    super::key2(chain.0, ino)
 }
 
 /// A name being decided while merging one directory.
@@ -84,7 +74,7 @@ enum Pending {
 }
 
 impl MergedView {
-    fn with(db: &Arc<LayerDb>, rec: &ChainRecord) -> Result<Self, DbError> {
+    fn with(db: &Arc<LayerDb>, rec: &ChainRecord) -> Result<Self, StoreError> {
         Ok(MergedView {
             db: db.clone(),
             chain: ChainId(rec.id),
@@ -95,7 +85,7 @@ impl MergedView {
     }
 
     /// The merged view of `layers` (bottom first), built on first use.
-    pub fn open(db: &Arc<LayerDb>, layers: &[Layer]) -> Result<Self, DbError> {
+    pub fn open(db: &Arc<LayerDb>, layers: &[Layer]) -> Result<Self, StoreError> {
         let key = chain_key(layers);
         let chains = db.tree("chains")?;
         if let Some(bytes) = chains.get(&key)? {
@@ -122,14 +112,14 @@ impl MergedView {
         Self::with(db, &rec)
     }
 
-    fn is_opaque_dir(db: &LayerDb, s: Source) -> Result<(bool, bool), DbError> {
+    fn is_opaque_dir(db: &LayerDb, s: Source) -> Result<(bool, bool), StoreError> {
         let (inode, _) = db
             .inode(s.layer, s.ino)?
             .ok_or_else(|| corrupt("inodes", format!("{} has no {}", s.layer, s.ino)))?;
         Ok((inode.kind == InodeKind::Directory as i32, inode.opaque))
     }
 
-    fn build(db: &LayerDb, chain: ChainId, layers: &[Layer]) -> Result<u64, DbError> {
+    fn build(db: &LayerDb, chain: ChainId, layers: &[Layer]) -> Result<u64, StoreError> {
         let inodes_tree = db.tree("merged_inodes")?;
         let dentries_tree = db.tree("merged_dentries")?;
         let mut inodes = sled::Batch::default();
@@ -277,21 +267,17 @@ impl MergedView {
     }
 
     /// The merged inode `name` in directory `dir`, if visible.
-    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, DbError> {
+    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, StoreError> {
         let mut k = key2(self.chain, dir.0).to_vec();
         k.extend_from_slice(name);
         let Some(v) = self.dentries.get(k)? else {
             return Ok(None);
         };
-        let bytes: [u8; 8] = v
-            .as_ref()
-            .try_into()
-            .map_err(|_| corrupt("merged_dentries", "value of the wrong length".into()))?;
-        Ok(Some(Ino(u64::from_be_bytes(bytes))))
+        Ok(Some(Ino(be_u64("merged_dentries", &v)?)))
     }
 
     /// The layers holding a merged inode, topmost first.
-    pub fn sources(&self, ino: Ino) -> Result<Vec<Source>, DbError> {
+    pub fn sources(&self, ino: Ino) -> Result<Vec<Source>, StoreError> {
         Ok(self
             .record(ino)?
             .sources
@@ -303,7 +289,7 @@ impl MergedView {
             .collect())
     }
 
-    fn record(&self, ino: Ino) -> Result<MergedInode, DbError> {
+    fn record(&self, ino: Ino) -> Result<MergedInode, StoreError> {
         let bytes = self.inodes.get(key2(self.chain, ino.0))?.ok_or_else(|| {
             corrupt(
                 "merged_inodes",
@@ -320,7 +306,7 @@ impl MergedView {
     /// 0755 and root's when there is none), and its mtime, which unpacking
     /// would set to the time of unpacking, so that it is stable. Also the
     /// link count.
-    pub fn attrs(&self, ino: Ino) -> Result<(Inode, u32), DbError> {
+    pub fn attrs(&self, ino: Ino) -> Result<(Inode, u32), StoreError> {
         let rec = self.record(ino)?;
         let inode_of = |s: &MergedSource| {
             self.db
@@ -353,31 +339,21 @@ impl MergedView {
     }
 
     /// The entries of a merged directory, in name order.
-    pub fn children(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>, DbError> {
+    pub fn children(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>, StoreError> {
         self.dentries
             .scan_prefix(key2(self.chain, dir.0))
             .map(|item| {
                 let (k, v) = item?;
-                let bytes: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("merged_dentries", "value of the wrong length".into()))?;
-                Ok((k[16..].to_vec(), Ino(u64::from_be_bytes(bytes))))
+                Ok((k[16..].to_vec(), Ino(be_u64("merged_dentries", &v)?)))
             })
             .collect()
     }
 }
 
 /// Removes the merged records of a chain id (not its `chains` entry).
-fn wipe_chain(db: &LayerDb, chain: ChainId) -> Result<(), DbError> {
-    let prefix = chain.0.to_be_bytes();
+fn wipe_chain(db: &LayerDb, chain: ChainId) -> Result<(), StoreError> {
     for name in ["merged_inodes", "merged_dentries"] {
-        let tree = db.tree(name)?;
-        let mut batch = sled::Batch::default();
-        for k in tree.scan_prefix(prefix).keys() {
-            batch.remove(k?);
-        }
-        tree.apply_batch(batch)?;
+        remove_prefix(&db.tree(name)?, chain.0.to_be_bytes())?;
     }
     Ok(())
 }
@@ -392,7 +368,7 @@ pub struct ChainInfo {
 }
 
 /// Every merged view in the database.
-pub fn chains(db: &LayerDb) -> Result<Vec<ChainInfo>, DbError> {
+pub fn chains(db: &LayerDb) -> Result<Vec<ChainInfo>, StoreError> {
     let mut out = Vec::new();
     for item in db.tree("chains")?.iter() {
         let (k, v) = item?;
@@ -407,7 +383,7 @@ pub fn chains(db: &LayerDb) -> Result<Vec<ChainInfo>, DbError> {
 
 /// Removes the merged view of `key` (its layers stay). No view of it may be
 /// in use. False if there was none.
-pub fn remove_chain(db: &LayerDb, key: &str) -> Result<bool, DbError> {
+pub fn remove_chain(db: &LayerDb, key: &str) -> Result<bool, StoreError> {
     let chains = db.tree("chains")?;
     let Some(bytes) = chains.get(key)? else {
         return Ok(false);

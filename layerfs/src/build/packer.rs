@@ -10,8 +10,8 @@ use std::io::Read;
 
 use slayerfs_chunkstore::{BlockSeq, BlockWriter, WriteError};
 
+use super::tree::PendingSlice;
 use crate::geometry::{chunk_of, BLOCK_SIZE};
-use crate::tree::PendingSlice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {

@@ -21,40 +21,13 @@ use slayerfs_chunkstore::BlockId;
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, StoredSlice, UpperInode, UpperRecord};
 use slayerfs_proto::Message;
 
+use super::{be_u64, corrupt, decode, remove_prefix, StoreError};
 use crate::geometry::Ino;
-use crate::read::{Backing, SliceView};
+use crate::slice::{Backing, SliceView};
 
 /// Which upper layer of a database (one per writable mount or snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UpperId(pub u64);
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpperError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record in tree `{tree}`: {reason}")]
-    Corrupt { tree: &'static str, reason: String },
-    #[error(
-        "the upper layer was made over other lower layers (chain {found}), not this image (chain {expected})"
-    )]
-    OtherChain { found: String, expected: String },
-    #[error("upper data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-fn corrupt(tree: &'static str, reason: impl Into<String>) -> UpperError {
-    UpperError::Corrupt {
-        tree,
-        reason: reason.into(),
-    }
-}
-
-fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, UpperError> {
-    M::decode(bytes).map_err(|e| corrupt(tree, e.to_string()))
-}
 
 /// The records of one upper layer.
 pub struct Upper {
@@ -78,8 +51,8 @@ impl Upper {
         data_dir: &Path,
         chain_key: &str,
         lower_inodes: u64,
-    ) -> Result<Self, UpperError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| UpperError::DataDir {
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
@@ -88,7 +61,7 @@ impl Upper {
             Some(bytes) => {
                 let rec: UpperRecord = decode("upper_meta", &bytes)?;
                 if rec.chain_key != chain_key || rec.lower_inodes != lower_inodes {
-                    return Err(UpperError::OtherChain {
+                    return Err(StoreError::OtherChain {
                         found: rec.chain_key,
                         expected: chain_key.to_string(),
                     });
@@ -120,15 +93,10 @@ impl Upper {
 
     /// Removes every record of upper `id` from `db` (its data directory is
     /// its owner's to remove).
-    pub fn destroy(db: &sled::Db, id: UpperId) -> Result<(), UpperError> {
+    pub fn destroy(db: &sled::Db, id: UpperId) -> Result<(), StoreError> {
         let prefix = id.0.to_be_bytes();
         for name in ["upper_inodes", "upper_dentries", "upper_slices"] {
-            let tree = db.open_tree(name)?;
-            let mut batch = sled::Batch::default();
-            for k in tree.scan_prefix(prefix).keys() {
-                batch.remove(k?);
-            }
-            tree.apply_batch(batch)?;
+            remove_prefix(&db.open_tree(name)?, prefix)?;
         }
         db.open_tree("upper_meta")?.remove(prefix)?;
         db.flush()?;
@@ -136,24 +104,20 @@ impl Upper {
     }
 
     /// The ids of every upper layer in `db`.
-    pub fn ids(db: &sled::Db) -> Result<Vec<UpperId>, UpperError> {
+    pub fn ids(db: &sled::Db) -> Result<Vec<UpperId>, StoreError> {
         db.open_tree("upper_meta")?
             .iter()
             .keys()
             .map(|k| {
                 let k = k?;
-                let bytes: [u8; 8] = k
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("upper_meta", "key of the wrong length"))?;
-                Ok(UpperId(u64::from_be_bytes(bytes)))
+                Ok(UpperId(be_u64("upper_meta", &k)?))
             })
             .collect()
     }
 
     /// Adds the id of every block a slice of any upper in `db` points at
     /// (lower files copied up keep pointing at their blocks).
-    pub fn blocks_in_use(db: &sled::Db, into: &mut HashSet<BlockId>) -> Result<(), UpperError> {
+    pub fn blocks_in_use(db: &sled::Db, into: &mut HashSet<BlockId>) -> Result<(), StoreError> {
         for item in db.open_tree("upper_slices")?.iter() {
             let (_, bytes) = item?;
             let list: ChunkSlices = decode("upper_slices", &bytes)?;
@@ -168,13 +132,13 @@ impl Upper {
 
     /// What upper `id` holds: how many inodes it has records of (new and
     /// copied up) and the bytes its data files take on disk in `data_dir`.
-    pub fn usage(db: &sled::Db, id: UpperId, data_dir: &Path) -> Result<(u64, u64), UpperError> {
+    pub fn usage(db: &sled::Db, id: UpperId, data_dir: &Path) -> Result<(u64, u64), StoreError> {
         use std::os::unix::fs::MetadataExt;
         let inodes = db
             .open_tree("upper_inodes")?
             .scan_prefix(id.0.to_be_bytes())
             .count() as u64;
-        let data_err = |source| UpperError::DataDir {
+        let data_err = |source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         };
@@ -208,7 +172,7 @@ impl Upper {
     }
 
     /// A fresh inode number, never handed out before by this upper.
-    pub fn allocate_ino(&self) -> Result<Ino, UpperError> {
+    pub fn allocate_ino(&self) -> Result<Ino, StoreError> {
         let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
         let ino = Ino(rec.next_ino);
         rec.next_ino += 1;
@@ -217,39 +181,39 @@ impl Upper {
         Ok(ino)
     }
 
-    pub fn inode(&self, ino: Ino) -> Result<Option<UpperInode>, UpperError> {
+    pub fn inode(&self, ino: Ino) -> Result<Option<UpperInode>, StoreError> {
         self.inodes
             .get(self.key(ino))?
             .map(|b| decode("upper_inodes", &b))
             .transpose()
     }
 
-    pub fn has_inode(&self, ino: Ino) -> Result<bool, UpperError> {
+    pub fn has_inode(&self, ino: Ino) -> Result<bool, StoreError> {
         Ok(self.inodes.contains_key(self.key(ino))?)
     }
 
-    pub fn put_inode(&self, ino: Ino, rec: &UpperInode) -> Result<(), UpperError> {
+    pub fn put_inode(&self, ino: Ino, rec: &UpperInode) -> Result<(), StoreError> {
         self.inodes.insert(self.key(ino), rec.encode_to_vec())?;
         Ok(())
     }
 
     /// Every inode of the upper (for recovery and for turning it into a
     /// layer).
-    pub fn inodes(&self) -> Result<Vec<(Ino, UpperInode)>, UpperError> {
+    pub fn inodes(&self) -> Result<Vec<(Ino, UpperInode)>, StoreError> {
         self.inodes
             .scan_prefix(self.id.0.to_be_bytes())
             .map(|item| {
                 let (k, v) = item?;
-                let tail: [u8; 8] = k[8..]
-                    .try_into()
-                    .map_err(|_| corrupt("upper_inodes", "key of the wrong length"))?;
-                Ok((Ino(u64::from_be_bytes(tail)), decode("upper_inodes", &v)?))
+                Ok((
+                    Ino(be_u64("upper_inodes", &k[8..])?),
+                    decode("upper_inodes", &v)?,
+                ))
             })
             .collect()
     }
 
     /// Forgets an inode: its record, slices and data file.
-    pub fn remove_inode(&self, ino: Ino) -> Result<(), UpperError> {
+    pub fn remove_inode(&self, ino: Ino) -> Result<(), StoreError> {
         self.inodes.remove(self.key(ino))?;
         self.truncate_slices(ino, 0)?;
         match std::fs::remove_file(self.data_path(ino)) {
@@ -260,26 +224,26 @@ impl Upper {
         Ok(())
     }
 
-    pub fn dentry(&self, dir: Ino, name: &[u8]) -> Result<Option<DentryRecord>, UpperError> {
+    pub fn dentry(&self, dir: Ino, name: &[u8]) -> Result<Option<DentryRecord>, StoreError> {
         self.dentries
             .get(self.key_with(dir, name))?
             .map(|b| decode("upper_dentries", &b))
             .transpose()
     }
 
-    pub fn put_dentry(&self, dir: Ino, name: &[u8], rec: DentryRecord) -> Result<(), UpperError> {
+    pub fn put_dentry(&self, dir: Ino, name: &[u8], rec: DentryRecord) -> Result<(), StoreError> {
         self.dentries
             .insert(self.key_with(dir, name), rec.encode_to_vec())?;
         Ok(())
     }
 
-    pub fn remove_dentry(&self, dir: Ino, name: &[u8]) -> Result<(), UpperError> {
+    pub fn remove_dentry(&self, dir: Ino, name: &[u8]) -> Result<(), StoreError> {
         self.dentries.remove(self.key_with(dir, name))?;
         Ok(())
     }
 
     /// A directory's upper names in byte order, whiteouts included.
-    pub fn dentries(&self, dir: Ino) -> Result<Vec<(Vec<u8>, DentryRecord)>, UpperError> {
+    pub fn dentries(&self, dir: Ino) -> Result<Vec<(Vec<u8>, DentryRecord)>, StoreError> {
         self.dentries
             .scan_prefix(self.key(dir))
             .map(|item| {
@@ -290,17 +254,13 @@ impl Upper {
     }
 
     /// Removes every upper name of a directory.
-    pub fn clear_dentries(&self, dir: Ino) -> Result<(), UpperError> {
-        let mut batch = sled::Batch::default();
-        for k in self.dentries.scan_prefix(self.key(dir)).keys() {
-            batch.remove(k?);
-        }
-        self.dentries.apply_batch(batch)?;
+    pub fn clear_dentries(&self, dir: Ino) -> Result<(), StoreError> {
+        remove_prefix(&self.dentries, self.key(dir))?;
         Ok(())
     }
 
     /// One chunk's slices, sorted and non-overlapping.
-    pub fn chunk_slices(&self, ino: Ino, chunk: u64) -> Result<Vec<SliceView>, UpperError> {
+    pub fn chunk_slices(&self, ino: Ino, chunk: u64) -> Result<Vec<SliceView>, StoreError> {
         let Some(bytes) = self.slices.get(self.key_with(ino, &chunk.to_be_bytes()))? else {
             return Ok(Vec::new());
         };
@@ -313,7 +273,7 @@ impl Upper {
         ino: Ino,
         chunk: u64,
         slices: &[SliceView],
-    ) -> Result<(), UpperError> {
+    ) -> Result<(), StoreError> {
         let key = self.key_with(ino, &chunk.to_be_bytes());
         if slices.is_empty() {
             self.slices.remove(key)?;
@@ -327,7 +287,7 @@ impl Upper {
     }
 
     /// Drops the slice lists of chunks `from` and above.
-    pub fn truncate_slices(&self, ino: Ino, from: u64) -> Result<(), UpperError> {
+    pub fn truncate_slices(&self, ino: Ino, from: u64) -> Result<(), StoreError> {
         let start = self.key_with(ino, &from.to_be_bytes());
         let end = self.key_with(ino, &u64::MAX.to_be_bytes());
         let mut batch = sled::Batch::default();
@@ -367,7 +327,7 @@ impl Upper {
     }
 
     /// Makes every record written so far durable.
-    pub fn flush(&self) -> Result<(), UpperError> {
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
@@ -389,7 +349,7 @@ fn slice_record(s: &SliceView) -> StoredSlice {
     }
 }
 
-fn slice_from_record(s: StoredSlice) -> Result<SliceView, UpperError> {
+fn slice_from_record(s: StoredSlice) -> Result<SliceView, StoreError> {
     let backing = if s.block_id.is_empty() {
         Backing::Local
     } else {

@@ -4,14 +4,13 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use super::assemble::build_index;
+use super::import::{import_layer, Compression, ImportError, ImportStats};
+use crate::index::{encode_index, IndexError, ValidIndex};
 use slayerfs_chunkstore::{
     BlockStore, BlockWriter, IndexDigest, ObjectKey, StoreError, WriteError, WriteReport,
     WriterOptions,
 };
-use slayerfs_proto::index::LayerIndex;
-
-use crate::import::{import_layer, Compression, ImportError, ImportStats};
-use crate::index::{build_index, encode_index, validate, IndexError};
 
 /// Digests the blob must have, from the manifest and the image config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,7 +26,7 @@ pub struct Expected {
 pub struct ConvertedLayer {
     pub digest: IndexDigest,
     pub blob: Vec<u8>,
-    pub index: LayerIndex,
+    pub index: ValidIndex,
     pub stats: ImportStats,
     pub blocks: WriteReport,
     pub compression: Compression,
@@ -36,7 +35,7 @@ pub struct ConvertedLayer {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConvertError {
+pub enum BuildError {
     #[error(transparent)]
     Import(#[from] ImportError),
     // (ImportError is small: its detail is boxed.)
@@ -65,14 +64,14 @@ pub async fn convert_layer<R: Read + Send + 'static>(
     opts: WriterOptions,
     source_digest: &str,
     expected: Expected,
-) -> Result<ConvertedLayer, ConvertError> {
+) -> Result<ConvertedLayer, BuildError> {
     let mut writer = BlockWriter::start(store.clone(), opts);
     let joined = tokio::task::spawn_blocking(move || {
         let imported = import_layer(blob, &mut writer);
         (imported, writer)
     })
     .await
-    .map_err(|e| ConvertError::Internal(format!("import task: {e}")))?;
+    .map_err(|e| BuildError::Internal(format!("import task: {e}")))?;
     let (imported, writer) = joined;
     // On an import error the writer's own error (if any) is secondary.
     let report = match imported {
@@ -84,7 +83,7 @@ pub async fn convert_layer<R: Read + Send + 'static>(
     };
     let imported = imported?;
     let check = |what, expected: Option<[u8; 32]>, actual: [u8; 32]| match expected {
-        Some(e) if e != actual => Err(ConvertError::DigestMismatch {
+        Some(e) if e != actual => Err(BuildError::DigestMismatch {
             what,
             expected: hex::encode(e),
             actual: hex::encode(actual),
@@ -100,9 +99,9 @@ pub async fn convert_layer<R: Read + Send + 'static>(
     let index = build_index(&imported.tree, &report.ids, source_digest)?;
     // What nodes will check on decode is checked before publishing, so a
     // gap between import and validation is an error here, not on a node.
-    validate(&index)?;
+    let index = ValidIndex::check(index)?;
     let (digest, blob) = encode_index(&index, 9)
-        .map_err(|e| ConvertError::Internal(format!("compressing the index: {e}")))?;
+        .map_err(|e| BuildError::Internal(format!("compressing the index: {e}")))?;
     store.put(&ObjectKey::Index(digest), blob.clone()).await?;
     Ok(ConvertedLayer {
         digest,

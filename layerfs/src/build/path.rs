@@ -17,8 +17,7 @@ pub enum PathError {
     NameTooLong,
 }
 
-/// The longest name a directory entry may have (Linux NAME_MAX).
-pub const MAX_NAME_LEN: usize = 255;
+pub use crate::geometry::MAX_NAME_LEN;
 
 impl LayerPath {
     pub fn root() -> Self {

@@ -11,10 +11,10 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use slayerfs_chunkstore::BlockWriter;
 
-use crate::packer::{PackError, Packer};
-use crate::path::{display_raw, LayerPath, PathError};
-use crate::pipe::{spawn_hashed, StreamHash};
-use crate::tree::{Attrs, LayerTree, NodeKind, TreeError};
+use super::hash_tee::{spawn_hashed, StreamHash};
+use super::packer::{PackError, Packer};
+use super::path::{display_raw, LayerPath, PathError};
+use super::tree::{Attrs, LayerTree, NodeKind, TreeError};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,12 +17,14 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use slayerfs_chunkstore::{BlockId, IndexDigest};
-use slayerfs_proto::index::{Dentry, Inode, InodeKind, LayerIndex, Slice};
+use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, InodeRecord, LayerRecord, StoredSlice};
 use slayerfs_proto::Message;
 
+use super::{decode, remove_prefix, StoreError};
 use crate::geometry::Ino;
-use crate::read::{Backing, SliceView};
+use crate::index::ValidIndex;
+use crate::slice::{Backing, SliceView};
 
 /// Short id of an imported layer, the key prefix of its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,14 +34,6 @@ impl fmt::Display for LayerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "layer {}", self.0)
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record in tree `{tree}`: {reason}")]
-    Corrupt { tree: &'static str, reason: String },
 }
 
 /// A loaded layer.
@@ -60,34 +54,21 @@ pub struct LayerDb {
 }
 
 fn key2(layer: LayerId, ino: Ino) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&layer.0.to_be_bytes());
-    k[8..].copy_from_slice(&ino.0.to_be_bytes());
-    k
+    super::key2(layer.0, ino.0)
 }
 
 fn key3(layer: LayerId, ino: Ino, tail: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + tail.len());
-    k.extend_from_slice(&key2(layer, ino));
-    k.extend_from_slice(tail);
-    k
-}
-
-fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, DbError> {
-    M::decode(bytes).map_err(|e| DbError::Corrupt {
-        tree,
-        reason: e.to_string(),
-    })
+    super::key3(layer.0, ino.0, tail)
 }
 
 impl LayerDb {
     /// Opens (creating) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, DbError> {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::from_db(sled::open(dir)?)
     }
 
     /// Uses an already open database (shared with other owners of trees).
-    pub fn from_db(db: sled::Db) -> Result<Self, DbError> {
+    pub fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         Ok(LayerDb {
             layers: db.open_tree("layers")?,
             inodes: db.open_tree("inodes")?,
@@ -99,21 +80,21 @@ impl LayerDb {
     }
 
     /// A tree of the same database (for the merged views).
-    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, DbError> {
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }
 
-    pub(crate) fn generate_id(&self) -> Result<u64, DbError> {
+    pub(crate) fn generate_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)
     }
 
-    pub(crate) fn flush(&self) -> Result<(), DbError> {
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
 
     /// The layer loaded from index `digest`, if it is loaded completely.
-    pub fn layer(&self, digest: &IndexDigest) -> Result<Option<Layer>, DbError> {
+    pub fn layer(&self, digest: &IndexDigest) -> Result<Option<Layer>, StoreError> {
         let Some(bytes) = self.layers.get(digest.to_string())? else {
             return Ok(None);
         };
@@ -126,7 +107,11 @@ impl LayerDb {
 
     /// Loads a validated index under its digest; loading a layer that is
     /// already there returns it unchanged.
-    pub fn load_index(&self, digest: &IndexDigest, index: &LayerIndex) -> Result<Layer, DbError> {
+    pub fn load_index(
+        &self,
+        digest: &IndexDigest,
+        index: &ValidIndex,
+    ) -> Result<Layer, StoreError> {
         let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest.to_string();
         if let Some(bytes) = self.layers.get(&key)? {
@@ -197,20 +182,15 @@ impl LayerDb {
     }
 
     /// Removes every record of a layer but its `layers` entry.
-    fn wipe(&self, id: LayerId) -> Result<(), DbError> {
-        let prefix = id.0.to_be_bytes();
+    fn wipe(&self, id: LayerId) -> Result<(), StoreError> {
         for tree in [&self.inodes, &self.dentries, &self.slices] {
-            let mut batch = sled::Batch::default();
-            for key in tree.scan_prefix(prefix).keys() {
-                batch.remove(key?);
-            }
-            tree.apply_batch(batch)?;
+            remove_prefix(tree, id.0.to_be_bytes())?;
         }
         Ok(())
     }
 
     /// Every completely loaded layer.
-    pub fn layers(&self) -> Result<Vec<Layer>, DbError> {
+    pub fn layers(&self) -> Result<Vec<Layer>, StoreError> {
         let mut out = Vec::new();
         for item in self.layers.iter() {
             let (_, bytes) = item?;
@@ -227,8 +207,8 @@ impl LayerDb {
 
     /// Removes a layer and all its records; false if it was not loaded.
     /// Merged views over it are their owner's to remove
-    /// ([`crate::merge::remove_chain`]).
-    pub fn remove_layer(&self, digest: &IndexDigest) -> Result<bool, DbError> {
+    /// ([`super::merged::remove_chain`]).
+    pub fn remove_layer(&self, digest: &IndexDigest) -> Result<bool, StoreError> {
         let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest.to_string();
         let Some(bytes) = self.layers.get(&key)? else {
@@ -248,7 +228,7 @@ impl LayerDb {
 
     /// How many inodes a layer has and the bytes of its files' contents
     /// (a file with several names counted once).
-    pub fn usage(&self, layer: LayerId) -> Result<(u64, u64), DbError> {
+    pub fn usage(&self, layer: LayerId) -> Result<(u64, u64), StoreError> {
         let (mut inodes, mut bytes) = (0, 0);
         for item in self.inodes.scan_prefix(layer.0.to_be_bytes()) {
             let (_, v) = item?;
@@ -262,7 +242,7 @@ impl LayerDb {
     }
 
     /// Adds the id of every block a slice of a loaded layer points at.
-    pub fn blocks_in_use(&self, into: &mut HashSet<BlockId>) -> Result<(), DbError> {
+    pub fn blocks_in_use(&self, into: &mut HashSet<BlockId>) -> Result<(), StoreError> {
         for item in self.slices.iter() {
             let (_, bytes) = item?;
             let list: ChunkSlices = decode("slices", &bytes)?;
@@ -275,7 +255,7 @@ impl LayerDb {
 
     /// Finishes or undoes loads a crash interrupted: their partial records
     /// are removed (the next load starts afresh). Returns how many.
-    pub fn recover(&self) -> Result<usize, DbError> {
+    pub fn recover(&self) -> Result<usize, StoreError> {
         let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         for item in self.layers.iter() {
@@ -292,12 +272,12 @@ impl LayerDb {
     }
 
     /// An inode's attributes (no slices, no children) and link count.
-    pub fn inode(&self, layer: LayerId, ino: Ino) -> Result<Option<(Inode, u32)>, DbError> {
+    pub fn inode(&self, layer: LayerId, ino: Ino) -> Result<Option<(Inode, u32)>, StoreError> {
         let Some(bytes) = self.inodes.get(key2(layer, ino))? else {
             return Ok(None);
         };
         let rec: InodeRecord = decode("inodes", &bytes)?;
-        let inode = rec.inode.ok_or(DbError::Corrupt {
+        let inode = rec.inode.ok_or(StoreError::Corrupt {
             tree: "inodes",
             reason: format!("{layer} {ino} has no attributes"),
         })?;
@@ -309,7 +289,7 @@ impl LayerDb {
         layer: LayerId,
         dir: Ino,
         name: &[u8],
-    ) -> Result<Option<DentryRecord>, DbError> {
+    ) -> Result<Option<DentryRecord>, StoreError> {
         self.dentries
             .get(key3(layer, dir, name))?
             .map(|b| decode("dentries", &b))
@@ -321,7 +301,7 @@ impl LayerDb {
         &self,
         layer: LayerId,
         dir: Ino,
-    ) -> Result<Vec<(Vec<u8>, DentryRecord)>, DbError> {
+    ) -> Result<Vec<(Vec<u8>, DentryRecord)>, StoreError> {
         let prefix = key2(layer, dir);
         self.dentries
             .scan_prefix(prefix)
@@ -338,7 +318,7 @@ impl LayerDb {
         layer: LayerId,
         ino: Ino,
         chunk: u64,
-    ) -> Result<Vec<SliceView>, DbError> {
+    ) -> Result<Vec<SliceView>, StoreError> {
         let Some(bytes) = self.slices.get(key3(layer, ino, &chunk.to_be_bytes()))? else {
             return Ok(Vec::new());
         };
@@ -359,16 +339,20 @@ impl LayerDb {
             .collect()
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Rebuilds the index a layer was loaded from, from sled alone (used to
     /// check that loading loses nothing).
-    pub fn export_index(&self, layer: &Layer) -> Result<LayerIndex, DbError> {
+    pub fn export_index(&self, layer: &Layer) -> Result<LayerIndex, StoreError> {
+        use super::be_u64;
+        use slayerfs_proto::index::{Dentry, Slice};
+
         let id = layer.id;
         let mut blocks: Vec<Vec<u8>> = Vec::new();
         let mut position: HashMap<BlockId, u32> = HashMap::new();
         let mut inodes = Vec::with_capacity(layer.record.inode_count as usize);
         for n in 1..=layer.record.inode_count {
             let ino = Ino(n);
-            let (attrs, _nlink) = self.inode(id, ino)?.ok_or(DbError::Corrupt {
+            let (attrs, _nlink) = self.inode(id, ino)?.ok_or(StoreError::Corrupt {
                 tree: "inodes",
                 reason: format!("{id} has no inode {n}"),
             })?;
@@ -385,11 +369,7 @@ impl LayerDb {
             let mut chunk_keys: Vec<u64> = Vec::new();
             for k in self.slices.scan_prefix(key2(id, ino)).keys() {
                 let k = k?;
-                let tail: [u8; 8] = k[16..].try_into().map_err(|_| DbError::Corrupt {
-                    tree: "slices",
-                    reason: "key of the wrong length".into(),
-                })?;
-                chunk_keys.push(u64::from_be_bytes(tail));
+                chunk_keys.push(be_u64("slices", &k[16..])?);
             }
             for chunk in chunk_keys {
                 for s in self.chunk_slices(id, ino, chunk)? {
@@ -431,8 +411,8 @@ impl LayerDb {
 }
 
 /// The block id of a stored slice.
-fn slice_block(tree: &'static str, bytes: &[u8]) -> Result<BlockId, DbError> {
-    BlockId::from_slice(bytes).ok_or(DbError::Corrupt {
+fn slice_block(tree: &'static str, bytes: &[u8]) -> Result<BlockId, StoreError> {
+    BlockId::from_slice(bytes).ok_or(StoreError::Corrupt {
         tree,
         reason: format!("block id of {} bytes", bytes.len()),
     })

@@ -1,0 +1,80 @@
+//! The sled schema, in one place. Imported layers ([`layers`]), the merged
+//! views of layer chains ([`merged`]) and upper layers ([`upper`]) live in
+//! one database and share one error type and the helpers here: big-endian
+//! keys (so keys sort numerically), record decoding, and removing a key
+//! range in one batch. Each module lists its trees and keys.
+
+pub mod layers;
+pub mod merged;
+pub mod upper;
+
+use std::path::PathBuf;
+
+use slayerfs_proto::Message;
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree `{tree}`: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+    #[error(
+        "the upper layer was made over other lower layers (chain {found}), not this image (chain {expected})"
+    )]
+    OtherChain { found: String, expected: String },
+    #[error("upper data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn corrupt(tree: &'static str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        reason: reason.into(),
+    }
+}
+
+/// Decodes a record of `tree`; a record that does not decode is corrupt.
+pub(crate) fn decode<M: Message + Default>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| corrupt(tree, e.to_string()))
+}
+
+/// The key `a ‖ b`.
+pub(crate) fn key2(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// The key `a ‖ b ‖ tail`.
+pub(crate) fn key3(a: u64, b: u64, tail: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + tail.len());
+    k.extend_from_slice(&key2(a, b));
+    k.extend_from_slice(tail);
+    k
+}
+
+/// The big-endian number `bytes` hold (a key part or a value of `tree`),
+/// which must be 8 bytes long.
+pub(crate) fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt(tree, "a number of the wrong length"))
+}
+
+/// Removes every key of `tree` that starts with `prefix`, in one batch.
+pub fn remove_prefix(tree: &sled::Tree, prefix: impl AsRef<[u8]>) -> Result<(), sled::Error> {
+    let mut batch = sled::Batch::default();
+    for key in tree.scan_prefix(prefix).keys() {
+        batch.remove(key?);
+    }
+    tree.apply_batch(batch)
+}
