@@ -11,12 +11,14 @@
 
 mod cache;
 mod codec;
+mod error_text;
 mod id;
 mod store;
 mod writer;
 
 pub use cache::{BlockCache, CacheOptions, CacheStats};
 pub use codec::{decode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
+pub use error_text::error_chain;
 pub use id::{BlockId, IndexDigest, ParseDigestError};
 pub use store::{
     fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey, PutOutcome, S3Store,

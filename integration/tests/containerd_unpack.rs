@@ -18,7 +18,7 @@ use slayerfs_integration::fixtures::{
 };
 use slayerfs_integration::mount::SlayerMount;
 use slayerfs_integration::tree::{assert_same_trees, snapshot_with, Entry, Unmount};
-use slayerfs_snapshotter::pull::chain_ids;
+use slayerfs_snapshotter::image::chain_ids;
 
 mod common;
 

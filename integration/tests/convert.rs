@@ -13,9 +13,9 @@ use slayerfs_integration::fixtures::{
     FLayer,
 };
 use slayerfs_layerfs::store::layers::LayerDb;
-use slayerfs_snapshotter::convert::{ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST};
-use slayerfs_snapshotter::image_ref::ImageRef;
-use slayerfs_snapshotter::inspect::ConvertedImage;
+use slayerfs_snapshotter::image::converted::ConvertedImage;
+use slayerfs_snapshotter::image::converted::{ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST};
+use slayerfs_snapshotter::image::reference::ImageRef;
 
 fn oci(dir: &std::path::Path, tag: &str) -> String {
     format!("oci:{}:{tag}", dir.display())

@@ -25,9 +25,9 @@ use slayerfs_integration::mount::SlayerMount;
 use slayerfs_integration::tree::{
     assert_same_trees, extract_for_overlay, mount_overlay, snapshot, Entry,
 };
-use slayerfs_snapshotter::image_ref::ImageRef;
-use slayerfs_snapshotter::inspect::ConvertedImage;
-use slayerfs_snapshotter::mount::image_rootfs;
+use slayerfs_snapshotter::cli::mount::image_rootfs;
+use slayerfs_snapshotter::image::converted::ConvertedImage;
+use slayerfs_snapshotter::image::reference::ImageRef;
 
 const MIB: u64 = 1 << 20;
 

@@ -477,7 +477,7 @@ fn busy_mount_points_are_refused_and_sigterm_unmounts() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !slayerfs_snapshotter::mount::is_mount_point(&mnt).unwrap() {
+    while !slayerfs_snapshotter::fusemount::is_mount_point(&mnt).unwrap() {
         assert!(Instant::now() < deadline, "never mounted");
         assert!(child.try_wait().unwrap().is_none(), "mount exited early");
         std::thread::sleep(Duration::from_millis(20));
@@ -487,7 +487,7 @@ fn busy_mount_points_are_refused_and_sigterm_unmounts() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
-    assert!(!slayerfs_snapshotter::mount::is_mount_point(&mnt).unwrap());
+    assert!(!slayerfs_snapshotter::fusemount::is_mount_point(&mnt).unwrap());
     let _ = wait_gone(child.id(), Duration::from_secs(1));
 }
 

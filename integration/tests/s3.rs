@@ -15,8 +15,8 @@ use slayerfs_chunkstore::{
 use slayerfs_config::S3Config;
 use slayerfs_integration::fixtures::{awkward_layers, write_image};
 use slayerfs_integration::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use slayerfs_snapshotter::image_ref::ImageRef;
-use slayerfs_snapshotter::inspect::ConvertedImage;
+use slayerfs_snapshotter::image::converted::ConvertedImage;
+use slayerfs_snapshotter::image::reference::ImageRef;
 
 fn s3_config(endpoint: &str) -> S3Config {
     S3Config {

@@ -106,24 +106,9 @@ impl S3Store {
             store: self.location(),
             op,
             key: *key,
-            message: error_chain(&e),
+            message: crate::error_chain(&e),
         }
     }
-}
-
-/// An error and its causes, `: `-separated, each once (the SDK's own
-/// context display ends in a Debug dump that helps nobody reading a log).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg = format!("{msg}: {c}");
-        }
-        cur = cause.source();
-    }
-    msg
 }
 
 #[async_trait]

@@ -12,8 +12,8 @@ use clap::Parser;
 use containerd_snapshots::tonic::transport::Server;
 use slayerfs_chunkstore::{open_store, BlockStore, LocalStore};
 use slayerfs_config::{Config, StoreLocation};
-use slayerfs_snapshotter::service::Service;
-use slayerfs_snapshotter::service::SlayerSnapshotter;
+use slayerfs_snapshotter::daemon::Service;
+use slayerfs_snapshotter::daemon::SlayerSnapshotter;
 use slayerfs_snapshotter::store_args::StoreArgs;
 
 #[derive(Parser)]

@@ -8,14 +8,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use slayerfs_chunkstore::{open_store, WriterOptions};
 use slayerfs_config::{Config, StoreLocation};
-use slayerfs_snapshotter::convert::{convert_image, RegistrySide};
-use slayerfs_snapshotter::image_ref::ImageRef;
-use slayerfs_snapshotter::inspect::{print_layers, print_tree, ConvertedImage};
-use slayerfs_snapshotter::progress::{human_bytes, ProgressMode};
-use slayerfs_snapshotter::pull::{pull, LayerOutcome, PullOptions};
-use slayerfs_snapshotter::registry::RegistryOptions;
+use slayerfs_snapshotter::cli::convert::{convert_image, RegistrySide};
+use slayerfs_snapshotter::cli::inspect::{print_layers, print_tree};
+use slayerfs_snapshotter::cli::progress::{human_bytes, ProgressMode};
+use slayerfs_snapshotter::cli::pull::{pull, LayerOutcome, PullOptions};
+use slayerfs_snapshotter::cli::{mount, upper_dir};
+use slayerfs_snapshotter::fusemount;
+use slayerfs_snapshotter::image::converted::ConvertedImage;
+use slayerfs_snapshotter::image::reference::ImageRef;
+use slayerfs_snapshotter::image::registry::RegistryOptions;
 use slayerfs_snapshotter::store_args::StoreArgs;
-use slayerfs_snapshotter::{mount, upper_dir};
 
 #[derive(Parser)]
 #[command(
@@ -243,7 +245,7 @@ fn spawn_daemon(mountpoint: &std::path::Path, log: Option<&PathBuf>) -> anyhow::
                     .unwrap_or_default()
             );
         }
-        if mount::is_mount_point(mountpoint)? {
+        if fusemount::is_mount_point(mountpoint)? {
             println!("mounted at {} (pid {})", mountpoint.display(), child.id());
             return Ok(());
         }
@@ -426,7 +428,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             threads,
         } => {
             let config = load_config(cli.config.as_ref(), Some(&store))?;
-            let mountpoint = mount::check_mountpoint(&mountpoint)?;
+            let mountpoint = fusemount::check_mountpoint(&mountpoint)?;
             let image = ConvertedImage::open(&ImageRef::parse(&src)?)?;
             let location = config.store_location();
             let store = open_store(&location, &config).await?;
@@ -446,7 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(dir) => format!("read-write, upper {}", dir.display()),
                 None => "read-only".to_string(),
             };
-            let served = mount::serve(std::sync::Arc::new(rootfs), &mountpoint, opts, || {
+            let served = fusemount::serve(std::sync::Arc::new(rootfs), &mountpoint, opts, || {
                 if let Some(dir) = &upper {
                     if let Err(e) = upper_dir::record_mount(dir, &mountpoint) {
                         tracing::warn!("{e:#}");
@@ -470,17 +472,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The error and its causes on one line, each cause once: a message that
-/// already quotes its cause does not get it appended again.
+/// The error and its causes on one line, each cause once.
 fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg = format!("{msg}: {c}");
-        }
-    }
-    msg
+    slayerfs_chunkstore::error_chain(e.as_ref())
 }
 
 fn main() -> ExitCode {

@@ -1,58 +1,20 @@
 //! The snapshots API: each gRPC call of containerd's snapshots service as
-//! an operation on a [`SlayerSnapshotter`], one tracing span per call, and
-//! the mapping of failures to the gRPC codes containerd expects.
+//! an operation on a [`SlayerSnapshotter`], one tracing span per call.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::tonic::Status;
 use containerd_snapshots::{Info, Snapshotter, Usage};
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 use tracing::Instrument;
 
+use super::error::{internal, Result, ServiceError};
 use super::remote::LazyLayer;
 use super::{import_reader, info_of, SlayerSnapshotter};
-use crate::filters::Filter;
-use crate::records::RecordError;
-
-/// Why a request failed, with the gRPC code containerd expects.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0:#}")]
-    Internal(#[from] anyhow::Error),
-}
-
-impl From<ServiceError> for Status {
-    fn from(e: ServiceError) -> Status {
-        let msg = e.to_string();
-        match e {
-            ServiceError::Record(RecordError::NotFound(_)) => Status::not_found(msg),
-            ServiceError::Record(RecordError::AlreadyExists(_)) => Status::already_exists(msg),
-            ServiceError::Record(RecordError::FailedPrecondition(_))
-            | ServiceError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            ServiceError::Record(RecordError::InvalidArgument(_))
-            | ServiceError::InvalidArgument(_) => Status::invalid_argument(msg),
-            _ => {
-                tracing::error!(error = %msg, "snapshot request failed");
-                Status::internal(msg)
-            }
-        }
-    }
-}
-
-pub(crate) fn internal(e: impl Into<anyhow::Error>) -> ServiceError {
-    ServiceError::Internal(e.into())
-}
-
-pub type Result<T> = std::result::Result<T, ServiceError>;
+use crate::daemon::filters::Filter;
+use crate::daemon::records::RecordError;
 
 type InfoStream = tokio_stream::Iter<std::vec::IntoIter<std::result::Result<Info, ServiceError>>>;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::mount::is_mount_point;
+use crate::fusemount::is_mount_point;
 
 /// How long a mount waits for a holder that is no longer mounted.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);

@@ -11,6 +11,7 @@ mod auth;
 use auth::auth_for;
 use oci_client::Reference;
 use sha2::{Digest, Sha256};
+use slayerfs_chunkstore::error_chain;
 use slayerfs_config::RegistryConfig;
 
 /// Media types of what a reference can name.
@@ -83,22 +84,6 @@ pub struct FetchedManifest {
 
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// An error with its causes ("error sending request: … connection
-/// refused"): the registry client's own messages stop at the first.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn is_local(registry: &str) -> bool {
@@ -232,7 +217,7 @@ impl RemoteImage {
             .client
             .pull_manifest_raw(&reference, &self.auth, &accepted)
             .await
-            .map_err(|e| self.request_err(chain(&e)))?;
+            .map_err(|e| self.request_err(error_chain(&e)))?;
         let bytes = bytes.to_vec();
         let digest = digest.map(str::to_string).unwrap_or(got);
         self.check_digest("manifest", &bytes, &digest)?;
@@ -318,12 +303,12 @@ impl RemoteImage {
             .client
             .pull_blob_stream(&self.reference, digest)
             .await
-            .map_err(|e| self.request_err(format!("{what} {digest}: {}", chain(&e))))?;
+            .map_err(|e| self.request_err(format!("{what} {digest}: {}", error_chain(&e))))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.stream.next().await {
-            let chunk =
-                chunk.map_err(|e| self.request_err(format!("{what} {digest}: {}", chain(&e))))?;
+            let chunk = chunk
+                .map_err(|e| self.request_err(format!("{what} {digest}: {}", error_chain(&e))))?;
             size += chunk.len() as u64;
             if size > limit {
                 return Err(self.too_large(what, digest, size, limit));
@@ -362,7 +347,9 @@ impl RemoteImage {
                 oci_client::RegistryOperation::Push,
             )
             .await
-            .map_err(|e| self.request_err(format!("authenticating to push: {}", chain(&e))))?;
+            .map_err(|e| {
+                self.request_err(format!("authenticating to push: {}", error_chain(&e)))
+            })?;
         Ok(())
     }
 
@@ -372,14 +359,16 @@ impl RemoteImage {
             .client
             .blob_exists(&self.reference, digest)
             .await
-            .map_err(|e| self.request_err(format!("blob {digest}: {}", chain(&e))))?;
+            .map_err(|e| self.request_err(format!("blob {digest}: {}", error_chain(&e))))?;
         if present {
             return Ok(false);
         }
         self.client
             .push_blob(&self.reference, data, digest)
             .await
-            .map_err(|e| self.request_err(format!("uploading blob {digest}: {}", chain(&e))))?;
+            .map_err(|e| {
+                self.request_err(format!("uploading blob {digest}: {}", error_chain(&e)))
+            })?;
         Ok(true)
     }
 
@@ -409,7 +398,7 @@ impl RemoteImage {
                 self.request_err(format!(
                     "uploading manifest {}: {}",
                     reference.whole(),
-                    chain(&e)
+                    error_chain(&e)
                 ))
             })
     }

@@ -1,112 +1,14 @@
-//! Mounting a converted image: its layers loaded into a layer store, their
-//! merged view, an optional upper layer, and the FUSE session serving them
-//! at a directory until it is unmounted.
+//! FUSE sessions at mount points, for the daemon and the CLI alike: a
+//! rootfs mounted and served on threads of its own, unmounted (aborting a
+//! connection still bind-mounted elsewhere) and flushed; the mount table;
+//! the FUSE control filesystem.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, IndexDigest};
-use slayerfs_config::Config;
 use slayerfs_layerfs::fuse::{session_config, MountOptions, SlayerFuse};
-use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
-use slayerfs_layerfs::store::layers::LayerDb;
-use slayerfs_layerfs::store::merged::{chain_key, MergedView};
-use slayerfs_layerfs::store::upper::{Upper, UpperId};
-
-use crate::inspect::ConvertedImage;
-
-/// The upper layer `slayerfs mount` keeps in an upper directory.
-const MOUNT_UPPER: UpperId = UpperId(1);
-
-/// The filesystem of a converted image, writable when `upper_dir` is given
-/// (its sled records in `upper_dir/db`, file data in `upper_dir/data`).
-pub fn image_rootfs(
-    image: &ConvertedImage,
-    store: Arc<dyn BlockStore>,
-    config: &Config,
-    upper_dir: Option<&Path>,
-    runtime: tokio::runtime::Handle,
-) -> anyhow::Result<Rootfs> {
-    let db = match upper_dir {
-        Some(dir) => crate::upper_dir::open_db(dir)?,
-        // A read-only mount keeps its layer records only while it runs.
-        None => {
-            let mounts = config.mounts_dir();
-            remove_stale_mount_dbs(&mounts);
-            let dir = mounts.join(std::process::id().to_string());
-            let _ = std::fs::remove_dir_all(&dir);
-            sled::Config::new()
-                .path(&dir)
-                .temporary(true)
-                .open()
-                .with_context(|| format!("creating a layer database in {}", dir.display()))?
-        }
-    };
-    let layer_db = Arc::new(LayerDb::from_db(db.clone())?);
-    layer_db.recover()?;
-    let mut layers = Vec::new();
-    for desc in image.manifest.layers() {
-        let index = image.layer_index(desc)?;
-        let digest: IndexDigest = desc
-            .digest()
-            .to_string()
-            .parse()
-            .with_context(|| format!("layer digest {}", desc.digest()))?;
-        layers.push(layer_db.load_index(&digest, &index)?);
-    }
-    if layers.is_empty() {
-        bail!("the image has no layers");
-    }
-    let view = MergedView::open(&layer_db, &layers)?;
-    let upper = match upper_dir {
-        Some(dir) => Some(Upper::open(
-            &db,
-            MOUNT_UPPER,
-            &dir.join("data"),
-            &chain_key(&layers),
-            view.inode_count(),
-        )?),
-        None => None,
-    };
-    let disk = (config.cache.disk_bytes > 0).then(|| (config.cache_dir(), config.cache.disk_bytes));
-    let cache = BlockCache::new(
-        store,
-        &CacheOptions {
-            local: None,
-            memory_bytes: config.cache.memory_bytes,
-            disk,
-        },
-    )?;
-    Ok(Rootfs::new(
-        view,
-        upper,
-        Arc::new(cache),
-        runtime,
-        ReadAhead {
-            blocks: config.cache.read_ahead_blocks,
-        },
-    )?)
-}
-
-/// Removes the layer databases of read-only mounts whose process is gone
-/// (killed before it could remove its own).
-fn remove_stale_mount_dbs(mounts: &Path) {
-    let Ok(entries) = std::fs::read_dir(mounts) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a stale mount database");
-            }
-        }
-    }
-}
+use slayerfs_layerfs::rootfs::Rootfs;
 
 /// Whether `path` is a mount point now.
 pub fn is_mount_point(path: &Path) -> std::io::Result<bool> {

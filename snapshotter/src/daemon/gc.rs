@@ -25,9 +25,9 @@ use slayerfs_layerfs::store::merged::{chain_key, chains, remove_chain};
 use slayerfs_layerfs::store::upper::Upper;
 use slayerfs_proto::store::SnapshotKind;
 
-use super::api::{internal, Result};
+use super::error::{internal, Result};
 use super::{detach, SlayerSnapshotter};
-use crate::mount::is_mount_point;
+use crate::fusemount::is_mount_point;
 
 /// What one collection freed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -9,22 +9,22 @@ use std::path::Path;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use serde_json::Value;
 
-use crate::convert::ConvertError;
-use crate::oci_layout::{sha256_hex, LayoutWriter, OciLayout};
-use crate::registry::{is_index, RemoteImage};
+use super::layout::{sha256_hex, LayoutWriter, OciLayout};
+use super::registry::{is_index, RemoteImage};
+use super::ImageError;
 
 /// Layers may be large, but not unbounded.
 const MAX_LAYER_BYTES: u64 = 64 << 30;
 
-fn invalid(what: impl Into<String>, message: impl ToString) -> ConvertError {
-    ConvertError::Invalid {
+fn invalid(what: impl Into<String>, message: impl ToString) -> ImageError {
+    ImageError::Invalid {
         what: what.into(),
         message: message.to_string(),
     }
 }
 
 /// A descriptor's digest and size from a manifest's JSON.
-fn digest_and_size(v: &Value, what: &str) -> Result<(String, u64), ConvertError> {
+fn digest_and_size(v: &Value, what: &str) -> Result<(String, u64), ImageError> {
     let digest = v["digest"]
         .as_str()
         .filter(|d| sha256_hex(d).is_some())
@@ -44,7 +44,7 @@ pub async fn fetch_to_layout(
     platform: Option<&str>,
     dir: &Path,
     tag: &str,
-) -> Result<(), ConvertError> {
+) -> Result<(), ImageError> {
     let writer = LayoutWriter::create_or_open(dir)?;
     let (top, top_digest, top_type) = match platform {
         Some(p) => {
@@ -64,7 +64,7 @@ pub async fn fetch_to_layout(
             let (digest, _) = digest_and_size(entry, &format!("index entry {}", i + 1))?;
             let (bytes, _, media_type) = remote.raw_manifest(Some(&digest)).await?;
             if is_index(&media_type) {
-                return Err(ConvertError::Unsupported(format!(
+                return Err(ImageError::Unsupported(format!(
                     "{}: an index inside an index",
                     remote.name()
                 )));
@@ -88,7 +88,7 @@ async fn fetch_content(
     writer: &LayoutWriter,
     dir: &Path,
     manifest_bytes: &[u8],
-) -> Result<(), ConvertError> {
+) -> Result<(), ImageError> {
     let manifest: Value = serde_json::from_slice(manifest_bytes)
         .map_err(|e| invalid(format!("{}: manifest", remote.name()), e))?;
     let (config_digest, config_size) = digest_and_size(&manifest["config"], "the config")?;
@@ -120,7 +120,7 @@ pub async fn push_from_layout(
     dir: &Path,
     tag: &str,
     remote: &RemoteImage,
-) -> Result<usize, ConvertError> {
+) -> Result<usize, ImageError> {
     let layout = OciLayout::open(dir)?;
     let desc = layout.resolve(Some(tag))?;
     let bytes = layout.read_blob(&desc)?;
@@ -154,7 +154,7 @@ async fn push_content(
     layout: &OciLayout,
     remote: &RemoteImage,
     manifest_bytes: &[u8],
-) -> Result<usize, ConvertError> {
+) -> Result<usize, ImageError> {
     let manifest: ImageManifest =
         serde_json::from_slice(manifest_bytes).map_err(|e| invalid("a converted manifest", e))?;
     let mut uploaded = 0;

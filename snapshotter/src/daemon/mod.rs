@@ -31,15 +31,19 @@ use slayerfs_layerfs::store::merged::{chain_key, MergedView};
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 
-use crate::mount::{is_mount_point, MountHandle};
-use crate::records::{Records, Snapshot};
+use crate::daemon::records::{Records, Snapshot};
+use crate::fusemount::{is_mount_point, MountHandle};
 
 pub mod api;
+mod error;
+pub mod filters;
 mod gc;
+pub mod records;
 pub mod remote;
 
-use api::{internal, Result};
-pub use api::{Service, ServiceError};
+pub use api::Service;
+pub use error::ServiceError;
+use error::{internal, Result};
 pub use gc::GcReport;
 
 /// The snapshotter.
@@ -54,7 +58,7 @@ pub struct SlayerSnapshotter {
     /// The store images were converted into (read only here).
     shared: Arc<dyn BlockStore>,
     /// How to reach registries, for indexes missing from the stores.
-    registry: crate::registry::RegistryOptions,
+    registry: crate::image::registry::RegistryOptions,
     cache: Arc<BlockCache>,
     base: Layer,
     runtime: tokio::runtime::Handle,
@@ -104,7 +108,7 @@ impl SlayerSnapshotter {
         use anyhow::Context;
         std::fs::create_dir_all(root.join("snapshots"))
             .with_context(|| format!("creating {}", root.display()))?;
-        crate::mount::ensure_fusectl();
+        crate::fusemount::ensure_fusectl();
         let db = sled::open(root.join("db")).context("opening the database")?;
         let records = Records::open(&db)?;
         let layers = Arc::new(LayerDb::from_db(db.clone())?);
@@ -132,7 +136,7 @@ impl SlayerSnapshotter {
             blocks,
             local,
             shared,
-            registry: crate::registry::RegistryOptions {
+            registry: crate::image::registry::RegistryOptions {
                 config: config.registry.clone(),
                 ..Default::default()
             },

@@ -18,41 +18,43 @@ use slayerfs_layerfs::build::{convert_layer, ConvertedLayer, Expected};
 use slayerfs_proto::index::MEDIA_TYPE;
 use tokio::task::JoinSet;
 
-use crate::image_ref::ImageRef;
-use crate::oci_layout::{canonical_json, sha256_hex, LayoutError, LayoutWriter, OciLayout};
-use crate::progress::{human_bytes, Progress, ProgressMode, ProgressReader};
-use crate::registry::{RegistryError, RegistryOptions, RemoteImage};
-use crate::transfer::{fetch_to_layout, push_from_layout};
-
-/// Layer annotation: digest of the layer index blob (also the layer digest).
-pub const ANNOTATION_INDEX: &str = "containerd.io/snapshot/slayerfs.index";
-/// Layer annotation: digest of the original layer blob.
-pub const ANNOTATION_SOURCE_DIGEST: &str = "containerd.io/snapshot/slayerfs.source-digest";
-/// Manifest annotation: digest of the original manifest.
-pub const ANNOTATION_SOURCE_MANIFEST: &str = "dev.slayerfs.source-manifest";
+use super::progress::{human_bytes, Progress, ProgressMode, ProgressReader};
+use crate::image::converted::{
+    ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST, ANNOTATION_SOURCE_MANIFEST,
+};
+use crate::image::layout::{canonical_json, sha256_hex, LayoutError, LayoutWriter, OciLayout};
+use crate::image::reference::ImageRef;
+use crate::image::registry::{RegistryError, RegistryOptions, RemoteImage};
+use crate::image::transfer::{fetch_to_layout, push_from_layout};
+use crate::image::ImageError;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 
+/// A conversion that failed: the image's fault, or one layer's.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{0}")]
-    Unsupported(String),
     #[error(transparent)]
-    Layout(#[from] LayoutError),
-    #[error("{what}: {message}")]
-    Invalid { what: String, message: String },
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error("{0}")]
-    Io(String),
+    Image(#[from] ImageError),
     #[error("layer {digest}: {source}")]
     Layer {
         digest: String,
         source: Box<slayerfs_layerfs::build::BuildError>,
     },
+}
+
+impl From<LayoutError> for ConvertError {
+    fn from(e: LayoutError) -> Self {
+        ConvertError::Image(e.into())
+    }
+}
+
+impl From<RegistryError> for ConvertError {
+    fn from(e: RegistryError) -> Self {
+        ConvertError::Image(e.into())
+    }
 }
 
 /// What a conversion did.
@@ -97,8 +99,8 @@ fn layer_media_ok(media: &str) -> bool {
         || media == DOCKER_FOREIGN_LAYER
 }
 
-fn invalid(what: impl Into<String>, message: impl ToString) -> ConvertError {
-    ConvertError::Invalid {
+fn invalid(what: impl Into<String>, message: impl ToString) -> ImageError {
+    ImageError::Invalid {
         what: what.into(),
         message: message.to_string(),
     }
@@ -129,7 +131,7 @@ pub async fn convert_image(
         tempfile::Builder::new()
             .prefix(&format!(".slayerfs-{role}-"))
             .tempdir()
-            .map_err(|e| ConvertError::Io(format!("a temporary directory for the {role}: {e}")))
+            .map_err(|e| ImageError::Io(format!("a temporary directory for the {role}: {e}")))
     };
     let (_src_tmp, src_dir, src_tag) = match src {
         ImageRef::OciLayout { dir, tag } => (None, dir.clone(), tag.clone()),
@@ -224,7 +226,7 @@ async fn convert_top(
         .collect();
     if let Some(p) = platform {
         let one = entries.first().ok_or_else(|| {
-            ConvertError::Unsupported(format!("{src}: no manifest for platform {p}"))
+            ImageError::Unsupported(format!("{src}: no manifest for platform {p}"))
         })?;
         return convert_manifest(src, layout, one, out, store, writer, progress).await;
     }
@@ -284,9 +286,9 @@ async fn convert_manifest(
 ) -> Result<(Descriptor, ConvertSummary), ConvertError> {
     let media = manifest_desc.media_type().to_string();
     if manifest_desc.media_type() != &MediaType::ImageManifest && media != DOCKER_MANIFEST {
-        return Err(ConvertError::Unsupported(format!(
+        return Err(ConvertError::from(ImageError::Unsupported(format!(
             "{src}: manifest media type `{media}` is not an image manifest"
-        )));
+        ))));
     }
     let manifest_bytes = layout.read_blob(manifest_desc)?;
     let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
@@ -303,7 +305,8 @@ async fn convert_manifest(
                 diff_ids.len(),
                 manifest.layers().len()
             ),
-        ));
+        )
+        .into());
     }
 
     // Check every layer before converting any.
@@ -313,14 +316,14 @@ async fn convert_manifest(
         let digest = desc.digest().to_string();
         let layer_media = desc.media_type().to_string();
         if layer_media == MEDIA_TYPE {
-            return Err(ConvertError::Unsupported(format!(
+            return Err(ConvertError::from(ImageError::Unsupported(format!(
                 "{src}: layer {digest} is converted already"
-            )));
+            ))));
         }
         if !layer_media_ok(&layer_media) {
-            return Err(ConvertError::Unsupported(format!(
+            return Err(ConvertError::from(ImageError::Unsupported(format!(
                 "{src}: layer {digest} has media type `{layer_media}`, not an OCI/Docker tar layer"
-            )));
+            ))));
         }
         let expected = Expected {
             blob: Some(parse_sha256(&digest)?),

@@ -3,61 +3,11 @@
 
 use std::io::Write;
 
-use oci_spec::image::{Descriptor, ImageManifest};
-use slayerfs_layerfs::index::{decode_index, ValidIndex};
+use oci_spec::image::Descriptor;
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex, MEDIA_TYPE};
 
-use crate::convert::{ConvertError, ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST};
-use crate::image_ref::ImageRef;
-use crate::oci_layout::OciLayout;
-use crate::progress::human_bytes;
-
-/// A converted image read back from a layout.
-pub struct ConvertedImage {
-    pub layout: OciLayout,
-    pub manifest_digest: String,
-    pub manifest: ImageManifest,
-}
-
-impl ConvertedImage {
-    pub fn open(r: &ImageRef) -> Result<Self, ConvertError> {
-        let ImageRef::OciLayout { dir, tag } = r else {
-            return Err(ConvertError::Unsupported(format!(
-                "{r}: only oci:DIR[:TAG] can be inspected for now"
-            )));
-        };
-        let layout = OciLayout::open(dir)?;
-        let desc = layout.resolve(tag.as_deref())?;
-        let bytes = layout.read_blob(&desc)?;
-        let manifest: ImageManifest =
-            serde_json::from_slice(&bytes).map_err(|e| ConvertError::Invalid {
-                what: format!("manifest {}", desc.digest()),
-                message: e.to_string(),
-            })?;
-        Ok(ConvertedImage {
-            layout,
-            manifest_digest: desc.digest().to_string(),
-            manifest,
-        })
-    }
-
-    /// Reads, verifies and decodes the index of a converted layer.
-    pub fn layer_index(&self, desc: &Descriptor) -> Result<ValidIndex, ConvertError> {
-        let digest = desc.digest().to_string();
-        if desc.media_type().to_string() != MEDIA_TYPE {
-            return Err(ConvertError::Unsupported(format!(
-                "layer {digest} is not a SlayerFS index (not converted)"
-            )));
-        }
-        let blob = self
-            .layout
-            .read_blob_up_to(desc, slayerfs_layerfs::index::MAX_INDEX_BYTES)?;
-        decode_index(&blob).map_err(|e| ConvertError::Invalid {
-            what: format!("layer {digest}"),
-            message: e.to_string(),
-        })
-    }
-}
+use super::progress::human_bytes;
+use crate::image::converted::{ConvertedImage, ANNOTATION_INDEX, ANNOTATION_SOURCE_DIGEST};
 
 fn annotation<'a>(d: &'a Descriptor, key: &str) -> &'a str {
     d.annotations()

@@ -4,7 +4,7 @@
 //! punctuation); `,` joins conditions that must all hold. Several filters
 //! match a snapshot when any of them does.
 
-use crate::records::Snapshot;
+use crate::daemon::records::Snapshot;
 use slayerfs_proto::store::SnapshotKind;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -18,11 +18,11 @@ use slayerfs_chunkstore::{fetch_index, IndexDigest, ObjectKey};
 use slayerfs_layerfs::index::decode_index;
 use slayerfs_proto::store::SnapshotKind;
 
-use super::api::{internal, Result, ServiceError};
+use super::error::{internal, Result, ServiceError};
 use super::SlayerSnapshotter;
-use crate::convert::ANNOTATION_INDEX;
-use crate::records::RecordError;
-use crate::registry::fetch_index_blob;
+use crate::daemon::records::RecordError;
+use crate::image::converted::ANNOTATION_INDEX;
+use crate::image::registry::fetch_index_blob;
 
 /// The label containerd sets to the chain id a Prepare is unpacking.
 pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";

@@ -17,9 +17,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use containerd_client::types::Descriptor;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::registry::{first_answering, RegistryOptions, RemoteImage};
+use crate::image::chain_ids;
+use crate::image::registry::{first_answering, RegistryOptions, RemoteImage};
 use containerd::{Containerd, Prepared};
 
 /// Where and how to pull.
@@ -64,22 +64,6 @@ const MAX_LAYER_BYTES: u64 = 64 << 30;
 
 /// containerd's limit on one label, key and value together.
 const MAX_LABEL_BYTES: usize = 4096;
-
-/// The chain ids of layers with these diff ids, bottom first.
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(parent) => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(format!("{parent} {d}").as_bytes()))
-            ),
-        };
-        out.push(next);
-    }
-    out
-}
 
 fn descriptor(v: &Value, what: &str) -> anyhow::Result<Descriptor> {
     let digest = v["digest"]
@@ -187,7 +171,7 @@ pub async fn pull(
         .with_context(|| format!("{name}: a diff id that is not a string"))?;
     if let Some(bad) = diff_ids
         .iter()
-        .find(|d| crate::oci_layout::sha256_hex(d).is_none())
+        .find(|d| crate::image::layout::sha256_hex(d).is_none())
     {
         bail!("{name}: diff id `{bad}` is not a sha256 digest");
     }
@@ -254,7 +238,7 @@ async fn pull_into(
     name: &str,
     remote: &RemoteImage,
     opts: &PullOptions,
-    fetched: &crate::registry::FetchedManifest,
+    fetched: &crate::image::registry::FetchedManifest,
     config_desc: &Descriptor,
     config_bytes: Vec<u8>,
     layers: &[Descriptor],
@@ -342,7 +326,7 @@ async fn pull_into(
                         }
                         progress(format!(
                             "{step}: downloaded and unpacked ({})",
-                            crate::progress::human_bytes(bytes)
+                            super::progress::human_bytes(bytes)
                         ));
                         outcomes.push(LayerOutcome::Unpacked);
                     }
@@ -383,16 +367,6 @@ async fn unpack(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chain_ids_follow_the_oci_definition() {
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
-        let chains = chain_ids(&[a.clone(), b.clone()]);
-        assert_eq!(chains[0], a);
-        let expect = hex::encode(Sha256::digest(format!("{a} {b}").as_bytes()));
-        assert_eq!(chains[1], format!("sha256:{expect}"));
-    }
 
     #[test]
     fn labels_carry_our_annotations_and_fit_containerds_limit() {
