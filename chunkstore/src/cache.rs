@@ -27,7 +27,7 @@ pub struct CacheOptions {
     /// A store of this node's own blocks, read before the disk cache and
     /// the store and never copied into the disk cache (they are on this
     /// disk already).
-    pub local: Option<Arc<dyn BlockStore>>,
+    pub own_blocks: Option<Arc<dyn BlockStore>>,
 }
 
 /// What the caches did, for metrics and tests.
@@ -35,7 +35,7 @@ pub struct CacheOptions {
 pub struct CacheStats {
     pub memory_hits: AtomicU64,
     /// Blocks read from the node's own store.
-    pub local_hits: AtomicU64,
+    pub own_block_hits: AtomicU64,
     pub disk_hits: AtomicU64,
     /// Blocks fetched from the store.
     pub fetches: AtomicU64,
@@ -48,7 +48,7 @@ pub struct CacheStats {
 /// Memory and disk caches in front of a block store.
 pub struct BlockCache {
     store: Arc<dyn BlockStore>,
-    local: Option<Arc<dyn BlockStore>>,
+    own_blocks: Option<Arc<dyn BlockStore>>,
     memory: moka::future::Cache<BlockId, Arc<Vec<u8>>>,
     disk: Option<DiskCache>,
     stats: Arc<CacheStats>,
@@ -68,7 +68,7 @@ impl BlockCache {
         };
         Ok(BlockCache {
             store,
-            local: opts.local.clone(),
+            own_blocks: opts.own_blocks.clone(),
             memory,
             disk,
             stats: Arc::default(),
@@ -119,17 +119,17 @@ impl BlockCache {
     }
 
     async fn load(&self, id: BlockId) -> Result<Arc<Vec<u8>>, FetchError> {
-        if let Some(local) = &self.local {
-            match local.get(&ObjectKey::Block(id)).await {
+        if let Some(own) = &self.own_blocks {
+            match own.get(&ObjectKey::Block(id)).await {
                 Ok(stored) => match decode_off_thread(id, stored).await {
                     Ok((plain, _)) => {
-                        self.stats.local_hits.fetch_add(1, Ordering::Relaxed);
+                        self.stats.own_block_hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(Arc::new(plain));
                     }
                     // The store may have a good copy; the damage is logged.
                     Err(e) => tracing::error!(
                         block = %id,
-                        store = %local.location(),
+                        store = %own.location(),
                         error = %e,
                         "block failed verification"
                     ),
@@ -173,12 +173,13 @@ impl BlockCache {
     }
 }
 
-/// Stored blocks in a directory, least recently used evicted past capacity
-/// — except blocks pinned by an open file, which stay (outside the
-/// capacity) until the last file that needs them is closed.
+/// Stored blocks in a directory, evicted past capacity by moka's policy
+/// (TinyLFU admission, least recently used evicted first) — except blocks
+/// pinned by an open file, which stay (outside the capacity) until the last
+/// file that needs them is closed.
 struct DiskCache {
     dir: PathBuf,
-    /// Unpinned blocks on disk and their sizes, in LRU order.
+    /// Unpinned blocks on disk and their sizes, under moka's eviction.
     index: moka::sync::Cache<BlockId, u32>,
     /// Pinned blocks: how many pins, and their size if they are on disk.
     pins: Arc<Mutex<HashMap<BlockId, Pin>>>,
@@ -271,7 +272,7 @@ impl DiskCache {
             pin.count == 1
         };
         if first {
-            // Out of the LRU: the eviction listener sees the pin and hands
+            // Out of the evictable index: the eviction listener sees the pin and hands
             // the file over instead of deleting it.
             if let Some(size) = self.index.remove(&id) {
                 if let Some(pin) = self.lock_pins().get_mut(&id) {
@@ -281,7 +282,7 @@ impl DiskCache {
         }
     }
 
-    /// Releases a pin; the last one puts the block back under the LRU.
+    /// Releases a pin; the last one puts the block back under eviction.
     fn unpin(&self, id: BlockId) {
         let back = {
             let mut pins = self.lock_pins();

@@ -2,7 +2,8 @@
 //! several cores while the producer (a tar reader) keeps streaming.
 //!
 //! Memory stays bounded: the queue holds a few blocks and at most
-//! `2 × workers` are in flight, whatever the size of the input.
+//! `IN_FLIGHT_PER_WORKER × workers` are in flight, whatever the size of
+//! the input.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -308,7 +309,7 @@ impl Job {
         let len = stored.len() as u64;
         // Existence was checked above, before compressing; asking again
         // would be a second HEAD per new block.
-        self.store.write(&key, stored).await?;
+        self.store.put_replacing(&key, stored).await?;
         Ok((seq, id, Outcome::Written { stored: len }))
     }
 }

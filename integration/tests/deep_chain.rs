@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::convert_and_load;
+use slayerfs_layerfs::test_support::convert_and_load;
 
 use common::{assert_ok, slayerfs};
 use slayerfs_chunkstore::{BlockStore, LocalStore};

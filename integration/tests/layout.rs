@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 
 /// The longest file a module may have.
 const MAX_LINES: usize = 650;
+/// The workspace's crates.
+const CRATES: [&str; 6] = [
+    "config",
+    "proto",
+    "chunkstore",
+    "layerfs",
+    "snapshotter",
+    "integration",
+];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -147,14 +156,7 @@ fn cycles(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<String> {
 fn no_module_uses_a_module_that_uses_it() {
     let root = workspace();
     let mut found = Vec::new();
-    for krate in [
-        "config",
-        "proto",
-        "chunkstore",
-        "layerfs",
-        "snapshotter",
-        "integration",
-    ] {
+    for krate in CRATES {
         let graph = crate_graph(&root.join(krate).join("src"));
         assert!(!graph.is_empty(), "{krate}: no modules read");
         found.extend(cycles(&graph).into_iter().map(|c| format!("{krate}: {c}")));
@@ -184,14 +186,7 @@ fn the_daemon_uses_nothing_of_the_cli() {
 fn no_source_file_is_too_long_to_read() {
     let root = workspace();
     let mut files = Vec::new();
-    for krate in [
-        "config",
-        "proto",
-        "chunkstore",
-        "layerfs",
-        "snapshotter",
-        "integration",
-    ] {
+    for krate in CRATES {
         rust_files(&root.join(krate), &mut files);
     }
     let long: Vec<String> = files

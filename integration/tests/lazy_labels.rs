@@ -15,33 +15,12 @@ use slayerfs_integration::snapshots_api::{code, prepare, remove, state, Client, 
 /// A one-file layer converted into the local store at `store`; returns the
 /// index digest and blob.
 async fn converted_layer(store: &Path, content: &[u8]) -> (String, Vec<u8>) {
-    use slayerfs_chunkstore::{BlockStore, LocalStore, ObjectKey, WriterOptions};
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    h.set_cksum();
-    b.append_data(&mut h, "hello", content).unwrap();
-    let tar = b.into_inner().unwrap();
+    use slayerfs_chunkstore::{BlockStore, LocalStore, ObjectKey};
+    use slayerfs_layerfs::test_support::{convert_for_test, tar_of};
     let local: Arc<dyn BlockStore> = Arc::new(LocalStore::open(store).unwrap());
-    let opts = WriterOptions {
-        workers: 1,
-        zstd_level: 3,
-    };
-    let conv = slayerfs_layerfs::build::convert_layer(
-        std::io::Cursor::new(tar),
-        local.clone(),
-        opts,
-        "",
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let conv = convert_for_test(tar_of(&[("hello", content)]), &local).await;
     local
-        .put(&ObjectKey::Index(conv.digest), conv.blob.clone())
+        .put_if_absent(&ObjectKey::Index(conv.digest), conv.blob.clone())
         .await
         .unwrap();
     (conv.digest.to_string(), conv.blob)

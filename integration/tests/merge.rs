@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::convert_and_load;
 use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, LocalStore};
 use slayerfs_integration::fixtures::{awkward_layers, compress, layer_tar};
 use slayerfs_integration::tree::{
@@ -15,6 +14,7 @@ use slayerfs_integration::tree::{
 };
 use slayerfs_layerfs::store::layers::LayerDb;
 use slayerfs_layerfs::store::merged::MergedView;
+use slayerfs_layerfs::test_support::convert_and_load;
 use slayerfs_layerfs::test_support::read_range;
 use slayerfs_layerfs::Ino;
 use slayerfs_proto::index::InodeKind;
@@ -107,7 +107,7 @@ async fn merged_view_equals_kernel_overlayfs() {
     let cache = BlockCache::new(
         store,
         &CacheOptions {
-            local: None,
+            own_blocks: None,
             memory_bytes: 64 << 20,
             disk: None,
         },

@@ -48,13 +48,13 @@ async fn s3_store_puts_gets_and_verifies() {
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(
-        store.put(&key, stored.clone()).await.unwrap(),
+        store.put_if_absent(&key, stored.clone()).await.unwrap(),
         PutOutcome::Written
     );
     let puts = server.counters.puts.load(Ordering::Relaxed);
     // Idempotent: the second put uploads nothing.
     assert_eq!(
-        store.put(&key, stored.clone()).await.unwrap(),
+        store.put_if_absent(&key, stored.clone()).await.unwrap(),
         PutOutcome::AlreadyPresent
     );
     assert_eq!(server.counters.puts.load(Ordering::Relaxed), puts);
@@ -100,12 +100,15 @@ async fn s3_store_puts_gets_and_verifies() {
     let blob = b"an index blob".to_vec();
     let digest = IndexDigest::of(&blob);
     store
-        .put(&ObjectKey::Index(digest), blob.clone())
+        .put_if_absent(&ObjectKey::Index(digest), blob.clone())
         .await
         .unwrap();
     assert_eq!(fetch_index(&store, &digest).await.unwrap(), blob);
     let wrong = IndexDigest::of(b"other");
-    store.put(&ObjectKey::Index(wrong), blob).await.unwrap();
+    store
+        .put_if_absent(&ObjectKey::Index(wrong), blob)
+        .await
+        .unwrap();
     assert!(matches!(
         fetch_index(&store, &wrong).await,
         Err(FetchError::IndexDigest { .. })
@@ -124,10 +127,13 @@ async fn cached_reads_fetch_each_block_once_from_s3() {
     );
     let plain: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
     let (id, stored) = encode_block(&plain, 3).unwrap();
-    store.put(&ObjectKey::Block(id), stored).await.unwrap();
+    store
+        .put_if_absent(&ObjectKey::Block(id), stored)
+        .await
+        .unwrap();
     let gets_before = server.counters.gets.load(Ordering::Relaxed);
     let opts = CacheOptions {
-        local: None,
+        own_blocks: None,
         memory_bytes: 64 << 20,
         disk: Some((tmp.path().join("cache"), 64 << 20)),
     };

@@ -23,6 +23,18 @@ fn oci(dir: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", dir.display())
 }
 
+/// `slayerfs mount --rw` of the converted image with the upper in `dir`.
+fn mount_upper(dir: &Path) -> SlayerMount {
+    SlayerMount::start(
+        &oci(&dir.join("conv"), "v1"),
+        &dir.join("mnt"),
+        dir.join("store").to_str().unwrap(),
+        &dir.join("state"),
+        &["--rw", "--upper", dir.join("upper").to_str().unwrap()],
+    )
+    .unwrap()
+}
+
 fn daemon_config(dir: &Path) -> String {
     local_store(&dir.join("store"))
 }
@@ -57,14 +69,7 @@ fn make_state_fixture() {
         ],
         &[],
     ));
-    let m = SlayerMount::start(
-        &oci(&dir.join("conv"), "v1"),
-        &dir.join("mnt"),
-        store.to_str().unwrap(),
-        &dir.join("state"),
-        &["--rw", "--upper", dir.join("upper").to_str().unwrap()],
-    )
-    .unwrap();
+    let m = mount_upper(dir);
     std::fs::write(dir.join("mnt/etc/motd"), b"changed in the upper\n").unwrap();
     std::fs::write(dir.join("mnt/new-file"), b"new\n").unwrap();
     m.unmount().unwrap();
@@ -106,17 +111,9 @@ fn state_of_an_earlier_build_opens_and_works() {
         .status()
         .unwrap();
     assert!(st.success(), "extracting {FIXTURE}");
-    let store = dir.join("store");
 
     // The upper of `slayerfs mount --rw`, with what was written into it.
-    let m = SlayerMount::start(
-        &oci(&dir.join("conv"), "v1"),
-        &dir.join("mnt"),
-        store.to_str().unwrap(),
-        &dir.join("state"),
-        &["--rw", "--upper", dir.join("upper").to_str().unwrap()],
-    )
-    .unwrap();
+    let m = mount_upper(dir);
     let mnt = dir.join("mnt");
     assert_eq!(
         std::fs::read(mnt.join("etc/motd")).unwrap(),

@@ -6,7 +6,7 @@
 //!   outside a [`index::ValidIndex`] ([`index`]);
 //! - keeping: the sled schema of imported layers, merged views of layer
 //!   chains and upper layers, in one place ([`store`]);
-//! - serving: slices at the bottom ([`slice`]), reading a file's bytes
+//! - serving: slices at the bottom ([`slice`](mod@slice)), reading a file's bytes
 //!   through them ([`read`]), the filesystem over a merged view and an
 //!   upper ([`rootfs`]), and the FUSE protocol on top of it ([`fuse`]).
 //!

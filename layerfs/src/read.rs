@@ -33,7 +33,7 @@ pub enum ReadError {
 }
 
 /// The slices of one chunk of an index inode, block ids resolved.
-pub fn chunk_slices(
+pub fn index_chunk_slices(
     index: &LayerIndex,
     inode: &Inode,
     chunk: u64,
@@ -147,7 +147,7 @@ where
         for seg in resolve(&slices, range) {
             match seg.origin {
                 Origin::Zeros => out.resize(out.len() + seg.length as usize, 0),
-                Origin::Slice(Backing::Local) => {
+                Origin::Slice(Backing::UpperData) => {
                     let file = local.ok_or(ReadError::NoLocalData)?;
                     let at = chunk_start + u64::from(seg.offset_in_chunk);
                     let start = out.len();

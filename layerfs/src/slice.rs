@@ -16,7 +16,7 @@ pub enum Backing {
     Block { id: BlockId, offset_in_block: u32 },
     /// In the upper layer's local data file of the inode, at the same file
     /// offset (the data file is laid out like the file, sparse).
-    Local,
+    UpperData,
 }
 
 /// A slice of one chunk with its backing resolved.
@@ -42,7 +42,7 @@ impl SliceView {
                     id,
                     offset_in_block: offset_in_block + skip,
                 },
-                Backing::Local => Backing::Local,
+                Backing::UpperData => Backing::UpperData,
             },
         }
     }
@@ -57,7 +57,7 @@ impl SliceView {
             return false;
         }
         match (self.backing, next.backing) {
-            (Backing::Local, Backing::Local) => true,
+            (Backing::UpperData, Backing::UpperData) => true,
             (
                 Backing::Block {
                     id: a,
@@ -172,7 +172,7 @@ mod tests {
                 id,
                 offset_in_block,
             } => (id.as_bytes()[0], offset_in_block + b - s.offset_in_chunk),
-            Backing::Local => (0, b),
+            Backing::UpperData => (0, b),
         }
     }
 
@@ -229,7 +229,7 @@ mod tests {
         let local = |off, len| SliceView {
             offset_in_chunk: off,
             length: len,
-            backing: Backing::Local,
+            backing: Backing::UpperData,
         };
         let slices = [
             sv(0, 100, 1),

@@ -176,7 +176,7 @@ async fn files_pack_align_and_hole_as_specified() {
     let cache = slayerfs_chunkstore::BlockCache::new(
         store.clone(),
         &slayerfs_chunkstore::CacheOptions {
-            local: None,
+            own_blocks: None,
             memory_bytes: 16 << 20,
             disk: None,
         },

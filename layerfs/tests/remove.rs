@@ -5,43 +5,15 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use slayerfs_chunkstore::{BlockId, BlockStore, LocalStore, ObjectKey, WriterOptions};
-use slayerfs_layerfs::build::{convert_layer, Expected};
+use slayerfs_chunkstore::{BlockId, BlockStore, LocalStore, ObjectKey};
 use slayerfs_layerfs::store::layers::{Layer, LayerDb};
 use slayerfs_layerfs::store::merged::{chain_key, chains, remove_chain, MergedView};
+use slayerfs_layerfs::test_support::{convert_and_load, tar_of};
 use slayerfs_layerfs::Ino;
 
 /// A tar of regular files with the given contents.
-fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, name, data.as_slice()).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 async fn load(db: &LayerDb, store: &Arc<dyn BlockStore>, tar: Vec<u8>) -> Layer {
-    let opts = WriterOptions {
-        workers: 2,
-        zstd_level: 3,
-    };
-    let conv = convert_layer(
-        std::io::Cursor::new(tar),
-        store.clone(),
-        opts,
-        "",
-        Expected::default(),
-    )
-    .await
-    .unwrap();
-    db.load_index(&conv.digest, &conv.index).unwrap()
+    convert_and_load(tar, store, db).await
 }
 
 fn noise(len: usize, seed: u8) -> Vec<u8> {
@@ -61,13 +33,13 @@ async fn removed_layers_and_views_leave_nothing_behind() {
     let a = load(
         &db,
         &store,
-        tar_of(&[("shared", shared.clone()), ("a-only", noise(1 << 20, 2))]),
+        tar_of(&[("shared", &shared), ("a-only", &noise(1 << 20, 2))]),
     )
     .await;
     let b = load(
         &db,
         &store,
-        tar_of(&[("shared", shared), ("b-only", noise(1 << 20, 3))]),
+        tar_of(&[("shared", &shared), ("b-only", &noise(1 << 20, 3))]),
     )
     .await;
     let both = MergedView::open(&db, &[a.clone(), b.clone()]).unwrap();
@@ -117,7 +89,10 @@ async fn removed_layers_and_views_leave_nothing_behind() {
     let b2 = load(
         &db,
         &store,
-        tar_of(&[("shared", noise(5 << 20, 1)), ("b-only", noise(1 << 20, 3))]),
+        tar_of(&[
+            ("shared", &noise(5 << 20, 1)),
+            ("b-only", &noise(1 << 20, 3)),
+        ]),
     )
     .await;
     assert_ne!(b2.id, b.id, "a reload gets a fresh id");

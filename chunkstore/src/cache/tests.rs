@@ -8,7 +8,10 @@ async fn store_with(blocks: &[Vec<u8>]) -> (tempfile::TempDir, Arc<dyn BlockStor
     let mut ids = Vec::new();
     for b in blocks {
         let (id, stored) = encode_block(b, 3).unwrap();
-        store.put(&ObjectKey::Block(id), stored).await.unwrap();
+        store
+            .put_if_absent(&ObjectKey::Block(id), stored)
+            .await
+            .unwrap();
         ids.push(id);
     }
     (dir, store, ids)
@@ -28,7 +31,7 @@ async fn concurrent_readers_fetch_a_block_once() {
         BlockCache::new(
             store,
             &CacheOptions {
-                local: None,
+                own_blocks: None,
                 memory_bytes: 64 << 20,
                 disk: None,
             },
@@ -53,7 +56,7 @@ async fn disk_cache_serves_evicted_blocks_and_heals_damage() {
     let disk_dir = dir.path().join("cache");
     // Memory holds one block; the disk holds all four.
     let opts = CacheOptions {
-        local: None,
+        own_blocks: None,
         memory_bytes: (1 << 20) + 1,
         disk: Some((disk_dir.clone(), 64 << 20)),
     };
@@ -91,7 +94,7 @@ async fn disk_cache_stays_within_capacity() {
     let cache = BlockCache::new(
         store,
         &CacheOptions {
-            local: None,
+            own_blocks: None,
             memory_bytes: 1,
             disk: Some((disk_dir.clone(), cap)),
         },
@@ -128,7 +131,7 @@ async fn a_damaged_store_object_is_an_error_every_time() {
     let cache = BlockCache::new(
         store,
         &CacheOptions {
-            local: None,
+            own_blocks: None,
             memory_bytes: 1 << 20,
             disk: Some((dir.path().join("cache"), 1 << 20)),
         },
@@ -154,7 +157,7 @@ async fn pinned_blocks_stay_on_disk_until_unpinned() {
     let cache = BlockCache::new(
         store,
         &CacheOptions {
-            local: None,
+            own_blocks: None,
             memory_bytes: 1,
             disk: Some((disk_dir.clone(), one.len() as u64 * 2)),
         },

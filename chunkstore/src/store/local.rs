@@ -29,7 +29,7 @@ impl LocalStore {
 
     /// A store at `root` that is only read here: the directory is not
     /// created, and while it does not exist every object is missing.
-    pub fn at(root: &Path) -> Self {
+    pub fn open_read_only(root: &Path) -> Self {
         LocalStore {
             root: root.to_path_buf(),
         }
@@ -224,7 +224,7 @@ impl BlockStore for LocalStore {
             .map_err(|e| self.io_err("stat", key, e))
     }
 
-    async fn write(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
+    async fn put_replacing(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
         let path = self.path_of(key);
         tokio::task::spawn_blocking(move || write_atomically(&path, &data))
             .await

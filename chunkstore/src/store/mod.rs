@@ -104,14 +104,18 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     /// Stores `data` under `key`, replacing what is there (the same bytes,
     /// as keys name their content). A reader never sees a partly written
     /// object. Callers that checked [`BlockStore::exists`] themselves use
-    /// this; everyone else uses [`BlockStore::put`].
-    async fn write(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError>;
+    /// this; everyone else uses [`BlockStore::put_if_absent`].
+    async fn put_replacing(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError>;
     /// Stores `data` under `key` unless the key exists.
-    async fn put(&self, key: &ObjectKey, data: Vec<u8>) -> Result<PutOutcome, StoreError> {
+    async fn put_if_absent(
+        &self,
+        key: &ObjectKey,
+        data: Vec<u8>,
+    ) -> Result<PutOutcome, StoreError> {
         if self.exists(key).await? {
             return Ok(PutOutcome::AlreadyPresent);
         }
-        self.write(key, data).await?;
+        self.put_replacing(key, data).await?;
         Ok(PutOutcome::Written)
     }
     /// Where this store is, for messages (`/dir` or `s3://bucket/prefix`).

@@ -169,7 +169,7 @@ impl BlockStore for S3Store {
         }
     }
 
-    async fn write(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
+    async fn put_replacing(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
         self.client
             .put_object()
             .bucket(&self.bucket)

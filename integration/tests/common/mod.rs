@@ -6,11 +6,9 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use slayerfs_chunkstore::{BlockStore, WriterOptions};
+use slayerfs_chunkstore::BlockStore;
 use slayerfs_integration::bins::bin;
 use slayerfs_integration::fixtures::{FEntry, FKind, FLayer};
-use slayerfs_layerfs::build::{convert_layer, Expected};
-use slayerfs_layerfs::store::layers::{Layer, LayerDb};
 use slayerfs_layerfs::test_support::read_file;
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 
@@ -218,23 +216,4 @@ impl std::io::Write for HashWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// Converts one layer blob into `store` (library path, no CLI) and loads its
-/// index into `db`.
-pub async fn convert_and_load(blob: Vec<u8>, store: &Arc<dyn BlockStore>, db: &LayerDb) -> Layer {
-    let opts = WriterOptions {
-        workers: 2,
-        zstd_level: 1,
-    };
-    let conv = convert_layer(
-        std::io::Cursor::new(blob),
-        store.clone(),
-        opts,
-        "sha256:test",
-        Expected::default(),
-    )
-    .await
-    .unwrap();
-    db.load_index(&conv.digest, &conv.index).unwrap()
 }

@@ -102,7 +102,9 @@ pub async fn convert_layer<R: Read + Send + 'static>(
     let index = ValidIndex::check(index)?;
     let (digest, blob) = encode_index(&index, 9)
         .map_err(|e| BuildError::Internal(format!("compressing the index: {e}")))?;
-    store.put(&ObjectKey::Index(digest), blob.clone()).await?;
+    store
+        .put_if_absent(&ObjectKey::Index(digest), blob.clone())
+        .await?;
     Ok(ConvertedLayer {
         digest,
         blob,

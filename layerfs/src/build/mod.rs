@@ -1,6 +1,6 @@
 //! Building layers: a layer tar stream (plain, gzip or zstd) read once into
 //! blocks and a tree ([`import`], with names made safe by [`path`], the
-//! tree's rules in [`tree`], file data packed by [`packer`], hashed on the
+//! tree's rules in [`tree`], file data packed into blocks, hashed on the
 //! way by [`hash_tee`]), assembled into an index ([`assemble`]), and one
 //! layer end to end into the store ([`layer`]). Serving layers is the rest
 //! of the crate's.

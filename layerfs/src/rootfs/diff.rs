@@ -151,7 +151,7 @@ impl Rootfs {
     /// Writes the upper layer's changes as an uncompressed OCI layer tar.
     pub fn write_diff<W: Write>(&self, out: W) -> Result<DiffStats, FsError> {
         let up = self.writable()?;
-        let _changes = super::lock(&self.changes);
+        let _changes = super::lock(&self.upper_changes);
         let mut walk = Walk {
             fs: self,
             up,

@@ -215,7 +215,7 @@ pub struct Rootfs {
     read_ahead: ReadAhead,
     /// Serialises changes, so that a change spanning several records is
     /// never seen half done by another change.
-    changes: Mutex<()>,
+    upper_changes: Mutex<()>,
     open: Mutex<HashMap<Ino, OpenFile>>,
 }
 
@@ -247,7 +247,7 @@ impl Rootfs {
             cache,
             runtime,
             read_ahead,
-            changes: Mutex::new(()),
+            upper_changes: Mutex::new(()),
             open: Mutex::new(HashMap::new()),
         })
     }
@@ -403,7 +403,7 @@ impl Rootfs {
         let Some(up) = &self.upper else {
             return Ok(());
         };
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         if self.is_open(ino) {
             return Ok(());
         }

@@ -121,7 +121,7 @@ impl Rootfs {
     pub fn create(&self, dir: Ino, name: &[u8], node: NewNode) -> Result<Attr, FsError> {
         let up = self.writable()?;
         check_name(name)?;
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         let parent = self.parent_dir(dir)?;
         if self.resolve(dir, name)?.is_some() {
             return Err(FsError::Exists);
@@ -170,7 +170,7 @@ impl Rootfs {
 
     pub fn unlink(&self, dir: Ino, name: &[u8]) -> Result<(), FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         self.parent_dir(dir)?;
         let ino = self.resolve(dir, name)?.ok_or(FsError::NotFound)?;
         let attr = self.getattr(ino)?;
@@ -190,7 +190,7 @@ impl Rootfs {
         if name == b".." {
             return Err(FsError::NotEmpty);
         }
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         self.parent_dir(dir)?;
         let ino = self.resolve(dir, name)?.ok_or(FsError::NotFound)?;
         if !self.getattr(ino)?.is_dir() {
@@ -217,7 +217,7 @@ impl Rootfs {
     ) -> Result<(), FsError> {
         let up = self.writable()?;
         check_name(new_name)?;
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         self.parent_dir(dir)?;
         self.parent_dir(new_dir)?;
         let src = self.resolve(dir, name)?.ok_or(FsError::NotFound)?;
@@ -278,7 +278,7 @@ impl Rootfs {
     pub fn link(&self, ino: Ino, new_dir: Ino, new_name: &[u8]) -> Result<Attr, FsError> {
         let up = self.writable()?;
         check_name(new_name)?;
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         self.parent_dir(new_dir)?;
         let mut attr = self.copy_up(up, ino)?;
         if attr.is_dir() {
@@ -298,7 +298,7 @@ impl Rootfs {
     /// chmod, chown, truncate and utimes.
     pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr, FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         let mut attr = self.copy_up(up, ino)?;
         let now = Time::now();
         if let Some(mode) = set.mode {
@@ -332,7 +332,7 @@ impl Rootfs {
         if name.is_empty() || name.len() > 255 {
             return Err(FsError::Invalid);
         }
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         let mut attr = self.copy_up(up, ino)?;
         let xattrs = &mut attr.inode.xattrs;
         match xattrs.binary_search_by(|x| x.name.as_slice().cmp(name)) {
@@ -354,7 +354,7 @@ impl Rootfs {
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         let mut attr = self.copy_up(up, ino)?;
         let before = attr.inode.xattrs.len();
         attr.inode.xattrs.retain(|x| x.name != name);

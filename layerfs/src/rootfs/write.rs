@@ -41,7 +41,7 @@ impl Rootfs {
     /// file and a local slice records them. On an error nothing is recorded.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.changes);
+        let _changes = lock(&self.upper_changes);
         let mut attr = self.copy_up(up, ino)?;
         match attr.kind() {
             InodeKind::Regular => {}
@@ -72,7 +72,7 @@ impl Rootfs {
             slices.push(SliceView {
                 offset_in_chunk: off,
                 length: n,
-                backing: Backing::Local,
+                backing: Backing::UpperData,
             });
             up.put_chunk_slices(ino, chunk, &normalize(&slices))?;
             pos += u64::from(n);

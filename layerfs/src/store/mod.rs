@@ -1,8 +1,11 @@
 //! The sled schema, in one place. Imported layers ([`layers`]), the merged
 //! views of layer chains ([`merged`]) and upper layers ([`upper`]) live in
 //! one database and share one error type and the helpers here: big-endian
-//! keys (so keys sort numerically), record decoding, and removing a key
-//! range in one batch. Each module lists its trees and keys.
+//! keys (so keys sort numerically), record decoding, removing a key range
+//! in one batch, listing what follows a key prefix, and the two ends of a
+//! transaction (aborting with an error of one's own, and taking it back
+//! out). Each module lists its trees and keys; the snapshotter's snapshot
+//! records use the same helpers.
 
 pub mod layers;
 pub mod merged;
@@ -11,6 +14,7 @@ pub mod upper;
 use std::path::PathBuf;
 
 use slayerfs_proto::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -77,4 +81,26 @@ pub fn remove_prefix(tree: &sled::Tree, prefix: impl AsRef<[u8]>) -> Result<(), 
         batch.remove(key?);
     }
     tree.apply_batch(batch)
+}
+
+/// The rest of every key of `tree` that starts with `prefix`, in key order.
+pub fn suffixes(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<Vec<u8>>, sled::Error> {
+    tree.scan_prefix(prefix)
+        .keys()
+        .map(|k| Ok(k?[prefix.len()..].to_vec()))
+        .collect()
+}
+
+/// Aborts a sled transaction with `e`.
+pub fn abort<T, E>(e: E) -> Result<T, ConflictableTransactionError<E>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// A finished transaction's result, with its abort error or storage error
+/// as the caller's error type.
+pub fn finish_tx<T, E: From<sled::Error>>(r: Result<T, TransactionError<E>>) -> Result<T, E> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => E::from(e),
+    })
 }

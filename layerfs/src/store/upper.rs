@@ -339,7 +339,7 @@ fn slice_record(s: &SliceView) -> StoredSlice {
             id,
             offset_in_block,
         } => (id.as_bytes().to_vec(), offset_in_block),
-        Backing::Local => (Vec::new(), 0),
+        Backing::UpperData => (Vec::new(), 0),
     };
     StoredSlice {
         offset_in_chunk: s.offset_in_chunk,
@@ -351,7 +351,7 @@ fn slice_record(s: &SliceView) -> StoredSlice {
 
 fn slice_from_record(s: StoredSlice) -> Result<SliceView, StoreError> {
     let backing = if s.block_id.is_empty() {
-        Backing::Local
+        Backing::UpperData
     } else {
         Backing::Block {
             id: BlockId::from_slice(&s.block_id).ok_or_else(|| {

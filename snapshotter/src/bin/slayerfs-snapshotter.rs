@@ -42,7 +42,7 @@ struct Cli {
 /// conversion writes it, every object is simply missing).
 async fn open_shared(config: &Config) -> anyhow::Result<Arc<dyn BlockStore>> {
     Ok(match config.store_location() {
-        StoreLocation::Local(dir) => Arc::new(LocalStore::at(&dir)),
+        StoreLocation::Local(dir) => Arc::new(LocalStore::open_read_only(&dir)),
         location => open_store(&location, config).await?,
     })
 }

@@ -1,5 +1,7 @@
 //! `slayerfs`: convert images into SlayerFS blocks and indexes, inspect
 //! converted images, and mount them.
+// The argument docs are clap's help text (`oci:DIR[:TAG]`), not links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

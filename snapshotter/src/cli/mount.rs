@@ -72,7 +72,7 @@ pub fn image_rootfs(
     let cache = BlockCache::new(
         store,
         &CacheOptions {
-            local: None,
+            own_blocks: None,
             memory_bytes: config.cache.memory_bytes,
             disk,
         },

@@ -68,7 +68,7 @@ impl SlayerSnapshotter {
     async fn do_mounts(self: &Arc<Self>, key: String) -> Result<Vec<Mount>> {
         // Under the change lock: a concurrent Remove must not find the
         // mount half made, nor leave one behind.
-        let _changes = self.changes.lock().await;
+        let _changes = self.snapshot_changes.lock().await;
         let snap = self.records.get(&key)?;
         if snap.kind == SnapshotKind::Committed {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -124,7 +124,7 @@ impl SlayerSnapshotter {
         key: String,
         labels: HashMap<String, String>,
     ) -> Result<()> {
-        let _changes = self.changes.lock().await;
+        let _changes = self.snapshot_changes.lock().await;
         let snap = self.records.get(&key)?;
         if snap.kind != SnapshotKind::Active {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -168,7 +168,7 @@ impl SlayerSnapshotter {
     }
 
     async fn do_remove(self: &Arc<Self>, key: String) -> Result<()> {
-        let _changes = self.changes.lock().await;
+        let _changes = self.snapshot_changes.lock().await;
         let snap = self.records.get(&key)?;
         if !self.records.children(&key)?.is_empty() {
             return Err(RecordError::FailedPrecondition(format!(

@@ -45,7 +45,7 @@ pub struct GcReport {
 impl SlayerSnapshotter {
     /// Collects garbage now.
     pub async fn collect_garbage(self: &Arc<Self>) -> Result<GcReport> {
-        let _changes = self.changes.lock().await;
+        let _changes = self.snapshot_changes.lock().await;
         let this = self.clone();
         let report = tokio::task::spawn_blocking(move || this.collect_locked())
             .await

@@ -65,7 +65,7 @@ pub struct SlayerSnapshotter {
     read_ahead: ReadAhead,
     mounts: Mutex<HashMap<u64, MountHandle>>,
     /// Serialises changes to snapshot state (mounts, commits, removals).
-    changes: tokio::sync::Mutex<()>,
+    snapshot_changes: tokio::sync::Mutex<()>,
     /// A background garbage collection is scheduled.
     gc_pending: AtomicBool,
     /// Index digests being prefetched.
@@ -124,7 +124,7 @@ impl SlayerSnapshotter {
             &CacheOptions {
                 memory_bytes: settings.memory_bytes,
                 disk: (settings.disk_bytes > 0).then(|| (root.join("cache"), settings.disk_bytes)),
-                local: Some(blocks.clone()),
+                own_blocks: Some(blocks.clone()),
             },
         )?);
         let base = import_tar(empty_tar(), &blocks, &layers).await?;
@@ -147,7 +147,7 @@ impl SlayerSnapshotter {
                 blocks: settings.read_ahead_blocks,
             },
             mounts: Mutex::new(HashMap::new()),
-            changes: tokio::sync::Mutex::new(()),
+            snapshot_changes: tokio::sync::Mutex::new(()),
             gc_pending: AtomicBool::new(false),
             prefetching: Mutex::new(Default::default()),
         });
@@ -322,7 +322,7 @@ impl SlayerSnapshotter {
         labels: HashMap<String, String>,
         kind: SnapshotKind,
     ) -> Result<Vec<Mount>> {
-        let _changes = self.changes.lock().await;
+        let _changes = self.snapshot_changes.lock().await;
         let snap = self
             .records
             .create(&key, &parent, kind, labels.into_iter().collect())?;
@@ -386,7 +386,7 @@ pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
     };
     let conv = convert_layer(tar, blocks.clone(), opts, "", Expected::default()).await?;
     blocks
-        .put(&ObjectKey::Index(conv.digest), conv.blob.clone())
+        .put_if_absent(&ObjectKey::Index(conv.digest), conv.blob.clone())
         .await?;
     let layers = layers.clone();
     let layer =

@@ -13,10 +13,11 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use slayerfs_layerfs::store::{abort, finish_tx, suffixes};
 use slayerfs_proto::store::{SnapshotKind, SnapshotRecord};
 use slayerfs_proto::Message;
 use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+    ConflictableTransactionError, TransactionalTree, UnabortableTransactionError,
 };
 use sled::Transactional;
 
@@ -143,10 +144,6 @@ fn child_key(parent: &str, child: &str) -> Vec<u8> {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<RecordError>>;
 
-fn abort<T>(e: RecordError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
-
 fn tx_get(tree: &TransactionalTree, key: &str) -> TxResult<Option<Snapshot>> {
     match tree.get(key.as_bytes())? {
         None => Ok(None),
@@ -207,20 +204,13 @@ fn tx_add_child(
     Ok(())
 }
 
-fn unwrap_tx<T>(r: Result<T, TransactionError<RecordError>>) -> Result<T, RecordError> {
-    r.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => RecordError::Store(e),
-    })
-}
-
 /// The snapshot records of one daemon.
 #[derive(Clone)]
 pub struct Records {
     db: sled::Db,
     snapshots: sled::Tree,
     children: sled::Tree,
-    changes: std::sync::Arc<std::sync::Mutex<()>>,
+    record_writes: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Records {
@@ -229,7 +219,7 @@ impl Records {
             snapshots: db.open_tree("snapshots")?,
             children: db.open_tree("snapshot_children")?,
             db: db.clone(),
-            changes: Default::default(),
+            record_writes: Default::default(),
         })
     }
 
@@ -301,7 +291,7 @@ impl Records {
             updated: now,
             layer,
         };
-        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let _changes = self.record_writes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             if tx_get(s, key)?.is_some() {
                 return abort(RecordError::AlreadyExists(key.to_string()));
@@ -326,7 +316,7 @@ impl Records {
             tx_add_child(c, parent, key, 1)?;
             Ok(())
         });
-        unwrap_tx(r)?;
+        finish_tx(r)?;
         self.db.flush()?;
         Ok(snap)
     }
@@ -342,7 +332,7 @@ impl Records {
     ) -> Result<Snapshot, RecordError> {
         check_key(name)?;
         validate_labels(&labels)?;
-        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let _changes = self.record_writes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             let Some(active) = tx_get(s, key)? else {
                 return abort(RecordError::NotFound(key.to_string()));
@@ -372,14 +362,14 @@ impl Records {
             tx_add_child(c, &active.parent, name, 1)?;
             Ok(committed)
         });
-        let committed = unwrap_tx(r)?;
+        let committed = finish_tx(r)?;
         self.db.flush()?;
         Ok(committed)
     }
 
     /// Removes snapshot `key`, which must have no children.
     pub fn remove(&self, key: &str) -> Result<Snapshot, RecordError> {
-        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let _changes = self.record_writes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             let Some(snap) = tx_get(s, key)? else {
                 return abort(RecordError::NotFound(key.to_string()));
@@ -393,7 +383,7 @@ impl Records {
             tx_add_child(c, &snap.parent, key, -1)?;
             Ok(snap)
         });
-        let removed = unwrap_tx(r)?;
+        let removed = finish_tx(r)?;
         self.db.flush()?;
         Ok(removed)
     }
@@ -414,7 +404,7 @@ impl Records {
                 )));
             }
         }
-        let _changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let _changes = self.record_writes.lock().unwrap_or_else(|p| p.into_inner());
         let r = self.snapshots.transaction(|s| {
             let Some(mut snap) = tx_get(s, key)? else {
                 return abort(RecordError::NotFound(key.to_string()));
@@ -437,7 +427,7 @@ impl Records {
             s.insert(key.as_bytes(), snap.record().encode_to_vec())?;
             Ok(snap)
         });
-        let updated = unwrap_tx(r)?;
+        let updated = finish_tx(r)?;
         self.db.flush()?;
         Ok(updated)
     }
@@ -462,11 +452,10 @@ impl Records {
     pub fn children(&self, key: &str) -> Result<Vec<String>, RecordError> {
         let mut prefix = key.as_bytes().to_vec();
         prefix.push(0);
-        self.children
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
-            .collect()
+        Ok(suffixes(&self.children, &prefix)?
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect())
     }
 }
 

@@ -89,7 +89,7 @@ impl SlayerSnapshotter {
         .map_err(internal)?
         .map_err(|e| internal(anyhow::anyhow!("layer index {}: {e}", layer.index)))?;
 
-        let _changes = self.changes.lock().await;
+        let _changes = self.snapshot_changes.lock().await;
         // Another Prepare for the same layer may have been quicker.
         if self.lazy_target_exists(layer, parent)? {
             return Ok(());
@@ -97,7 +97,7 @@ impl SlayerSnapshotter {
         // A copy of the index stays here: the layer's records can be
         // rebuilt and collected without the shared store.
         self.blocks
-            .put(&ObjectKey::Index(layer.index), blob)
+            .put_if_absent(&ObjectKey::Index(layer.index), blob)
             .await
             .map_err(internal)?;
         let layers = self.layers.clone();
@@ -218,7 +218,7 @@ impl SlayerSnapshotter {
                         if !matches!(this.blocks.exists(&ObjectKey::Index(d)).await, Ok(true)) {
                             match fetch_index(this.shared.as_ref(), &d).await {
                                 Ok(blob) => {
-                                    if let Err(e) = this.blocks.put(&ObjectKey::Index(d), blob).await {
+                                    if let Err(e) = this.blocks.put_if_absent(&ObjectKey::Index(d), blob).await {
                                         tracing::debug!(index = %d, error = %e, "keeping a prefetched index");
                                     }
                                 }

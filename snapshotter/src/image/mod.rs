@@ -1,5 +1,5 @@
 //! Images, as both sides see them: references in skopeo's transport syntax
-//! ([`reference`]), OCI image layouts ([`layout`]), registries
+//! ([`reference`](mod@reference)), OCI image layouts ([`layout`]), registries
 //! ([`registry`]) and moving images between the two ([`transfer`]), the
 //! converted image's media types and annotations ([`converted`]), and chain
 //! ids. The daemon and the CLI both build on this module, never on each
