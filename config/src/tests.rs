@@ -1,3 +1,4 @@
+//! Defaults, validation and the one-line errors of the configuration.
 use super::*;
 
 #[test]

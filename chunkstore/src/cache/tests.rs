@@ -1,3 +1,5 @@
+//! The caches against a local store: one fetch per block, verification, the
+//! disk cache's capacity and pins.
 use super::*;
 use crate::codec::encode_block;
 use crate::store::LocalStore;

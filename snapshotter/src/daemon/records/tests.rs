@@ -1,3 +1,4 @@
+//! Snapshot records: their life, containerd's rules, concurrent changes.
 use super::*;
 
 fn records() -> (tempfile::TempDir, Records) {
