@@ -277,6 +277,15 @@ fn layers_containerd_refuses_are_refused() {
             "`x/f`: `x` is not a directory",
             "not a directory",
         ),
+        (
+            "link-over-its-target",
+            raw_tar(&[
+                (b"f", tar::EntryType::Regular, b"f", b""),
+                (b"f", tar::EntryType::Link, b"", b"f"),
+            ]),
+            "`f`: hardlink target `f` does not exist in this layer",
+            "no such file or directory",
+        ),
     ];
     for (name, tar, expect, containerd_says) in cases {
         let layout = root.join(name);

@@ -309,20 +309,33 @@ impl LayerTree {
         target: &LayerPath,
         attrs: Attrs,
     ) -> Result<Ino, TreeError> {
-        let missing = || TreeError::MissingLinkTarget(target.clone());
-        let ino = match target.split_last() {
-            None => Ino::ROOT,
-            Some((dir, name)) => {
-                let dir = LayerPath::from_components(self.resolve(&dir)?);
-                self.lookup(&dir.join(name)).ok_or_else(missing)?
-            }
-        };
-        if self.node(ino).kind == NodeKind::Directory {
-            return Err(TreeError::LinkToDirectory(target.clone()));
-        }
         let Some((parent, name)) = path.split_last() else {
             return Ok(Ino::ROOT);
         };
+        let missing = || TreeError::MissingLinkTarget(target.clone());
+        let (ino, target_at) = match target.split_last() {
+            None => (Ino::ROOT, Vec::new()),
+            Some((dir, name)) => {
+                let mut at = self.resolve(&dir)?;
+                at.push(name.to_vec());
+                let at = LayerPath::from_components(at);
+                (
+                    self.lookup(&at).ok_or_else(missing)?,
+                    at.components().to_vec(),
+                )
+            }
+        };
+        // containerd removes what is at the link's name before linking: a
+        // link over its own target, or over a directory holding it, finds
+        // no target.
+        let mut link_at = self.resolve(&parent)?;
+        link_at.push(name.to_vec());
+        if target_at.starts_with(&link_at) {
+            return Err(missing());
+        }
+        if self.node(ino).kind == NodeKind::Directory {
+            return Err(TreeError::LinkToDirectory(target.clone()));
+        }
         let parent = self.ensure_dir(&parent)?;
         self.node_mut(parent)
             .children

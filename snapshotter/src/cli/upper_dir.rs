@@ -59,11 +59,10 @@ pub fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {
                 }),
             }
         }
-        if holder.is_some() && waiting_for != holder {
+        if let Some(pid) = holder.filter(|_| waiting_for != holder) {
             waiting_for = holder;
             tracing::warn!(
-                "waiting for process {} to release the upper {} (it is no longer mounted)",
-                holder.unwrap_or_default(),
+                "waiting for process {pid} to release the upper {} (it has it open but not mounted)",
                 dir.display()
             );
         }

@@ -195,6 +195,16 @@ fn parents_resolve_through_symlinks_of_the_layer() {
         .unwrap();
     assert_eq!(t.lookup(&lp("elsewhere/h")), Some(h));
     assert!(t.node(t.lookup(&lp("elsewhere")).unwrap()).implicit);
+    // A link over its own target, or over a directory holding it, finds
+    // no target (containerd removes the name first).
+    assert!(matches!(
+        t.hardlink(&lp("real/f"), &lp("rel/f"), attrs(0o644)),
+        Err(TreeError::MissingLinkTarget(_))
+    ));
+    assert!(matches!(
+        t.hardlink(&lp("real"), &lp("real/f"), attrs(0o644)),
+        Err(TreeError::MissingLinkTarget(_))
+    ));
     // Links resolve their target's parent the same way.
     assert_eq!(t.hardlink(&lp("k"), &lp("rel/f"), attrs(0o644)), Ok(f));
     assert_eq!(t.lookup(&lp("real")), Some(real));
