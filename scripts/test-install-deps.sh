@@ -92,40 +92,34 @@ helpers='
 installed() { dpkg-query -W -f="\${Status}" "$1" 2>/dev/null | grep -q "install ok installed"; }
 check() { if ! eval "$1"; then echo "check failed: $1"; exit 1; fi; }
 run_deps() { out=$(bash /deps/install-deps.sh 2>&1); rc=$?; printf "%s\n" "$out"; }
+# reinstalls PKG: with PKG removed, the script installs it and succeeds.
+reinstalls() { dpkg --purge "$1" > /dev/null; run_deps; check "[ $rc -eq 0 ]"; check "installed $1"; }
+# runtime_instead DEB: Debian'"'"'s containerd and runc replaced by the stand-in DEB.
+runtime_instead() { dpkg --purge --force-depends containerd runc > /dev/null 2>&1; dpkg -i "$1" > /dev/null; }
 '
 
 case_ "a policy-rc.d of its own, one package missing" "$helpers"'
 printf "#!/bin/sh\n# the machine owner\x27s\nexit 101\n" > /usr/sbin/policy-rc.d
 chmod 755 /usr/sbin/policy-rc.d
 before=$(md5sum < /usr/sbin/policy-rc.d)
-dpkg --purge time > /dev/null
-run_deps
-check "[ $rc -eq 0 ]"
-check "installed time"
+reinstalls time
 check "[ \"\$(md5sum < /usr/sbin/policy-rc.d)\" = \"$before\" ]"
 check "[ -x /usr/sbin/policy-rc.d ]"
 '
 
 case_ "no policy-rc.d, one package missing" "$helpers"'
 rm -f /usr/sbin/policy-rc.d
-dpkg --purge time > /dev/null
-run_deps
-check "[ $rc -eq 0 ]"
-check "installed time"
+reinstalls time
 check "[ ! -e /usr/sbin/policy-rc.d ]"
 '
 
 case_ "no apt lists, one package missing" "$helpers"'
 rm -rf /var/lib/apt/lists/*
-dpkg --purge apache2-utils > /dev/null
-run_deps
-check "[ $rc -eq 0 ]"
-check "installed apache2-utils"
+reinstalls apache2-utils
 '
 
 case_ "a runtime from another package, its commands on PATH: used" "$helpers"'
-dpkg --purge --force-depends containerd runc > /dev/null 2>&1
-dpkg -i /deps/runtime-on-path.deb > /dev/null
+runtime_instead /deps/runtime-on-path.deb
 run_deps
 check "[ $rc -eq 0 ]"
 check "installed containerd.io"
@@ -134,8 +128,7 @@ check "printf %s \"\$out\" | grep -q \"using /usr/bin/containerd (package contai
 '
 
 case_ "a runtime from another package that an install would remove: refused" "$helpers"'
-dpkg --purge --force-depends containerd runc > /dev/null 2>&1
-dpkg -i /deps/runtime-off-path.deb > /dev/null
+runtime_instead /deps/runtime-off-path.deb
 run_deps
 check "[ $rc -ne 0 ]"
 check "installed containerd.io"
