@@ -523,8 +523,14 @@ fn an_upper_remounts_at_once_and_one_in_use_is_refused() {
     };
     let mnt = img.path("loop");
     let mut pids = Vec::new();
+    // The thread that resumes a stopped process, joined before anything
+    // is asserted, so that a failing round never leaves a process stopped.
+    let mut resume: Option<std::thread::JoinHandle<()>> = None;
     for round in 0..20 {
         let out = mount(&mnt);
+        if let Some(t) = resume.take() {
+            t.join().unwrap();
+        }
         let (_, err) = text(&out);
         assert!(out.status.success(), "round {round}: {err}");
         pids.push(pid_of(&out));
@@ -542,11 +548,11 @@ fn an_upper_remounts_at_once_and_one_in_use_is_refused() {
             let pid = pids[round] as i32;
             // SAFETY: signalling the mount process this test started.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
-            std::thread::spawn(move || {
+            resume = Some(std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(500));
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGCONT) };
-            });
+            }));
         }
     }
     let out = mount(&mnt);
