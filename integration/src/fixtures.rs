@@ -307,23 +307,14 @@ pub fn unpack_order_layers() -> Vec<(Vec<u8>, Compression)> {
         ),
     ]);
     vec![
-        (
-            compress(
-                &layer_tar(&FLayer {
-                    entries: l1,
-                    compression: Compression::Gzip,
-                }),
-                Compression::Gzip,
-            ),
-            Compression::Gzip,
-        ),
-        (
-            layer_tar(&FLayer {
-                entries: l2,
-                compression: Compression::None,
-            }),
-            Compression::None,
-        ),
+        layer_blob(&FLayer {
+            entries: l1,
+            compression: Compression::Gzip,
+        }),
+        layer_blob(&FLayer {
+            entries: l2,
+            compression: Compression::None,
+        }),
         (raw, Compression::None),
     ]
 }
@@ -567,12 +558,17 @@ pub fn write_manifest(dir: &Path, tag: &str, layers: &[LayerBlob]) -> anyhow::Re
     })
 }
 
+/// A layer's blob, compressed as the layer asks, with its compression.
+pub fn layer_blob(layer: &FLayer) -> (Vec<u8>, Compression) {
+    (
+        compress(&layer_tar(layer), layer.compression),
+        layer.compression,
+    )
+}
+
 /// Writes `layers` as an OCI image layout at `dir`, tagged `tag`.
 pub fn write_image(dir: &Path, tag: &str, layers: &[FLayer]) -> anyhow::Result<WrittenImage> {
-    let blobs: Vec<(Vec<u8>, Compression)> = layers
-        .iter()
-        .map(|l| (compress(&layer_tar(l), l.compression), l.compression))
-        .collect();
+    let blobs: Vec<(Vec<u8>, Compression)> = layers.iter().map(layer_blob).collect();
     write_image_blobs(dir, tag, &blobs)
 }
 

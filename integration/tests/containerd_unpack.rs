@@ -13,8 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use slayerfs_integration::daemon::{self, sh, Proc};
 use slayerfs_integration::fixtures::{
-    awkward_layers, compress, layer_tar, raw_tar, unpack_order_layers, write_image_blobs,
-    Compression,
+    awkward_layers, layer_blob, raw_tar, unpack_order_layers, write_image_blobs, Compression,
 };
 use slayerfs_integration::mount::SlayerMount;
 use slayerfs_integration::tree::{assert_same_trees, snapshot_with, Entry, Unmount};
@@ -185,10 +184,7 @@ fn converted_images_look_as_containerd_unpacks_them() {
     let root = tmp.path();
     let containerd = Containerd::start(&root.join("containerd"));
 
-    let awkward: Vec<(Vec<u8>, Compression)> = awkward_layers()
-        .iter()
-        .map(|l| (compress(&layer_tar(l), l.compression), l.compression))
-        .collect();
+    let awkward: Vec<(Vec<u8>, Compression)> = awkward_layers().iter().map(layer_blob).collect();
     let (ours, reference) = both_trees(root, &containerd, "awkward", &awkward);
     assert_same_trees(&ours, &reference);
     assert!(reference.len() > 30, "{} entries", reference.len());

@@ -19,7 +19,7 @@ use common::{assert_ok, slayerfs};
 use slayerfs_chunkstore::{BlockStore, LocalStore};
 use slayerfs_config::Config;
 use slayerfs_integration::fixtures::{
-    awkward_layers, compress, layer_tar, write_image, write_image_blobs, Compression,
+    awkward_layers, layer_blob, layer_tar, write_image, write_image_blobs, Compression,
 };
 use slayerfs_integration::mount::SlayerMount;
 use slayerfs_integration::tree::{
@@ -348,10 +348,7 @@ fn the_same_changes_give_the_same_answers_and_tree_as_overlayfs() {
     // The upper written out as an OCI layer: the image's layers plus that
     // one, converted and mounted read-only, show the same tree again.
     let diff = upper_as_layer(&fx, &upper);
-    let mut blobs: Vec<(Vec<u8>, Compression)> = awkward_layers()
-        .iter()
-        .map(|l| (compress(&layer_tar(l), l.compression), l.compression))
-        .collect();
+    let mut blobs: Vec<(Vec<u8>, Compression)> = awkward_layers().iter().map(layer_blob).collect();
     blobs.push((diff, Compression::None));
     write_image_blobs(&fx.root.join("src"), "with-diff", &blobs).unwrap();
     let stacked = oci(&fx.root.join("conv"), "with-diff");

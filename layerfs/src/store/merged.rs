@@ -325,7 +325,10 @@ impl MergedView {
         };
         if inode.implicit && rec.attr_source > 0 {
             let from = rec.sources.get(rec.attr_source as usize).ok_or_else(|| {
-                corrupt("merged_inodes", format!("{ino}: mtime source out of range"))
+                corrupt(
+                    "merged_inodes",
+                    format!("{ino}: attribute source out of range"),
+                )
             })?;
             let (described, _) = inode_of(from)?;
             inode.mode = described.mode;
