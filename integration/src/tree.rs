@@ -139,26 +139,11 @@ pub fn extract_for_overlay(tar: &[u8], dir: &Path, scratch: &Path, lowers: &[Pat
             let rc = unsafe { libc::mknod(t.as_ptr(), libc::S_IFCHR, 0) };
             assert_eq!(rc, 0, "mknod {}", target.display());
         }
-        let times = [
-            libc::timespec {
-                tv_sec: meta.atime(),
-                tv_nsec: meta.atime_nsec(),
-            },
-            libc::timespec {
-                tv_sec: meta.mtime(),
-                tv_nsec: meta.mtime_nsec(),
-            },
-        ];
-        let p = CString::new(parent.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid C string and two timespecs.
-        unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                p.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
+        set_times(
+            &parent,
+            (meta.atime(), meta.atime_nsec()),
+            (meta.mtime(), meta.mtime_nsec()),
+        );
     }
 }
 
@@ -176,18 +161,17 @@ fn described_dirs(tar: &[u8]) -> std::collections::BTreeSet<PathBuf> {
     out
 }
 
-fn set_times(path: &Path, sec: i64, nsec: i64) {
-    let t = libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    };
+/// Sets `path`'s atime and mtime (seconds, nanoseconds), not following a
+/// symlink.
+fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) {
+    let ts = |(tv_sec, tv_nsec): (i64, i64)| libc::timespec { tv_sec, tv_nsec };
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: valid C string and two timespecs.
     let rc = unsafe {
         libc::utimensat(
             libc::AT_FDCWD,
             c.as_ptr(),
-            [t, t].as_ptr(),
+            [ts(atime), ts(mtime)].as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
         )
     };
@@ -203,7 +187,7 @@ fn like_containerd(tar: &[u8], dir: &Path, lowers: &[PathBuf]) {
         let path = dir.join(&rel);
         let m = std::fs::symlink_metadata(&path).unwrap();
         if m.mtime() < 0 {
-            set_times(&path, 0, 0);
+            set_times(&path, (0, 0), (0, 0));
         }
         if m.is_dir() {
             if !rel.as_os_str().is_empty() && !described.contains(&rel) {
@@ -243,7 +227,11 @@ fn like_containerd(tar: &[u8], dir: &Path, lowers: &[PathBuf]) {
                     };
                     assert_eq!(rc, 0, "setxattr {}", path.display());
                 }
-                set_times(&path, times.mtime(), times.mtime_nsec());
+                set_times(
+                    &path,
+                    (times.atime(), times.atime_nsec()),
+                    (times.mtime(), times.mtime_nsec()),
+                );
             }
             // A non-directory below (a whiteout device among them) was
             // replaced: nothing to copy.
