@@ -144,16 +144,10 @@ fn both_trees(
 
     let store = root.join("store");
     let conv = root.join(format!("{name}-conv"));
-    common::assert_ok(&common::slayerfs(
-        &[
-            "convert",
-            "-q",
-            &format!("oci:{}:v1", layout.display()),
-            &format!("oci:{}:v1", conv.display()),
-            "--store",
-            store.to_str().unwrap(),
-        ],
-        &[],
+    common::assert_ok(&common::convert(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("oci:{}:v1", conv.display()),
+        store.to_str().unwrap(),
     ));
     let mnt = root.join(format!("{name}-ours"));
     let m = SlayerMount::start(
@@ -297,16 +291,10 @@ fn layers_containerd_refuses_are_refused() {
         eprintln!("{name}: containerd says {refused:?}");
         let why = refused.expect_err("containerd accepted it");
         assert!(why.contains(containerd_says), "{name}: {why}");
-        let out = common::slayerfs(
-            &[
-                "convert",
-                "-q",
-                &format!("oci:{}:v1", layout.display()),
-                &format!("oci:{}:v1", root.join(format!("{name}-conv")).display()),
-                "--store",
-                root.join("store").to_str().unwrap(),
-            ],
-            &[],
+        let out = common::convert(
+            &format!("oci:{}:v1", layout.display()),
+            &format!("oci:{}:v1", root.join(format!("{name}-conv")).display()),
+            root.join("store").to_str().unwrap(),
         );
         let (_, stderr) = common::text(&out);
         assert!(!out.status.success(), "{name}: converted");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use slayerfs_layerfs::test_support::convert_and_load;
 
-use common::{assert_ok, slayerfs};
+use common::{assert_ok, convert};
 use slayerfs_chunkstore::{BlockStore, LocalStore};
 use slayerfs_integration::fixtures::{layer_tar, write_image, Compression, FEntry, FKind, FLayer};
 use slayerfs_integration::mount::SlayerMount;
@@ -111,16 +111,10 @@ fn a_128_layer_image_mounts_and_looks_like_overlayfs() {
     write_image(&root.join("src"), "v1", &layers).unwrap();
     let store = root.join("store");
     let image = format!("oci:{}:v1", root.join("conv").display());
-    assert_ok(&slayerfs(
-        &[
-            "convert",
-            "-q",
-            &format!("oci:{}:v1", root.join("src").display()),
-            &image,
-            "--store",
-            store.to_str().unwrap(),
-        ],
-        &[],
+    assert_ok(&convert(
+        &format!("oci:{}:v1", root.join("src").display()),
+        &image,
+        store.to_str().unwrap(),
     ));
     let m = SlayerMount::start(
         &image,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use common::{assert_ok, slayerfs};
+use common::{assert_ok, convert};
 use slayerfs_chunkstore::{BlockStore, LocalStore};
 use slayerfs_config::Config;
 use slayerfs_integration::fixtures::{
@@ -213,16 +213,10 @@ fn fixture() -> Fixture {
     let layers = awkward_layers();
     write_image(&root.join("src"), "v1", &layers).unwrap();
     let store = root.join("store").display().to_string();
-    assert_ok(&slayerfs(
-        &[
-            "convert",
-            "-q",
-            &oci(&root.join("src"), "v1"),
-            &oci(&root.join("conv"), "v1"),
-            "--store",
-            &store,
-        ],
-        &[],
+    assert_ok(&convert(
+        &oci(&root.join("src"), "v1"),
+        &oci(&root.join("conv"), "v1"),
+        &store,
     ));
     let mut lowers = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
@@ -352,16 +346,10 @@ fn the_same_changes_give_the_same_answers_and_tree_as_overlayfs() {
     blobs.push((diff, Compression::None));
     write_image_blobs(&fx.root.join("src"), "with-diff", &blobs).unwrap();
     let stacked = oci(&fx.root.join("conv"), "with-diff");
-    assert_ok(&slayerfs(
-        &[
-            "convert",
-            "-q",
-            &oci(&fx.root.join("src"), "with-diff"),
-            &stacked,
-            "--store",
-            &fx.store,
-        ],
-        &[],
+    assert_ok(&convert(
+        &oci(&fx.root.join("src"), "with-diff"),
+        &stacked,
+        &fx.store,
     ));
     let m = SlayerMount::start(&stacked, &fx.root.join("stacked"), &fx.store, &state, &[]).unwrap();
     let stacked_tree = without_mtimes(without_root(snapshot(&m.mountpoint)), true);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, slayerfs, text};
+use common::{assert_ok, convert, slayerfs, text};
 use sha2::{Digest, Sha256};
 use slayerfs_integration::fixtures::{noise, write_image, Compression, FEntry, FKind, FLayer};
 use slayerfs_integration::mount::{test_config, wait_gone, SlayerMount};
@@ -58,16 +58,10 @@ fn image(layers: &[FLayer]) -> Image {
     write_image(&tmp.path().join("src"), "v1", layers).unwrap();
     let store = tmp.path().join("store");
     let image = oci(&tmp.path().join("conv"), "v1");
-    assert_ok(&slayerfs(
-        &[
-            "convert",
-            "-q",
-            &oci(&tmp.path().join("src"), "v1"),
-            &image,
-            "--store",
-            store.to_str().unwrap(),
-        ],
-        &[],
+    assert_ok(&convert(
+        &oci(&tmp.path().join("src"), "v1"),
+        &image,
+        store.to_str().unwrap(),
     ));
     Image { tmp, image, store }
 }

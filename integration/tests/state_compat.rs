@@ -58,16 +58,10 @@ fn make_state_fixture() {
     };
     write_image(&dir.join("src"), "v1", &[layer]).unwrap();
     let store = dir.join("store");
-    common::assert_ok(&common::slayerfs(
-        &[
-            "convert",
-            "-q",
-            &oci(&dir.join("src"), "v1"),
-            &oci(&dir.join("conv"), "v1"),
-            "--store",
-            store.to_str().unwrap(),
-        ],
-        &[],
+    common::assert_ok(&common::convert(
+        &oci(&dir.join("src"), "v1"),
+        &oci(&dir.join("conv"), "v1"),
+        store.to_str().unwrap(),
     ));
     let m = mount_upper(dir);
     std::fs::write(dir.join("mnt/etc/motd"), b"changed in the upper\n").unwrap();

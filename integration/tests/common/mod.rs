@@ -36,6 +36,11 @@ pub fn slayerfs(args: &[&str], env: &[(&str, String)]) -> Output {
     cmd.output().expect("run slayerfs")
 }
 
+/// `slayerfs convert -q SRC DST --store STORE`.
+pub fn convert(src: &str, dst: &str, store: &str) -> Output {
+    slayerfs(&["convert", "-q", src, dst, "--store", store], &[])
+}
+
 pub fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
