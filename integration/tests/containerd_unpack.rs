@@ -279,7 +279,9 @@ fn layers_containerd_refuses_are_refused() {
     ];
     for (name, tar, expect, containerd_says) in cases {
         let layout = root.join(name);
-        let base = raw_tar(&[(b"base", tar::EntryType::Regular, b"base", b"")]);
+        // A base layer of the case's own: containerd may be collecting the
+        // base of a refused image while the next one unpacks.
+        let base = raw_tar(&[(b"base", tar::EntryType::Regular, name.as_bytes(), b"")]);
         let img = write_image_blobs(
             &layout,
             "v1",
