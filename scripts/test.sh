@@ -25,10 +25,11 @@ step "install-deps.sh on a machine in other states (isolated roots)"
 scripts/test-install-deps.sh
 step "containerd's snapshotter conformance suite"
 # The suite's runner lives beside the repository (shared with containerd's
-# own snapshotters); it starts one daemon per sub-test.
+# own snapshotters); it starts one daemon per sub-test and stops it with
+# SIGTERM, which must then unmount everything (a plain SIGTERM is a restart).
 conformance=${SLAYERFS_CONFORMANCE_RUN:-../shared/conformance/run}
 if [ -x "$conformance" ]; then
-  "$conformance" target/debug/slayerfs-snapshotter
+  SNAPSHOTTER_ARGS=--unmount-on-exit "$conformance" target/debug/slayerfs-snapshotter
 else
   echo "WARNING: conformance runner not found at $conformance; suite not run" >&2
 fi

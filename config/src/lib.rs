@@ -86,6 +86,7 @@ pub struct Config {
     pub convert: ConvertConfig,
     pub cache: CacheConfig,
     pub registry: RegistryConfig,
+    pub snapshotter: SnapshotterConfig,
 }
 
 impl Default for Config {
@@ -96,8 +97,22 @@ impl Default for Config {
             convert: ConvertConfig::default(),
             cache: CacheConfig::default(),
             registry: RegistryConfig::default(),
+            snapshotter: SnapshotterConfig::default(),
         }
     }
+}
+
+/// `[snapshotter]`: how the daemon ends and restarts.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotterConfig {
+    /// SIGTERM unmounts every snapshot and lets go of every FUSE
+    /// connection (draining a node) instead of leaving them to the next
+    /// start (a restart, which running containers do not notice).
+    pub unmount_on_exit: bool,
+    /// The fd holder binary; `slayerfs-fdholder` beside the daemon's own
+    /// binary, else on `PATH`, if unset.
+    pub fd_holder: Option<PathBuf>,
 }
 
 /// `[cache]`: the block caches of the read path.

@@ -71,11 +71,30 @@ pub fn start_snapshotter(paths: &SnapshotterPaths, config: &Path) -> Proc {
 }
 
 /// Starts `slayerfs-snapshotter` like [`start_snapshotter`], with extra
-/// environment variables (S3 credentials).
+/// environment variables (S3 credentials). It unmounts everything when
+/// stopped (`--unmount-on-exit`), so that a test leaves nothing behind.
 pub fn start_snapshotter_with_env(
     paths: &SnapshotterPaths,
     config: &Path,
     env: &[(&str, String)],
+) -> Proc {
+    start_snapshotter_binary(
+        &bin("slayerfs-snapshotter"),
+        paths,
+        config,
+        env,
+        &["--unmount-on-exit"],
+    )
+}
+
+/// Starts `binary` (a snapshotter, perhaps a copy at another path) with
+/// `args` after `--root` and `--address`; returns once it listens.
+pub fn start_snapshotter_binary(
+    binary: &Path,
+    paths: &SnapshotterPaths,
+    config: &Path,
+    env: &[(&str, String)],
+    args: &[&str],
 ) -> Proc {
     let _ = std::fs::remove_file(&paths.socket);
     let log = std::fs::OpenOptions::new()
@@ -83,11 +102,12 @@ pub fn start_snapshotter_with_env(
         .append(true)
         .open(&paths.log)
         .expect("opening the snapshotter log");
-    let child = Command::new(bin("slayerfs-snapshotter"))
+    let child = Command::new(binary)
         .arg("--root")
         .arg(&paths.root)
         .arg("--address")
         .arg(&paths.socket)
+        .args(args)
         .env("SLAYERFS_CONFIG", config)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())

@@ -10,7 +10,10 @@ use containerd_snapshots::api::snapshots::v1::*;
 use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
 use containerd_snapshots::tonic::{Code, Status};
 
-use crate::daemon::{start_snapshotter, write_config, Proc, SnapshotterPaths};
+use crate::bins::bin;
+use crate::daemon::{
+    start_snapshotter, start_snapshotter_binary, write_config, Proc, SnapshotterPaths,
+};
 
 pub type Client = SnapshotsClient<Channel>;
 
@@ -20,6 +23,25 @@ pub struct Daemon {
     pub paths: SnapshotterPaths,
     config: PathBuf,
     proc: Option<Proc>,
+    /// Started without `--unmount-on-exit`: SIGTERM leaves the mounts to
+    /// the next start.
+    restartable: bool,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.restartable {
+            self.stop_with(libc::SIGKILL);
+            self.proc = Some(start_snapshotter_binary(
+                &bin("slayerfs-snapshotter"),
+                &self.paths,
+                &self.config,
+                &[],
+                &["--unmount-on-exit"],
+            ));
+        }
+        // The process is stopped (SIGTERM) as it is dropped.
+    }
 }
 
 impl Daemon {
@@ -36,14 +58,68 @@ impl Daemon {
             paths,
             config,
             proc,
+            restartable: false,
+        }
+    }
+
+    /// A daemon that any signal only restarts (no `--unmount-on-exit`);
+    /// dropped, it is restarted once more with the flag and stopped, so
+    /// that nothing stays mounted or held.
+    pub fn start_restartable(dir: &Path, extra: &str) -> Daemon {
+        let config = write_config(dir, extra);
+        let paths = SnapshotterPaths::in_dir(dir);
+        let proc = Some(start_snapshotter_binary(
+            &bin("slayerfs-snapshotter"),
+            &paths,
+            &config,
+            &[],
+            &[],
+        ));
+        Daemon {
+            paths,
+            config,
+            proc,
+            restartable: true,
         }
     }
 
     pub fn kill_and_restart(&mut self) {
-        let mut p = self.proc.take().unwrap();
-        p.0.kill().unwrap();
-        p.0.wait().unwrap();
-        self.proc = Some(start_snapshotter(&self.paths, &self.config));
+        let binary = bin("slayerfs-snapshotter");
+        self.restart(libc::SIGKILL, &binary);
+    }
+
+    /// Ends the daemon with `signal`, waits for it to exit, and starts
+    /// `binary` (the same build or another) in its place.
+    pub fn restart(&mut self, signal: i32, binary: &Path) {
+        self.stop_with(signal);
+        let args: &[&str] = if self.restartable {
+            &[]
+        } else {
+            &["--unmount-on-exit"]
+        };
+        self.proc = Some(start_snapshotter_binary(
+            binary,
+            &self.paths,
+            &self.config,
+            &[],
+            args,
+        ));
+    }
+
+    /// Ends the daemon with `signal` and waits for it to exit.
+    pub fn stop_with(&mut self, signal: i32) {
+        if let Some(mut p) = self.proc.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(p.0.id() as i32, signal) };
+            let _ = p.0.wait();
+            // Already reaped: dropping it signals nothing.
+            std::mem::forget(p);
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.0.id())
     }
 
     pub async fn client(&self) -> Client {

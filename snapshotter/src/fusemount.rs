@@ -1,13 +1,17 @@
 //! FUSE sessions at mount points, for the daemon and the CLI alike: a
-//! rootfs mounted and served on threads of its own, unmounted (aborting a
-//! connection still bind-mounted elsewhere) and flushed; the mount table;
-//! the FUSE control filesystem.
+//! rootfs mounted (or its connection taken over) and served on threads of
+//! its own, unmounted (aborting a connection still bind-mounted elsewhere)
+//! and flushed, or left to the next process; the mount table; the FUSE
+//! control filesystem.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use slayerfs_layerfs::fuse::{session_config, MountOptions, SlayerFuse};
+use std::os::fd::BorrowedFd;
+
+use slayerfs_layerfs::fuse::connection::{Connection, SavedInit};
+use slayerfs_layerfs::fuse::{MountOptions, SlayerFuse};
 use slayerfs_layerfs::rootfs::Rootfs;
 
 /// Whether `path` is a mount point now.
@@ -90,29 +94,82 @@ pub fn ensure_fusectl() {
     }
 }
 
+/// The device number (`major:minor`) of what is mounted at `path`, read
+/// from the mount table (asking the filesystem would wait on a connection
+/// no one serves yet). For FUSE the minor is the connection's number.
+pub fn mounted_device(path: &Path) -> Option<(u32, u32)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .rev()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let dev = f.nth(2)?;
+            let mp = f.nth(1)?;
+            (Path::new(&unescape_mount_path(mp)) == path).then_some(dev)
+        })
+        .next()
+        .and_then(|dev| {
+            let (maj, min) = dev.split_once(':')?;
+            Some((maj.parse().ok()?, min.parse().ok()?))
+        })
+}
+
+/// Ends a FUSE connection by its number (through the control filesystem):
+/// every mount of it, bind mounts in containers too, answers ENOTCONN.
+pub fn abort_connection(number: u32) {
+    let abort = format!("/sys/fs/fuse/connections/{number}/abort");
+    if let Err(e) = std::fs::write(&abort, b"1") {
+        tracing::warn!(path = abort, error = %e, "cannot abort the FUSE connection");
+    }
+}
+
 /// A FUSE session serving a rootfs at a mount point, on threads of its own.
 pub struct MountHandle {
     pub mountpoint: PathBuf,
     pub rootfs: Arc<Rootfs>,
-    unmounter: fuser::SessionUnmounter,
     worker: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// The kernel's number for the FUSE connection (fusectl).
     connection: Option<u32>,
 }
 
 impl MountHandle {
-    /// Mounts `rootfs` at `mountpoint`; `done` runs when the session ends
-    /// (however it was unmounted).
+    /// Mounts `rootfs` at `mountpoint` on a new connection; `done` runs
+    /// when the session ends (however it was unmounted).
     pub fn start(
         rootfs: Arc<Rootfs>,
         mountpoint: &Path,
         opts: MountOptions,
         done: impl FnOnce() + Send + 'static,
     ) -> anyhow::Result<Self> {
-        let config = session_config(rootfs.is_writable(), &opts);
-        let mut session = fuser::Session::new(SlayerFuse::new(rootfs.clone()), mountpoint, &config)
+        let conn = Connection::mount(mountpoint, rootfs.is_writable(), &opts)
             .with_context(|| format!("mounting at {}", mountpoint.display()))?;
-        let unmounter = session.unmount_callable();
+        Self::serve(rootfs, conn, mountpoint, opts, |_, _| Ok(()), done)
+    }
+
+    /// Serves `rootfs` on `conn`, which is mounted at `mountpoint` (new,
+    /// or taken over from an earlier process); `keep` runs before the
+    /// kernel can send anything (see [`Connection::into_session`]).
+    pub fn serve(
+        rootfs: Arc<Rootfs>,
+        conn: Connection,
+        mountpoint: &Path,
+        opts: MountOptions,
+        keep: impl FnOnce(BorrowedFd<'_>, &SavedInit) -> std::io::Result<()>,
+        done: impl FnOnce() + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let fresh = !conn.is_taken_over();
+        let fs = SlayerFuse::new(rootfs.clone(), opts.listing_seed);
+        let session = match conn.into_session(fs, &opts, keep) {
+            Ok(s) => s,
+            Err(e) => {
+                if fresh {
+                    detach(mountpoint);
+                }
+                return Err(e).with_context(|| {
+                    format!("starting the FUSE session at {}", mountpoint.display())
+                });
+            }
+        };
         let worker = std::thread::Builder::new()
             .name("fuse-session".into())
             .spawn(move || {
@@ -121,17 +178,11 @@ impl MountHandle {
                 r
             })
             .context("starting the FUSE session")?;
-        // Asked once the session answers: the mount's device minor is the
-        // connection's number.
-        let connection = std::fs::metadata(mountpoint)
-            .ok()
-            .map(|m| libc::minor(std::os::unix::fs::MetadataExt::dev(&m)));
         Ok(MountHandle {
             mountpoint: mountpoint.to_path_buf(),
             rootfs,
-            unmounter,
             worker: Some(worker),
-            connection,
+            connection: mounted_device(mountpoint).map(|(_, minor)| minor),
         })
     }
 
@@ -141,13 +192,18 @@ impl MountHandle {
         self.stop_inner()
     }
 
+    /// Leaves the connection to whoever takes it over: nothing is
+    /// unmounted, the session serves until this process ends.
+    pub fn leave(mut self) {
+        self.worker = None;
+    }
+
     fn stop_inner(&mut self) -> anyhow::Result<()> {
         let Some(worker) = self.worker.take() else {
             return Ok(());
         };
         if is_mount_point(&self.mountpoint).unwrap_or(false) {
-            self.unmounter
-                .unmount()
+            unmount(&self.mountpoint)
                 .with_context(|| format!("unmounting {}", self.mountpoint.display()))?;
         }
         // Bind mounts of it elsewhere (a container's rootfs) keep the
@@ -160,10 +216,7 @@ impl MountHandle {
         if !worker.is_finished() {
             if let Some(conn) = self.connection {
                 tracing::info!(mountpoint = %self.mountpoint.display(), "aborting the FUSE connection, still mounted elsewhere");
-                let abort = format!("/sys/fs/fuse/connections/{conn}/abort");
-                if let Err(e) = std::fs::write(&abort, b"1") {
-                    tracing::warn!(path = abort, error = %e, "cannot abort the FUSE connection");
-                }
+                abort_connection(conn);
             }
         }
         let result = worker.join();
@@ -182,6 +235,32 @@ impl Drop for MountHandle {
         if let Err(e) = self.stop_inner() {
             tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmounting");
         }
+    }
+}
+
+/// Unmounts `mp`; if it is busy (a process has its cwd there), detaches it.
+fn unmount(mp: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EBUSY) {
+        return Err(e);
+    }
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error())
+}
+
+/// Lazily detaches a mount (a dead session's).
+pub fn detach(mp: &Path) {
+    if let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
 }
 

@@ -4,20 +4,26 @@
 //! layer. The kernel may keep entries, attributes and file pages for long:
 //! this process is the only writer, and every change it makes passes through
 //! the kernel, which updates its caches from our replies.
+//!
+//! Nothing the kernel holds may depend on this process's memory, since a
+//! later process takes the connection over ([`connection`]): files are open
+//! without a handle of ours, and a directory read resumes from a cookie
+//! that names a place in the directory, not in a listing we keep.
 
 mod attr;
+pub mod connection;
 mod ops;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, FopenFlags, Generation, INodeNo, MountOption, ReplyEmpty, ReplyEntry,
-    Request, SessionACL,
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, ReplyEmpty, ReplyEntry, Request, SessionACL,
 };
 use slayerfs_proto::index::InodeKind;
 
@@ -39,6 +45,11 @@ pub struct MountOptions {
     pub threads: usize,
     /// Shown as the source in the mount table.
     pub fs_name: String,
+    /// Keys the directory cookies: the same seed must serve a connection
+    /// for as long as it lives (a process taking one over uses the seed of
+    /// the one before), and a secret one keeps names from being chosen to
+    /// collide.
+    pub listing_seed: ListingSeed,
 }
 
 impl Default for MountOptions {
@@ -46,39 +57,76 @@ impl Default for MountOptions {
         MountOptions {
             threads: 4,
             fs_name: "slayerfs".into(),
+            listing_seed: ListingSeed::random(),
         }
     }
 }
 
-/// The session configuration of a mount: any uid may use it, permissions
-/// are checked by the kernel, device nodes and setuid binaries work.
-pub fn session_config(writable: bool, opts: &MountOptions) -> fuser::Config {
+/// The key of directory cookies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ListingSeed(pub [u8; 16]);
+
+impl std::fmt::Debug for ListingSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListingSeed(..)")
+    }
+}
+
+impl ListingSeed {
+    /// A seed from the kernel's random source (or the clock, without one).
+    pub fn random() -> ListingSeed {
+        let mut seed = [0u8; 16];
+        let from_kernel =
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
+        if from_kernel.is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            seed = t.to_le_bytes();
+        }
+        ListingSeed(seed)
+    }
+
+    /// Where entry `name` sits in its directory's reading order: a keyed
+    /// hash, 3 and up (1 and 2 follow "." and ".."), the same for a name
+    /// whatever else the directory holds or held.
+    fn cookie(&self, name: &[u8]) -> u64 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.0);
+        h.update(name);
+        let d = h.finalize();
+        let v = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) >> 1;
+        v.max(3)
+    }
+}
+
+/// The session configuration of a mount: any uid may use it (the mount
+/// has `allow_other`; permissions are checked by the kernel).
+pub fn session_config(opts: &MountOptions) -> fuser::Config {
     let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(opts.fs_name.clone()),
-        MountOption::Subtype("slayerfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
-        if writable {
-            MountOption::RW
-        } else {
-            MountOption::RO
-        },
-    ];
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = true;
+    // One descriptor for all workers: requests read and not answered stay
+    // with the connection when this process ends (see `connection`).
+    config.clone_fd = false;
     config
 }
 
-/// A directory listing taken at opendir, so readdir can resume at any
-/// offset while the directory changes.
-type Listing = Arc<Vec<(Vec<u8>, Ino)>>;
+/// A directory's entries in cookie order, taken at opendir so that a
+/// directory read does not list the directory again for every reply.
+struct DirListing {
+    dir: Ino,
+    entries: Vec<(u64, Vec<u8>, Ino)>,
+}
+
+type Listing = Arc<DirListing>;
 
 /// The FUSE side of a mount.
 pub struct SlayerFuse {
     fs: Arc<Rootfs>,
+    seed: ListingSeed,
     dirs: Mutex<HashMap<u64, Listing>>,
     /// Listings of a read-only mount's directories, by inode.
     ro_listings: moka::sync::Cache<u64, Listing>,
@@ -94,16 +142,34 @@ fn errno(op: &'static str, ino: u64, e: FsError) -> Errno {
 }
 
 impl SlayerFuse {
-    pub fn new(fs: Arc<Rootfs>) -> Self {
+    pub fn new(fs: Arc<Rootfs>, seed: ListingSeed) -> Self {
+        // Handles of an earlier process may still be open in the kernel:
+        // start elsewhere (a clash would only cost a new listing, see
+        // `listing`).
+        let first_fh =
+            u64::from_le_bytes(ListingSeed::random().0[..8].try_into().unwrap_or([1; 8])) >> 2;
         SlayerFuse {
             fs,
+            seed,
             dirs: Mutex::new(HashMap::new()),
             ro_listings: moka::sync::Cache::builder()
                 .max_capacity(1 << 20)
-                .weigher(|_, l: &Listing| l.len().try_into().unwrap_or(u32::MAX))
+                .weigher(|_, l: &Listing| l.entries.len().try_into().unwrap_or(u32::MAX))
                 .build(),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(first_fh.max(1)),
         }
+    }
+
+    /// Directory `dir`'s entries now, in cookie order.
+    fn list(&self, dir: Ino) -> Result<Listing, FsError> {
+        let mut entries: Vec<(u64, Vec<u8>, Ino)> = self
+            .fs
+            .readdir(dir)?
+            .into_iter()
+            .map(|(name, ino)| (self.seed.cookie(&name), name, ino))
+            .collect();
+        entries.sort_unstable();
+        Ok(Arc::new(DirListing { dir, entries }))
     }
 
     fn reply_entry(
@@ -128,20 +194,24 @@ impl SlayerFuse {
 
     /// The listing a readdir continues: the one taken at opendir, or on a
     /// read-only mount (no opendir, see there) the directory's own, which
-    /// never changes.
+    /// never changes. A handle this process did not give out (an earlier
+    /// process did, before a restart) gets the directory as it is now:
+    /// cookies make that a correct continuation.
     fn listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Listing, Errno> {
-        if fh.0 != 0 {
-            return self
-                .dirs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&fh.0)
-                .cloned()
-                .ok_or(Errno::EBADF);
-        }
         let dir = Ino(ino.0);
+        if fh.0 != 0 {
+            let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(l) = dirs.get(&fh.0).filter(|l| l.dir == dir) {
+                return Ok(l.clone());
+            }
+            drop(dirs);
+            let l = self.list(dir).map_err(|e| errno("readdir", ino.0, e))?;
+            dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            dirs.insert(fh.0, l.clone());
+            return Ok(l);
+        }
         self.ro_listings
-            .try_get_with(ino.0, || self.fs.readdir(dir).map(Arc::new))
+            .try_get_with(ino.0, || self.list(dir))
             .map_err(|e| match Arc::try_unwrap(e) {
                 Ok(e) => errno("readdir", ino.0, e),
                 Err(shared) => Errno::from_i32(shared.errno()),
@@ -149,8 +219,9 @@ impl SlayerFuse {
     }
 
     /// Hands the entries of a directory from `offset` on to `add` (with
-    /// the offset of the entry after each) until `add` says the reply is
-    /// full. Offsets: 1 is ".", 2 is "..", 3 + i follows entry i.
+    /// the offset to resume after each) until `add` says the reply is
+    /// full. Offsets: 1 follows ".", 2 follows "..", any other is the
+    /// cookie of the entry it follows.
     fn walk_listing(
         &self,
         ino: INodeNo,
@@ -173,17 +244,20 @@ impl SlayerFuse {
                 next += 1;
             }
         }
-        for (i, (name, child)) in list.iter().enumerate().skip((next - 2) as usize) {
-            let attr = self
-                .fs
-                .getattr(*child)
-                .map_err(|e| errno("readdir", ino.0, e))?;
-            if add(
-                INodeNo(child.0),
-                3 + i as u64,
-                OsStr::from_bytes(name),
-                &attr,
-            ) {
+        let first = if next <= 2 {
+            0
+        } else {
+            list.entries
+                .partition_point(|(cookie, _, _)| *cookie <= next)
+        };
+        for (cookie, name, child) in &list.entries[first..] {
+            let attr = match self.fs.getattr(*child) {
+                Ok(a) => a,
+                // Removed since the listing was taken.
+                Err(FsError::NotFound) => continue,
+                Err(e) => return Err(errno("readdir", ino.0, e)),
+            };
+            if add(INodeNo(child.0), *cookie, OsStr::from_bytes(name), &attr) {
                 break;
             }
         }

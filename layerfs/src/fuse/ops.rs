@@ -4,7 +4,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
@@ -15,9 +14,20 @@ use fuser::{
 use slayerfs_proto::index::InodeKind;
 
 use super::attr::{decode_dev, file_attr, file_type, time_or_now};
+use super::connection::RESEND_BIT;
 use super::{errno, SlayerFuse, FILE_OPEN_FLAGS, MAX_IO, TTL};
 use crate::geometry::Ino;
-use crate::rootfs::SetAttr;
+use crate::rootfs::{OpId, SetAttr};
+
+/// The request a change answers; one the kernel sent again keeps the id
+/// it had, without the resend bit.
+fn op_id(req: &Request) -> OpId {
+    let unique = req.unique().0;
+    OpId {
+        id: unique & !RESEND_BIT,
+        resent: unique & RESEND_BIT != 0,
+    }
+}
 
 impl Filesystem for SlayerFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -111,7 +121,8 @@ impl Filesystem for SlayerFuse {
         self.reply_entry(
             "mknod",
             parent.0,
-            self.fs.create(Ino(parent.0), name.as_bytes(), node),
+            self.fs
+                .create(op_id(req), Ino(parent.0), name.as_bytes(), node),
             reply,
         );
     }
@@ -130,27 +141,28 @@ impl Filesystem for SlayerFuse {
         self.reply_entry(
             "mkdir",
             parent.0,
-            self.fs.create(Ino(parent.0), name.as_bytes(), node),
+            self.fs
+                .create(op_id(req), Ino(parent.0), name.as_bytes(), node),
             reply,
         );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("unlink", parent = parent.0).entered();
         self.reply_empty(
             "unlink",
             parent.0,
-            self.fs.unlink(Ino(parent.0), name.as_bytes()),
+            self.fs.unlink(op_id(req), Ino(parent.0), name.as_bytes()),
             reply,
         );
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("rmdir", parent = parent.0).entered();
         self.reply_empty(
             "rmdir",
             parent.0,
-            self.fs.rmdir(Ino(parent.0), name.as_bytes()),
+            self.fs.rmdir(op_id(req), Ino(parent.0), name.as_bytes()),
             reply,
         );
     }
@@ -174,14 +186,15 @@ impl Filesystem for SlayerFuse {
         self.reply_entry(
             "symlink",
             parent.0,
-            self.fs.create(Ino(parent.0), link_name.as_bytes(), node),
+            self.fs
+                .create(op_id(req), Ino(parent.0), link_name.as_bytes(), node),
             reply,
         );
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -195,6 +208,7 @@ impl Filesystem for SlayerFuse {
             return reply.error(Errno::EINVAL);
         }
         let r = self.fs.rename(
+            op_id(req),
             Ino(parent.0),
             name.as_bytes(),
             Ino(newparent.0),
@@ -207,7 +221,7 @@ impl Filesystem for SlayerFuse {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
@@ -218,7 +232,7 @@ impl Filesystem for SlayerFuse {
             "link",
             ino.0,
             self.fs
-                .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()),
+                .link(op_id(req), Ino(ino.0), Ino(newparent.0), newname.as_bytes()),
             reply,
         );
     }
@@ -315,13 +329,13 @@ impl Filesystem for SlayerFuse {
             // walked) and readdir serves the directory's own listing.
             return reply.error(Errno::ENOSYS);
         }
-        match self.fs.readdir(Ino(ino.0)) {
-            Ok(entries) => {
+        match self.list(Ino(ino.0)) {
+            Ok(listing) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.dirs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, Arc::new(entries));
+                    .insert(fh, listing);
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno("opendir", ino.0, e)),
@@ -476,7 +490,10 @@ impl Filesystem for SlayerFuse {
     ) {
         let _span = tracing::debug_span!("create", parent = parent.0).entered();
         let node = self.new_node(req, InodeKind::Regular, mode & !umask, (0, 0), Vec::new());
-        match self.fs.create(Ino(parent.0), name.as_bytes(), node) {
+        match self
+            .fs
+            .create(op_id(req), Ino(parent.0), name.as_bytes(), node)
+        {
             Ok(a) => {
                 self.fs.opened(a.ino);
                 reply.created(

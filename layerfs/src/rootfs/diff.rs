@@ -151,7 +151,8 @@ impl Rootfs {
     /// Writes the upper layer's changes as an uncompressed OCI layer tar.
     pub fn write_diff<W: Write>(&self, out: W) -> Result<DiffStats, FsError> {
         let up = self.writable()?;
-        let _changes = super::lock(&self.upper_changes);
+        // Held, never committed: no change lands while the diff is read.
+        let _frozen = up.change();
         let mut walk = Walk {
             fs: self,
             up,

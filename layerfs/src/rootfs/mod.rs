@@ -33,6 +33,7 @@ use crate::store::merged::MergedView;
 use crate::store::upper::Upper;
 use crate::store::StoreError;
 
+pub use crate::store::upper::OpId;
 pub use diff::DiffStats;
 pub use mutate::{NewNode, SetAttr};
 
@@ -213,10 +214,12 @@ pub struct Rootfs {
     cache: Arc<BlockCache>,
     runtime: tokio::runtime::Handle,
     read_ahead: ReadAhead,
-    /// Serialises changes, so that a change spanning several records is
-    /// never seen half done by another change.
-    upper_changes: Mutex<()>,
     open: Mutex<HashMap<Ino, OpenFile>>,
+    /// Served on a connection taken over from an earlier process: the
+    /// kernel may hold open files this process never saw opened, so an
+    /// inode with no names left is kept (until a fresh mount) rather than
+    /// removed at what looks like its last close.
+    taken_over: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,9 +227,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Rootfs {
-    /// The filesystem over `lower`, writable if `upper` is given; blocks
-    /// come through `cache`, whose fetches run on `runtime`. Inodes an
-    /// earlier mount unlinked while they were open are removed now.
+    /// The filesystem over `lower`, writable if `upper` is given, for a new
+    /// mount; blocks come through `cache`, whose fetches run on `runtime`.
+    /// Inodes an earlier mount unlinked while they were open are removed
+    /// now: no one holds them any more.
     pub fn new(
         lower: MergedView,
         upper: Option<Upper>,
@@ -235,20 +239,47 @@ impl Rootfs {
         read_ahead: ReadAhead,
     ) -> Result<Self, FsError> {
         if let Some(up) = &upper {
-            for (ino, rec) in up.inodes()? {
+            let ch = up.change();
+            for (ino, rec) in ch.inodes()? {
                 if rec.nlink == 0 {
-                    up.remove_inode(ino)?;
+                    ch.remove_inode(ino)?;
                 }
             }
+            ch.commit(None)?;
+            // A new connection's request ids start again.
+            up.forget_replies()?;
         }
+        Self::build(lower, upper, cache, runtime, read_ahead, false)
+    }
+
+    /// The same filesystem for a mount taken over from an earlier process:
+    /// nothing is removed, since the kernel may still hold any inode.
+    pub fn taken_over(
+        lower: MergedView,
+        upper: Option<Upper>,
+        cache: Arc<BlockCache>,
+        runtime: tokio::runtime::Handle,
+        read_ahead: ReadAhead,
+    ) -> Result<Self, FsError> {
+        Self::build(lower, upper, cache, runtime, read_ahead, true)
+    }
+
+    fn build(
+        lower: MergedView,
+        upper: Option<Upper>,
+        cache: Arc<BlockCache>,
+        runtime: tokio::runtime::Handle,
+        read_ahead: ReadAhead,
+        taken_over: bool,
+    ) -> Result<Self, FsError> {
         Ok(Rootfs {
             lower,
             upper,
             cache,
             runtime,
             read_ahead,
-            upper_changes: Mutex::new(()),
             open: Mutex::new(HashMap::new()),
+            taken_over,
         })
     }
 
@@ -403,19 +434,21 @@ impl Rootfs {
         let Some(up) = &self.upper else {
             return Ok(());
         };
-        let _changes = lock(&self.upper_changes);
+        let ch = up.change();
         if self.is_open(ino) {
             return Ok(());
         }
-        match up.inode(ino)? {
-            Some(rec) if rec.nlink == 0 => up.remove_inode(ino)?,
+        match ch.inode(ino)? {
+            Some(rec) if rec.nlink == 0 => ch.remove_inode(ino)?,
             _ => {}
         }
-        Ok(())
+        Ok(ch.commit(None)?)
     }
 
+    /// Whether the kernel may have `ino` open (on a connection taken over,
+    /// any inode may be).
     fn is_open(&self, ino: Ino) -> bool {
-        lock(&self.open).contains_key(&ino)
+        self.taken_over || lock(&self.open).contains_key(&ino)
     }
 
     /// The inode's upper data file, kept open while the inode is.

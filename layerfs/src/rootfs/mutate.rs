@@ -5,10 +5,10 @@
 use slayerfs_proto::index::{Inode, InodeKind, Xattr};
 use slayerfs_proto::store::DentryRecord;
 
-use super::{lock, Attr, FsError, Rootfs, Time};
+use super::{Attr, FsError, Rootfs, Time};
 use crate::build::path::MAX_NAME_LEN;
 use crate::geometry::Ino;
-use crate::store::upper::Upper;
+use crate::store::upper::{Change, OpId, Upper};
 
 /// An inode to create.
 #[derive(Debug, Clone)]
@@ -59,21 +59,21 @@ fn entry(ino: Ino) -> DentryRecord {
 impl Rootfs {
     /// Updates a directory whose entries changed: times, and its link
     /// count by `nlink_delta` (subdirectories added or removed).
-    fn dir_changed(&self, up: &Upper, dir: Ino, nlink_delta: i32) -> Result<(), FsError> {
-        let mut attr = self.copy_up(up, dir)?;
+    fn dir_changed(&self, ch: &Change<'_>, dir: Ino, nlink_delta: i32) -> Result<(), FsError> {
+        let mut attr = self.copy_up(ch, dir)?;
         let now = Time::now();
         attr.inode.mtime_sec = now.sec;
         attr.inode.mtime_nsec = now.nsec;
         attr.ctime = now;
         attr.nlink = attr.nlink.saturating_add_signed(nlink_delta);
-        up.put_inode(dir, &attr.into_upper())?;
+        ch.put_inode(dir, &attr.into_upper())?;
         Ok(())
     }
 
     /// Takes `name` out of `dir`: a whiteout if the lower view has it.
-    fn remove_name(&self, up: &Upper, dir: Ino, name: &[u8]) -> Result<(), FsError> {
+    fn remove_name(&self, ch: &Change<'_>, dir: Ino, name: &[u8]) -> Result<(), FsError> {
         if self.lower_name(dir, name)?.is_some() {
-            up.put_dentry(
+            ch.put_dentry(
                 dir,
                 name,
                 DentryRecord {
@@ -82,30 +82,30 @@ impl Rootfs {
                 },
             )?;
         } else {
-            up.remove_dentry(dir, name)?;
+            ch.remove_dentry(dir, name)?;
         }
         Ok(())
     }
 
     /// One name fewer for a non-directory; the last one removes it (at the
     /// last close if it is open).
-    fn drop_link(&self, up: &Upper, attr: &Attr) -> Result<(), FsError> {
+    fn drop_link(&self, ch: &Change<'_>, attr: &Attr) -> Result<(), FsError> {
         let nlink = attr.nlink.saturating_sub(1);
         if nlink == 0 && !self.is_open(attr.ino) {
-            up.remove_inode(attr.ino)?;
+            ch.remove_inode(attr.ino)?;
             return Ok(());
         }
-        let mut attr = self.copy_up(up, attr.ino)?;
+        let mut attr = self.copy_up(ch, attr.ino)?;
         attr.nlink = nlink;
         attr.ctime = Time::now();
-        up.put_inode(attr.ino, &attr.into_upper())?;
+        ch.put_inode(attr.ino, &attr.into_upper())?;
         Ok(())
     }
 
     /// Removes a directory that is known to be empty.
-    fn drop_dir(&self, up: &Upper, ino: Ino) -> Result<(), FsError> {
-        up.clear_dentries(ino)?;
-        up.remove_inode(ino)?;
+    fn drop_dir(&self, ch: &Change<'_>, ino: Ino) -> Result<(), FsError> {
+        ch.clear_dentries(ino)?;
+        ch.remove_inode(ino)?;
         Ok(())
     }
 
@@ -118,10 +118,13 @@ impl Rootfs {
     }
 
     /// Creates a file, directory, symlink or device node named `name`.
-    pub fn create(&self, dir: Ino, name: &[u8], node: NewNode) -> Result<Attr, FsError> {
+    pub fn create(&self, op: OpId, dir: Ino, name: &[u8], node: NewNode) -> Result<Attr, FsError> {
         let up = self.writable()?;
         check_name(name)?;
-        let _changes = lock(&self.upper_changes);
+        if let Some(ino) = answered(up, op)? {
+            return self.getattr(Ino(ino));
+        }
+        let ch = up.change();
         let parent = self.parent_dir(dir)?;
         if self.resolve(dir, name)?.is_some() {
             return Err(FsError::Exists);
@@ -138,7 +141,7 @@ impl Rootfs {
             }
         }
         let now = Time::now();
-        let ino = up.allocate_ino()?;
+        let ino = ch.allocate_ino()?;
         let attr = Attr {
             ino,
             inode: Inode {
@@ -162,27 +165,32 @@ impl Rootfs {
         if attr.kind() == InodeKind::Symlink {
             attr.inode.size = attr.inode.symlink_target.len() as u64;
         }
-        up.put_inode(ino, &attr.clone().into_upper())?;
-        up.put_dentry(dir, name, entry(ino))?;
-        self.dir_changed(up, dir, i32::from(is_dir))?;
+        ch.put_inode(ino, &attr.clone().into_upper())?;
+        ch.put_dentry(dir, name, entry(ino))?;
+        self.dir_changed(&ch, dir, i32::from(is_dir))?;
+        ch.commit(Some((op, ino.0)))?;
         Ok(attr)
     }
 
-    pub fn unlink(&self, dir: Ino, name: &[u8]) -> Result<(), FsError> {
+    pub fn unlink(&self, op: OpId, dir: Ino, name: &[u8]) -> Result<(), FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.upper_changes);
+        if answered(up, op)?.is_some() {
+            return Ok(());
+        }
+        let ch = up.change();
         self.parent_dir(dir)?;
         let ino = self.resolve(dir, name)?.ok_or(FsError::NotFound)?;
         let attr = self.getattr(ino)?;
         if attr.is_dir() {
             return Err(FsError::IsDir);
         }
-        self.remove_name(up, dir, name)?;
-        self.drop_link(up, &attr)?;
-        self.dir_changed(up, dir, 0)
+        self.remove_name(&ch, dir, name)?;
+        self.drop_link(&ch, &attr)?;
+        self.dir_changed(&ch, dir, 0)?;
+        Ok(ch.commit(Some((op, 0)))?)
     }
 
-    pub fn rmdir(&self, dir: Ino, name: &[u8]) -> Result<(), FsError> {
+    pub fn rmdir(&self, op: OpId, dir: Ino, name: &[u8]) -> Result<(), FsError> {
         let up = self.writable()?;
         if name == b"." {
             return Err(FsError::Invalid);
@@ -190,7 +198,10 @@ impl Rootfs {
         if name == b".." {
             return Err(FsError::NotEmpty);
         }
-        let _changes = lock(&self.upper_changes);
+        if answered(up, op)?.is_some() {
+            return Ok(());
+        }
+        let ch = up.change();
         self.parent_dir(dir)?;
         let ino = self.resolve(dir, name)?.ok_or(FsError::NotFound)?;
         if !self.getattr(ino)?.is_dir() {
@@ -199,15 +210,18 @@ impl Rootfs {
         if !self.readdir(ino)?.is_empty() {
             return Err(FsError::NotEmpty);
         }
-        self.remove_name(up, dir, name)?;
-        self.drop_dir(up, ino)?;
-        self.dir_changed(up, dir, -1)
+        self.remove_name(&ch, dir, name)?;
+        self.drop_dir(&ch, ino)?;
+        self.dir_changed(&ch, dir, -1)?;
+        Ok(ch.commit(Some((op, 0)))?)
     }
 
     /// Renames `name` of `dir` to `new_name` of `new_dir`, replacing what
     /// is there unless `no_replace`; `exchange` swaps the two.
+    #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
+        op: OpId,
         dir: Ino,
         name: &[u8],
         new_dir: Ino,
@@ -217,7 +231,10 @@ impl Rootfs {
     ) -> Result<(), FsError> {
         let up = self.writable()?;
         check_name(new_name)?;
-        let _changes = lock(&self.upper_changes);
+        if answered(up, op)?.is_some() {
+            return Ok(());
+        }
+        let ch = up.change();
         self.parent_dir(dir)?;
         self.parent_dir(new_dir)?;
         let src = self.resolve(dir, name)?.ok_or(FsError::NotFound)?;
@@ -226,14 +243,14 @@ impl Rootfs {
         if exchange {
             let dst = dst.ok_or(FsError::NotFound)?;
             let dst_attr = self.getattr(dst)?;
-            up.put_dentry(new_dir, new_name, entry(src))?;
-            up.put_dentry(dir, name, entry(dst))?;
+            ch.put_dentry(new_dir, new_name, entry(src))?;
+            ch.put_dentry(dir, name, entry(dst))?;
             let moved = i32::from(src_attr.is_dir()) - i32::from(dst_attr.is_dir());
-            self.dir_changed(up, dir, -moved)?;
+            self.dir_changed(&ch, dir, -moved)?;
             if new_dir != dir {
-                self.dir_changed(up, new_dir, moved)?;
+                self.dir_changed(&ch, new_dir, moved)?;
             }
-            return Ok(());
+            return Ok(ch.commit(Some((op, 0)))?);
         }
         let mut new_dir_delta = 0;
         if let Some(dst) = dst {
@@ -252,35 +269,38 @@ impl Rootfs {
                     if !self.readdir(dst)?.is_empty() {
                         return Err(FsError::NotEmpty);
                     }
-                    self.drop_dir(up, dst)?;
+                    self.drop_dir(&ch, dst)?;
                     new_dir_delta -= 1;
                 }
-                (false, false) => self.drop_link(up, &dst_attr)?,
+                (false, false) => self.drop_link(&ch, &dst_attr)?,
             }
         }
-        up.put_dentry(new_dir, new_name, entry(src))?;
-        self.remove_name(up, dir, name)?;
+        ch.put_dentry(new_dir, new_name, entry(src))?;
+        self.remove_name(&ch, dir, name)?;
         let moved = i32::from(src_attr.is_dir());
         if new_dir == dir {
-            self.dir_changed(up, dir, new_dir_delta)?;
+            self.dir_changed(&ch, dir, new_dir_delta)?;
         } else {
-            self.dir_changed(up, dir, -moved)?;
-            self.dir_changed(up, new_dir, new_dir_delta + moved)?;
+            self.dir_changed(&ch, dir, -moved)?;
+            self.dir_changed(&ch, new_dir, new_dir_delta + moved)?;
         }
         // The renamed inode's ctime changes, as on local filesystems.
-        let mut attr = self.copy_up(up, src)?;
+        let mut attr = self.copy_up(&ch, src)?;
         attr.ctime = Time::now();
-        up.put_inode(src, &attr.into_upper())?;
-        Ok(())
+        ch.put_inode(src, &attr.into_upper())?;
+        Ok(ch.commit(Some((op, 0)))?)
     }
 
     /// A new name for a non-directory.
-    pub fn link(&self, ino: Ino, new_dir: Ino, new_name: &[u8]) -> Result<Attr, FsError> {
+    pub fn link(&self, op: OpId, ino: Ino, new_dir: Ino, new_name: &[u8]) -> Result<Attr, FsError> {
         let up = self.writable()?;
         check_name(new_name)?;
-        let _changes = lock(&self.upper_changes);
+        if answered(up, op)?.is_some() {
+            return self.getattr(ino);
+        }
+        let ch = up.change();
         self.parent_dir(new_dir)?;
-        let mut attr = self.copy_up(up, ino)?;
+        let mut attr = self.copy_up(&ch, ino)?;
         if attr.is_dir() {
             return Err(FsError::NotPermitted);
         }
@@ -289,17 +309,18 @@ impl Rootfs {
         }
         attr.nlink += 1;
         attr.ctime = Time::now();
-        up.put_inode(ino, &attr.clone().into_upper())?;
-        up.put_dentry(new_dir, new_name, entry(ino))?;
-        self.dir_changed(up, new_dir, 0)?;
+        ch.put_inode(ino, &attr.clone().into_upper())?;
+        ch.put_dentry(new_dir, new_name, entry(ino))?;
+        self.dir_changed(&ch, new_dir, 0)?;
+        ch.commit(Some((op, ino.0)))?;
         Ok(attr)
     }
 
     /// chmod, chown, truncate and utimes.
     pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr, FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.upper_changes);
-        let mut attr = self.copy_up(up, ino)?;
+        let ch = up.change();
+        let mut attr = self.copy_up(&ch, ino)?;
         let now = Time::now();
         if let Some(mode) = set.mode {
             attr.inode.mode = mode & 0o7777;
@@ -311,7 +332,7 @@ impl Rootfs {
             attr.inode.gid = gid;
         }
         if let Some(size) = set.size {
-            self.truncate(up, &mut attr, size)?;
+            self.truncate(&ch, &mut attr, size)?;
             attr.inode.mtime_sec = now.sec;
             attr.inode.mtime_nsec = now.nsec;
         }
@@ -323,7 +344,8 @@ impl Rootfs {
             attr.inode.mtime_nsec = t.nsec;
         }
         attr.ctime = now;
-        up.put_inode(ino, &attr.clone().into_upper())?;
+        ch.put_inode(ino, &attr.clone().into_upper())?;
+        ch.commit(None)?;
         Ok(attr)
     }
 
@@ -332,8 +354,8 @@ impl Rootfs {
         if name.is_empty() || name.len() > 255 {
             return Err(FsError::Invalid);
         }
-        let _changes = lock(&self.upper_changes);
-        let mut attr = self.copy_up(up, ino)?;
+        let ch = up.change();
+        let mut attr = self.copy_up(&ch, ino)?;
         let xattrs = &mut attr.inode.xattrs;
         match xattrs.binary_search_by(|x| x.name.as_slice().cmp(name)) {
             Ok(_) if flags & XATTR_CREATE != 0 => return Err(FsError::Exists),
@@ -348,21 +370,30 @@ impl Rootfs {
             ),
         }
         attr.ctime = Time::now();
-        up.put_inode(ino, &attr.into_upper())?;
-        Ok(())
+        ch.put_inode(ino, &attr.into_upper())?;
+        Ok(ch.commit(None)?)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.upper_changes);
-        let mut attr = self.copy_up(up, ino)?;
+        let ch = up.change();
+        let mut attr = self.copy_up(&ch, ino)?;
         let before = attr.inode.xattrs.len();
         attr.inode.xattrs.retain(|x| x.name != name);
         if attr.inode.xattrs.len() == before {
             return Err(FsError::NoAttr);
         }
         attr.ctime = Time::now();
-        up.put_inode(ino, &attr.into_upper())?;
-        Ok(())
+        ch.put_inode(ino, &attr.into_upper())?;
+        Ok(ch.commit(None)?)
     }
+}
+
+/// What an earlier change did for this request, when the kernel sends it
+/// again (a restart lost the answer).
+fn answered(up: &Upper, op: OpId) -> Result<Option<u64>, FsError> {
+    if !op.resent {
+        return Ok(None);
+    }
+    Ok(up.reply_of(op.id)?)
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 
 use slayerfs_proto::index::InodeKind;
 
-use super::{lock, Attr, FsError, Rootfs, Time};
+use super::{Attr, FsError, Rootfs, Time};
 
 /// Space a write leaves free on the upper's filesystem, so that the
 /// records describing data already written can always be updated (and
@@ -14,13 +14,13 @@ use super::{lock, Attr, FsError, Rootfs, Time};
 const RECORD_RESERVE: u64 = 16 << 20;
 use crate::geometry::{chunk_of, Ino, CHUNK_SIZE};
 use crate::slice::{normalize, Backing, SliceView};
-use crate::store::upper::Upper;
+use crate::store::upper::Change;
 
 impl Rootfs {
     /// The inode's upper record, copying the lower inode's attributes and
     /// slice list up first if the upper does not hold it yet.
-    pub(super) fn copy_up(&self, up: &Upper, ino: Ino) -> Result<Attr, FsError> {
-        if let Some(rec) = up.inode(ino)? {
+    pub(super) fn copy_up(&self, ch: &Change<'_>, ino: Ino) -> Result<Attr, FsError> {
+        if let Some(rec) = ch.inode(ino)? {
             return Attr::from_upper(ino, rec);
         }
         let attr = self.lower_attr(ino)?;
@@ -29,11 +29,11 @@ impl Rootfs {
             for chunk in 0..attr.inode.size.div_ceil(CHUNK_SIZE) {
                 let slices = self.lower.db().chunk_slices(src.layer, src.ino, chunk)?;
                 if !slices.is_empty() {
-                    up.put_chunk_slices(ino, chunk, &normalize(&slices))?;
+                    ch.put_chunk_slices(ino, chunk, &normalize(&slices))?;
                 }
             }
         }
-        up.put_inode(ino, &attr.clone().into_upper())?;
+        ch.put_inode(ino, &attr.clone().into_upper())?;
         Ok(attr)
     }
 
@@ -41,8 +41,8 @@ impl Rootfs {
     /// file and a local slice records them. On an error nothing is recorded.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let up = self.writable()?;
-        let _changes = lock(&self.upper_changes);
-        let mut attr = self.copy_up(up, ino)?;
+        let ch = up.change();
+        let mut attr = self.copy_up(&ch, ino)?;
         match attr.kind() {
             InodeKind::Regular => {}
             InodeKind::Directory => return Err(FsError::IsDir),
@@ -68,13 +68,13 @@ impl Rootfs {
         while pos < end {
             let (chunk, off) = chunk_of(pos);
             let n = (end - pos).min(CHUNK_SIZE - u64::from(off)) as u32;
-            let mut slices = up.chunk_slices(ino, chunk)?;
+            let mut slices = ch.chunk_slices(ino, chunk)?;
             slices.push(SliceView {
                 offset_in_chunk: off,
                 length: n,
                 backing: Backing::UpperData,
             });
-            up.put_chunk_slices(ino, chunk, &normalize(&slices))?;
+            ch.put_chunk_slices(ino, chunk, &normalize(&slices))?;
             pos += u64::from(n);
         }
         let now = Time::now();
@@ -82,14 +82,20 @@ impl Rootfs {
         attr.inode.mtime_sec = now.sec;
         attr.inode.mtime_nsec = now.nsec;
         attr.ctime = now;
-        up.put_inode(ino, &attr.into_upper())?;
+        ch.put_inode(ino, &attr.into_upper())?;
+        ch.commit(None)?;
         Ok(data.len() as u32)
     }
 
     /// Sets the size of a copied-up regular file: slices past a smaller
     /// size are dropped (so a later extension reads zeros there), the local
     /// data file is cut to match.
-    pub(super) fn truncate(&self, up: &Upper, attr: &mut Attr, size: u64) -> Result<(), FsError> {
+    pub(super) fn truncate(
+        &self,
+        ch: &Change<'_>,
+        attr: &mut Attr,
+        size: u64,
+    ) -> Result<(), FsError> {
         let ino = attr.ino;
         match attr.kind() {
             InodeKind::Regular => {}
@@ -100,7 +106,7 @@ impl Rootfs {
             return Err(FsError::TooLarge);
         }
         if size < attr.inode.size {
-            if let Some(file) = self.data_file(up, ino, false)? {
+            if let Some(file) = self.data_file(ch, ino, false)? {
                 file.set_len(size)
                     .map_err(|source| FsError::Data { ino, source })?;
             }
@@ -108,16 +114,16 @@ impl Rootfs {
             let first_gone = if off == 0 {
                 chunk
             } else {
-                let kept: Vec<SliceView> = up
+                let kept: Vec<SliceView> = ch
                     .chunk_slices(ino, chunk)?
                     .iter()
                     .filter(|s| s.offset_in_chunk < off)
                     .map(|s| s.clip(s.offset_in_chunk, (s.offset_in_chunk + s.length).min(off)))
                     .collect();
-                up.put_chunk_slices(ino, chunk, &kept)?;
+                ch.put_chunk_slices(ino, chunk, &kept)?;
                 chunk + 1
             };
-            up.truncate_slices(ino, first_gone)?;
+            ch.truncate_slices(ino, first_gone)?;
         }
         attr.inode.size = size;
         Ok(())

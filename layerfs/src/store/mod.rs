@@ -7,6 +7,7 @@
 //! out). Each module lists its trees and keys; the snapshotter's snapshot
 //! records use the same helpers.
 
+pub mod journal;
 pub mod layers;
 pub mod merged;
 pub mod upper;
@@ -27,6 +28,8 @@ pub enum StoreError {
         "the upper layer was made over other lower layers (chain {found}), not this image (chain {expected})"
     )]
     OtherChain { found: String, expected: String },
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     #[error("upper data directory {path}: {source}")]
     DataDir {
         path: PathBuf,

@@ -8,11 +8,20 @@
 //! it came from. What a write means for the namespace is decided by
 //! [`crate::rootfs`]; this module only keeps records.
 //!
-//! Trees and keys are described in `store.proto` next to `UpperRecord`.
-//! Records are written without a flush; [`Upper::flush`] (fsync, unmount)
-//! makes them durable.
+//! Trees and keys are described in `store.proto` next to `UpperRecord`;
+//! `upper_replies` maps `upper id ‖ request id` to what a change did (the
+//! inode it made, or 0), for answering a request the kernel sends again
+//! after a restart.
+//!
+//! Every write is part of a [`Change`]: changes are serialised, see their
+//! own writes before they commit, and commit whole (journal record, then
+//! one transaction over the trees) or, dropped, not at all. A committed
+//! change survives the process ([`super::journal`]); [`Upper::flush`]
+//! (fsync, unmount) makes it survive power loss too.
 
-use std::collections::HashSet;
+mod change;
+
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -21,30 +30,93 @@ use slayerfs_chunkstore::BlockId;
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, StoredSlice, UpperInode, UpperRecord};
 use slayerfs_proto::Message;
 
+use super::journal::{Effect, Journal};
 use super::{be_u64, corrupt, decode, remove_prefix, StoreError};
 use crate::geometry::Ino;
 use crate::slice::{Backing, SliceView};
+use change::Pending;
+pub use change::{Change, OpId};
 
 /// Which upper layer of a database (one per writable mount or snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UpperId(pub u64);
 
+type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The trees of an upper layer, by their number in journal records.
+const TREE_NAMES: [&str; 5] = [
+    "upper_meta",
+    "upper_inodes",
+    "upper_dentries",
+    "upper_slices",
+    "upper_replies",
+];
+const META: u8 = 0;
+const INODES: u8 = 1;
+const DENTRIES: u8 = 2;
+const SLICES: u8 = 3;
+const REPLIES: u8 = 4;
+
 /// The records of one upper layer.
 pub struct Upper {
     id: UpperId,
-    meta: sled::Tree,
-    inodes: sled::Tree,
-    dentries: sled::Tree,
-    slices: sled::Tree,
+    trees: [sled::Tree; 5],
     db: sled::Db,
     data_dir: PathBuf,
     record: Mutex<UpperRecord>,
+    journal: Journal,
+    /// Held for the length of a change.
+    changing: Mutex<()>,
+    /// The writes of the change in progress, seen by its own thread only.
+    pending: Mutex<Option<Pending>>,
+}
+
+fn open_trees(db: &sled::Db) -> Result<[sled::Tree; 5], StoreError> {
+    Ok([
+        db.open_tree(TREE_NAMES[0])?,
+        db.open_tree(TREE_NAMES[1])?,
+        db.open_tree(TREE_NAMES[2])?,
+        db.open_tree(TREE_NAMES[3])?,
+        db.open_tree(TREE_NAMES[4])?,
+    ])
+}
+
+/// Applies journal effects to the trees (replay after a crash).
+fn replay(trees: &[sled::Tree; 5], data_dir: &Path, effects: &[Effect]) -> Result<(), StoreError> {
+    for e in effects {
+        match e {
+            Effect::Set { tree, key, value } => {
+                let t = trees
+                    .get(usize::from(*tree))
+                    .ok_or_else(|| corrupt("journal", format!("tree {tree}")))?;
+                t.insert(key.as_slice(), value.as_slice())?;
+            }
+            Effect::Remove { tree, key } => {
+                let t = trees
+                    .get(usize::from(*tree))
+                    .ok_or_else(|| corrupt("journal", format!("tree {tree}")))?;
+                t.remove(key.as_slice())?;
+            }
+            Effect::RemoveDataFile { ino } => remove_data_file(data_dir, Ino(*ino)),
+        }
+    }
+    Ok(())
+}
+
+fn remove_data_file(data_dir: &Path, ino: Ino) {
+    match std::fs::remove_file(data_dir.join(ino.0.to_string())) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(%ino, error = %e, "cannot remove an upper data file"),
+    }
 }
 
 impl Upper {
     /// Opens upper `id` of `db` over the lower chain `chain_key` with
     /// `lower_inodes` merged inodes, creating it if new; file data lives in
-    /// `data_dir`. An upper made over another chain is refused.
+    /// `data_dir`. Changes an earlier process committed and did not
+    /// checkpoint are replayed from the journal first. An upper made over
+    /// another chain is refused.
     pub fn open(
         db: &sled::Db,
         id: UpperId,
@@ -52,11 +124,32 @@ impl Upper {
         chain_key: &str,
         lower_inodes: u64,
     ) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        let dir_err = |source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
             source,
-        })?;
-        let meta = db.open_tree("upper_meta")?;
+        };
+        std::fs::create_dir_all(data_dir).map_err(dir_err)?;
+        let trees = open_trees(db)?;
+        let super::journal::Opened {
+            journal,
+            records,
+            last,
+        } = Journal::open(data_dir)?;
+        if let Some(last) = last {
+            for effects in &records {
+                replay(&trees, data_dir, effects)?;
+            }
+            db.flush()?;
+            journal.drop_through(last);
+            if !records.is_empty() {
+                tracing::info!(
+                    upper = id.0,
+                    changes = records.len(),
+                    "replayed the upper layer's journal"
+                );
+            }
+        }
+        let meta = &trees[META as usize];
         let record = match meta.get(id.0.to_be_bytes())? {
             Some(bytes) => {
                 let rec: UpperRecord = decode("upper_meta", &bytes)?;
@@ -81,13 +174,13 @@ impl Upper {
         };
         Ok(Upper {
             id,
-            inodes: db.open_tree("upper_inodes")?,
-            dentries: db.open_tree("upper_dentries")?,
-            slices: db.open_tree("upper_slices")?,
-            meta,
+            trees,
             db: db.clone(),
             data_dir: data_dir.to_path_buf(),
             record: Mutex::new(record),
+            journal,
+            changing: Mutex::new(()),
+            pending: Mutex::new(None),
         })
     }
 
@@ -95,7 +188,12 @@ impl Upper {
     /// its owner's to remove).
     pub fn destroy(db: &sled::Db, id: UpperId) -> Result<(), StoreError> {
         let prefix = id.0.to_be_bytes();
-        for name in ["upper_inodes", "upper_dentries", "upper_slices"] {
+        for name in [
+            "upper_inodes",
+            "upper_dentries",
+            "upper_slices",
+            "upper_replies",
+        ] {
             remove_prefix(&db.open_tree(name)?, prefix)?;
         }
         db.open_tree("upper_meta")?.remove(prefix)?;
@@ -159,10 +257,7 @@ impl Upper {
     }
 
     fn key(&self, ino: Ino) -> [u8; 16] {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&self.id.0.to_be_bytes());
-        k[8..].copy_from_slice(&ino.0.to_be_bytes());
-        k
+        key_of(self.id, ino.0)
     }
 
     fn key_with(&self, ino: Ino, tail: &[u8]) -> Vec<u8> {
@@ -171,39 +266,47 @@ impl Upper {
         k
     }
 
-    /// A fresh inode number, never handed out before by this upper.
-    pub fn allocate_ino(&self) -> Result<Ino, StoreError> {
-        let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
-        let ino = Ino(rec.next_ino);
-        rec.next_ino += 1;
-        self.meta
-            .insert(self.id.0.to_be_bytes(), rec.encode_to_vec())?;
-        Ok(ino)
+    fn tree(&self, t: u8) -> &sled::Tree {
+        &self.trees[usize::from(t)]
+    }
+
+    /// A key's value as the caller sees it: the change in progress on
+    /// this thread first, then the database.
+    fn get(&self, t: u8, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.pending_get(t, key) {
+            return Ok(v);
+        }
+        Ok(self.tree(t).get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every key of tree `t` starting with `prefix`, in order, as the
+    /// caller sees them.
+    fn scan(&self, t: u8, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for item in self.tree(t).scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        self.pending_overlay(t, prefix, &mut out);
+        Ok(out.into_iter().collect())
     }
 
     pub fn inode(&self, ino: Ino) -> Result<Option<UpperInode>, StoreError> {
-        self.inodes
-            .get(self.key(ino))?
+        self.get(INODES, &self.key(ino))?
             .map(|b| decode("upper_inodes", &b))
             .transpose()
     }
 
     pub fn has_inode(&self, ino: Ino) -> Result<bool, StoreError> {
-        Ok(self.inodes.contains_key(self.key(ino))?)
-    }
-
-    pub fn put_inode(&self, ino: Ino, rec: &UpperInode) -> Result<(), StoreError> {
-        self.inodes.insert(self.key(ino), rec.encode_to_vec())?;
-        Ok(())
+        Ok(self.get(INODES, &self.key(ino))?.is_some())
     }
 
     /// Every inode of the upper (for recovery and for turning it into a
     /// layer).
     pub fn inodes(&self) -> Result<Vec<(Ino, UpperInode)>, StoreError> {
-        self.inodes
-            .scan_prefix(self.id.0.to_be_bytes())
-            .map(|item| {
-                let (k, v) = item?;
+        self.scan(INODES, &self.id.0.to_be_bytes())?
+            .into_iter()
+            .map(|(k, v)| {
                 Ok((
                     Ino(be_u64("upper_inodes", &k[8..])?),
                     decode("upper_inodes", &v)?,
@@ -212,89 +315,42 @@ impl Upper {
             .collect()
     }
 
-    /// Forgets an inode: its record, slices and data file.
-    pub fn remove_inode(&self, ino: Ino) -> Result<(), StoreError> {
-        self.inodes.remove(self.key(ino))?;
-        self.truncate_slices(ino, 0)?;
-        match std::fs::remove_file(self.data_path(ino)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(%ino, error = %e, "cannot remove an upper data file"),
-        }
-        Ok(())
-    }
-
     pub fn dentry(&self, dir: Ino, name: &[u8]) -> Result<Option<DentryRecord>, StoreError> {
-        self.dentries
-            .get(self.key_with(dir, name))?
+        self.get(DENTRIES, &self.key_with(dir, name))?
             .map(|b| decode("upper_dentries", &b))
             .transpose()
     }
 
-    pub fn put_dentry(&self, dir: Ino, name: &[u8], rec: DentryRecord) -> Result<(), StoreError> {
-        self.dentries
-            .insert(self.key_with(dir, name), rec.encode_to_vec())?;
-        Ok(())
-    }
-
-    pub fn remove_dentry(&self, dir: Ino, name: &[u8]) -> Result<(), StoreError> {
-        self.dentries.remove(self.key_with(dir, name))?;
-        Ok(())
-    }
-
     /// A directory's upper names in byte order, whiteouts included.
     pub fn dentries(&self, dir: Ino) -> Result<Vec<(Vec<u8>, DentryRecord)>, StoreError> {
-        self.dentries
-            .scan_prefix(self.key(dir))
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((k[16..].to_vec(), decode("upper_dentries", &v)?))
-            })
+        self.scan(DENTRIES, &self.key(dir))?
+            .into_iter()
+            .map(|(k, v)| Ok((k[16..].to_vec(), decode("upper_dentries", &v)?)))
             .collect()
-    }
-
-    /// Removes every upper name of a directory.
-    pub fn clear_dentries(&self, dir: Ino) -> Result<(), StoreError> {
-        remove_prefix(&self.dentries, self.key(dir))?;
-        Ok(())
     }
 
     /// One chunk's slices, sorted and non-overlapping.
     pub fn chunk_slices(&self, ino: Ino, chunk: u64) -> Result<Vec<SliceView>, StoreError> {
-        let Some(bytes) = self.slices.get(self.key_with(ino, &chunk.to_be_bytes()))? else {
+        let Some(bytes) = self.get(SLICES, &self.key_with(ino, &chunk.to_be_bytes()))? else {
             return Ok(Vec::new());
         };
         let list: ChunkSlices = decode("upper_slices", &bytes)?;
         list.slices.into_iter().map(slice_from_record).collect()
     }
 
-    pub fn put_chunk_slices(
-        &self,
-        ino: Ino,
-        chunk: u64,
-        slices: &[SliceView],
-    ) -> Result<(), StoreError> {
-        let key = self.key_with(ino, &chunk.to_be_bytes());
-        if slices.is_empty() {
-            self.slices.remove(key)?;
-        } else {
-            let list = ChunkSlices {
-                slices: slices.iter().map(slice_record).collect(),
-            };
-            self.slices.insert(key, list.encode_to_vec())?;
+    /// What an earlier change answering request `id` did (see
+    /// [`Change::commit`]), if one did.
+    pub fn reply_of(&self, id: u64) -> Result<Option<u64>, StoreError> {
+        match self.tree(REPLIES).get(key_of(self.id, id))? {
+            Some(v) => Ok(Some(be_u64("upper_replies", &v)?)),
+            None => Ok(None),
         }
-        Ok(())
     }
 
-    /// Drops the slice lists of chunks `from` and above.
-    pub fn truncate_slices(&self, ino: Ino, from: u64) -> Result<(), StoreError> {
-        let start = self.key_with(ino, &from.to_be_bytes());
-        let end = self.key_with(ino, &u64::MAX.to_be_bytes());
-        let mut batch = sled::Batch::default();
-        for k in self.slices.range(start..=end).keys() {
-            batch.remove(k?);
-        }
-        self.slices.apply_batch(batch)?;
+    /// Forgets what changes answered (a new connection's request ids
+    /// start again).
+    pub fn forget_replies(&self) -> Result<(), StoreError> {
+        remove_prefix(self.tree(REPLIES), self.id.0.to_be_bytes())?;
         Ok(())
     }
 
@@ -326,11 +382,24 @@ impl Upper {
         Ok(avail.saturating_mul(u64::from(frsize)))
     }
 
-    /// Makes every record written so far durable.
+    /// Makes every change committed so far durable against power loss,
+    /// and drops the journal that held them until then.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let last = {
+            let _serial = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+            self.journal.rotate()?
+        };
         self.db.flush()?;
+        self.journal.drop_through(last);
         Ok(())
     }
+}
+
+fn key_of(id: UpperId, n: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.0.to_be_bytes());
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
 }
 
 fn slice_record(s: &SliceView) -> StoredSlice {

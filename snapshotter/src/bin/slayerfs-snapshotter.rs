@@ -1,7 +1,10 @@
-//! `slayerfs-snapshotter --root DIR --address SOCKET [--config FILE]`: the
-//! containerd proxy snapshotter. Serves containerd's snapshots gRPC API on a
-//! unix socket; all state lives under `--root`. SIGTERM/SIGINT unmount every
-//! snapshot and exit.
+//! `slayerfs-snapshotter --root DIR --address SOCKET [--config FILE]
+//! [--unmount-on-exit]`: the containerd proxy snapshotter. Serves
+//! containerd's snapshots gRPC API on a unix socket; all state lives under
+//! `--root`. SIGTERM/SIGINT end the process and leave every snapshot
+//! mounted, its FUSE connection held for the next start (which takes it
+//! over: running containers only wait); with `--unmount-on-exit` they
+//! unmount everything first.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +15,7 @@ use clap::Parser;
 use containerd_snapshots::tonic::transport::Server;
 use slayerfs_chunkstore::{open_store, BlockStore, LocalStore};
 use slayerfs_config::{Config, StoreLocation};
+use slayerfs_fdstore::FdStore;
 use slayerfs_snapshotter::daemon::Service;
 use slayerfs_snapshotter::daemon::SlayerSnapshotter;
 use slayerfs_snapshotter::store_args::StoreArgs;
@@ -36,6 +40,25 @@ struct Cli {
     /// blocks are read from (overrides the config file).
     #[command(flatten)]
     store: StoreArgs,
+    /// SIGTERM unmounts every snapshot and lets go of every FUSE
+    /// connection (for draining a node) instead of leaving them to the
+    /// next start ([snapshotter] unmount_on_exit).
+    #[arg(long)]
+    unmount_on_exit: bool,
+}
+
+/// The fd holder: as configured, else beside this binary, else on PATH.
+fn holder_binary(config: &Config) -> PathBuf {
+    if let Some(p) = &config.snapshotter.fd_holder {
+        return p.clone();
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("slayerfs-fdholder")));
+    match beside {
+        Some(p) if p.is_file() => p,
+        _ => PathBuf::from("slayerfs-fdholder"),
+    }
 }
 
 /// The shared store, read only: a local directory is not created (until a
@@ -50,13 +73,26 @@ async fn open_shared(config: &Config) -> anyhow::Result<Arc<dyn BlockStore>> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     cli.store.apply(&mut config);
+    if cli.unmount_on_exit {
+        config.snapshotter.unmount_on_exit = true;
+    }
     config.validate().context("invalid settings")?;
     let root = std::path::absolute(&cli.root).context("the root directory")?;
     let shared = open_shared(&config)
         .await
         .context("opening the block store")?;
     tracing::info!(store = shared.location(), "lazily pulled layers read from");
-    let sn = SlayerSnapshotter::open(&root, &config, shared)
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    // Mount points are then found in the mount table by their path as
+    // written (looking at one through the filesystem could wait on a
+    // connection not served yet).
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("resolving {}", root.display()))?;
+    let fds = FdStore::open(root.join("fdholder.sock"), holder_binary(&config))
+        .context("opening the fd store that keeps FUSE connections across restarts")?;
+    tracing::info!(store = fds.describe(), "FUSE connections kept by");
+    let sn = SlayerSnapshotter::open(&root, &config, shared, fds)
         .await
         .with_context(|| format!("opening the snapshotter state in {}", root.display()))?;
     if let Some(dir) = cli.address.parent() {
@@ -101,7 +137,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     let _ = std::fs::remove_file(&cli.address);
     let sn2 = sn.clone();
-    tokio::task::spawn_blocking(move || sn2.shutdown()).await?;
+    let unmount = config.snapshotter.unmount_on_exit;
+    if !unmount {
+        tracing::info!("leaving every snapshot mounted for the next start");
+    }
+    tokio::task::spawn_blocking(move || sn2.shutdown(unmount)).await?;
     served.context("serving the snapshots API")
 }
 

@@ -445,6 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = slayerfs_layerfs::fuse::MountOptions {
                 threads,
                 fs_name: format!("slayerfs:{src}"),
+                ..Default::default()
             };
             let mode = match &upper {
                 Some(dir) => format!("read-write, upper {}", dir.display()),

@@ -26,8 +26,8 @@ use slayerfs_layerfs::store::upper::Upper;
 use slayerfs_proto::store::SnapshotKind;
 
 use super::error::{internal, Result};
-use super::{detach, SlayerSnapshotter};
-use crate::fusemount::is_mount_point;
+use super::SlayerSnapshotter;
+use crate::fusemount::{detach, mounted_device};
 
 /// What one collection freed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -159,11 +159,11 @@ impl SlayerSnapshotter {
                 continue;
             }
             let fs = e.path().join("fs");
-            if is_mount_point(&fs).unwrap_or(false) {
+            if mounted_device(&fs).is_some() {
                 detach(&fs);
             }
             // Never delete through a mount that would not go.
-            if is_mount_point(&fs).unwrap_or(false) {
+            if mounted_device(&fs).is_some() {
                 tracing::warn!(path = %fs.display(), "left in place: still mounted");
                 continue;
             }

@@ -8,23 +8,31 @@
 //! through FUSE at `<root>/snapshots/<id>/fs`; a view is the same without
 //! an upper. Mounts are bind mounts of that directory.
 //!
+//! Mounts outlive the daemon: each connection waits in an fd store while
+//! no daemon runs, and the next start takes it over ([`connections`]), so
+//! a restart, a crash or an upgrade ends no container's filesystem.
+//!
 //! Layout under the root: `db` (sled: snapshot records, layers, merged
 //! views, upper layers), `blocks` (blocks of committed layers),
-//! `snapshots/<id>/{fs,upper}`, `cache` (disk block cache).
+//! `snapshots/<id>/{fs,upper,fuse-init}`, `cache` (disk block cache),
+//! `fdholder.*` (the fd holder's socket, lock and log), `listing-seed`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Kind};
 use slayerfs_chunkstore::{
     BlockCache, BlockStore, CacheOptions, IndexDigest, LocalStore, ObjectKey, WriterOptions,
 };
 use slayerfs_config::Config;
+use slayerfs_fdstore::FdStore;
 use slayerfs_layerfs::build::{convert_layer, Expected};
-use slayerfs_layerfs::fuse::MountOptions;
+use slayerfs_layerfs::fuse::connection::Connection;
+use slayerfs_layerfs::fuse::{ListingSeed, MountOptions};
 use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
 use slayerfs_layerfs::store::layers::{Layer, LayerDb};
 use slayerfs_layerfs::store::merged::{chain_key, MergedView};
@@ -32,9 +40,10 @@ use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 
 use crate::daemon::records::{Records, Snapshot};
-use crate::fusemount::{is_mount_point, MountHandle};
+use crate::fusemount::{detach, mounted_device, MountHandle};
 
 pub mod api;
+mod connections;
 mod error;
 pub mod filters;
 mod gc;
@@ -70,6 +79,9 @@ pub struct SlayerSnapshotter {
     gc_pending: AtomicBool,
     /// Index digests being prefetched.
     prefetching: Mutex<std::collections::HashSet<IndexDigest>>,
+    /// Keeps every mounted snapshot's FUSE connection while no daemon runs.
+    fds: Mutex<FdStore>,
+    listing_seed: ListingSeed,
 }
 
 fn kind_of(k: SnapshotKind) -> Kind {
@@ -98,14 +110,15 @@ fn empty_tar() -> Vec<u8> {
 }
 
 impl SlayerSnapshotter {
-    /// Opens (creating) the state under `root`, detaches mounts a dead
-    /// process left there, and mounts every active and view snapshot again.
+    /// Opens (creating) the state under `root`, takes over the connections
+    /// `fds` holds from an earlier process, and mounts every other active
+    /// and view snapshot again (detaching what a dead process left).
     pub async fn open(
         root: &Path,
         config: &Config,
         shared: Arc<dyn BlockStore>,
+        fds: FdStore,
     ) -> anyhow::Result<Arc<Self>> {
-        use anyhow::Context;
         std::fs::create_dir_all(root.join("snapshots"))
             .with_context(|| format!("creating {}", root.display()))?;
         crate::fusemount::ensure_fusectl();
@@ -128,6 +141,7 @@ impl SlayerSnapshotter {
             },
         )?);
         let base = import_tar(empty_tar(), &blocks, &layers).await?;
+        let listing_seed = connections::listing_seed(root)?;
         let sn = Arc::new(SlayerSnapshotter {
             root: root.to_path_buf(),
             db,
@@ -150,6 +164,8 @@ impl SlayerSnapshotter {
             snapshot_changes: tokio::sync::Mutex::new(()),
             gc_pending: AtomicBool::new(false),
             prefetching: Mutex::new(Default::default()),
+            fds: Mutex::new(fds),
+            listing_seed,
         });
         sn.restore().await?;
         Ok(sn)
@@ -163,22 +179,59 @@ impl SlayerSnapshotter {
         self.state_dir(id).join("fs")
     }
 
-    /// After a restart: stale mounts detached, active and view snapshots
-    /// mounted again.
+    /// After a restart: the connections the fd store held taken over,
+    /// other active and view snapshots mounted again (stale mounts
+    /// detached), connections of nothing let go.
     async fn restore(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut held = {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || connections::held(&this.fds)).await??
+        };
         for snap in self.records.all()? {
+            // Nothing here may look at a mount point through the
+            // filesystem: a held connection no one serves yet would never
+            // answer. The mount table is read instead.
             let mp = self.mountpoint(snap.id);
-            if is_mount_point(&mp).unwrap_or(false) {
-                tracing::info!(mountpoint = %mp.display(), "detaching a stale mount");
-                detach(&mp);
+            let mounted = mounted_device(&mp).is_some();
+            let fd = held.remove(&snap.id);
+            let conn = match fd {
+                Some(fd) if snap.kind != SnapshotKind::Committed && mounted => {
+                    match connections::saved_init(&self.state_dir(snap.id)) {
+                        Ok(init) => {
+                            tracing::info!(key = snap.key, "taking over the FUSE connection");
+                            Some(Connection::take_over(fd, init.request))
+                        }
+                        Err(e) => {
+                            tracing::error!(key = snap.key, error = %format!("{e:#}"), "cannot take the snapshot's connection over; mounting it again");
+                            None
+                        }
+                    }
+                }
+                // Ours is dropped here: with the store's, the connection
+                // ends, and its mounts answer at once.
+                _ => None,
+            };
+            if conn.is_none() {
+                connections::release(&self.fds, snap.id);
+                if mounted {
+                    tracing::info!(mountpoint = %mp.display(), "detaching a stale mount");
+                    detach(&mp);
+                }
             }
             if snap.kind != SnapshotKind::Committed {
                 // One snapshot that cannot be mounted must not keep the
                 // others from being served; its Mounts call reports why.
-                if let Err(e) = self.ensure_mounted(&snap).await {
+                if let Err(e) = self.mount(&snap, conn).await {
                     tracing::error!(key = snap.key, error = %e, "cannot mount a snapshot after restart");
                 }
             }
+        }
+        for id in held.into_keys() {
+            tracing::info!(
+                id,
+                "letting go of the connection of a snapshot that is gone"
+            );
+            connections::release(&self.fds, id);
         }
         Ok(())
     }
@@ -216,6 +269,12 @@ impl SlayerSnapshotter {
 
     /// The filesystem of an active or view snapshot, mounted.
     async fn ensure_mounted(self: &Arc<Self>, snap: &Snapshot) -> Result<PathBuf> {
+        self.mount(snap, None).await
+    }
+
+    /// Mounts a snapshot's filesystem unless it is: on `conn` (taken over
+    /// from an earlier process) if given, else on a new connection.
+    async fn mount(self: &Arc<Self>, snap: &Snapshot, conn: Option<Connection>) -> Result<PathBuf> {
         let mp = self.mountpoint(snap.id);
         if self
             .mounts
@@ -230,14 +289,19 @@ impl SlayerSnapshotter {
         let snap = snap.clone();
         let mp2 = mp.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            std::fs::create_dir_all(&mp2).map_err(internal)?;
+            if conn.is_none() {
+                // (A connection taken over is mounted there: not to be
+                // looked at before it is served.)
+                std::fs::create_dir_all(&mp2).map_err(internal)?;
+            }
             let view = MergedView::open(&this.layers, &chain).map_err(internal)?;
+            let state_dir = this.state_dir(snap.id);
             let upper = if snap.kind == SnapshotKind::Active {
                 Some(
                     Upper::open(
                         &this.db,
                         UpperId(snap.id),
-                        &this.state_dir(snap.id).join("upper"),
+                        &state_dir.join("upper"),
                         &chain_key(&chain),
                         view.inode_count(),
                     )
@@ -246,20 +310,40 @@ impl SlayerSnapshotter {
             } else {
                 None
             };
-            let rootfs = Rootfs::new(
-                view,
-                upper,
-                this.cache.clone(),
-                this.runtime.clone(),
-                this.read_ahead,
-            )
+            let (cache, runtime) = (this.cache.clone(), this.runtime.clone());
+            let rootfs = match &conn {
+                Some(_) => Rootfs::taken_over(view, upper, cache, runtime, this.read_ahead),
+                None => Rootfs::new(view, upper, cache, runtime, this.read_ahead),
+            }
             .map_err(internal)?;
             let opts = MountOptions {
                 threads: 2,
                 fs_name: format!("slayerfs:{}", snap.key),
+                listing_seed: this.listing_seed,
             };
-            let handle =
-                MountHandle::start(Arc::new(rootfs), &mp2, opts, || {}).map_err(internal)?;
+            let rootfs = Arc::new(rootfs);
+            let handle = match conn {
+                None => {
+                    let conn = Connection::mount(&mp2, rootfs.is_writable(), &opts)
+                        .with_context(|| format!("mounting at {}", mp2.display()))
+                        .map_err(internal)?;
+                    let fds = &this.fds;
+                    MountHandle::serve(rootfs, conn, &mp2, opts, |fd, init| {
+                        connections::keep(fds, snap.id, &state_dir, fd, init)
+                    }, || {})
+                }
+                Some(conn) => {
+                    let key = snap.key.clone();
+                    MountHandle::serve(rootfs, conn, &mp2, opts, |_, init| {
+                        match connections::saved_init(&state_dir) {
+                            Ok(saved) if !saved.reply.same_settings(&init.reply) => tracing::warn!(key, "this build would negotiate the FUSE connection differently from the one that started it; serving it as the kernel set it up"),
+                            _ => {}
+                        }
+                        Ok(())
+                    }, || {})
+                }
+            }
+            .map_err(internal)?;
             this.mounts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -295,8 +379,9 @@ impl SlayerSnapshotter {
         if let Some(h) = handle {
             h.stop().map_err(internal)?;
         }
+        connections::release(&self.fds, id);
         let mp = self.mountpoint(id);
-        if is_mount_point(&mp).unwrap_or(false) {
+        if mounted_device(&mp).is_some() {
             detach(&mp);
         }
         Upper::destroy(&self.db, UpperId(id)).map_err(internal)?;
@@ -337,31 +422,34 @@ impl SlayerSnapshotter {
         }
     }
 
-    /// Unmounts everything (at shutdown).
-    pub fn shutdown(&self) {
-        let handles: Vec<MountHandle> = self
+    /// At exit: with `unmount`, every snapshot unmounted and the fd store
+    /// emptied (a node being drained); otherwise every mount left to the
+    /// next start, which takes the connections over (a restart).
+    pub fn shutdown(&self, unmount: bool) {
+        let handles: Vec<(u64, MountHandle)> = self
             .mounts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
-            .map(|(_, h)| h)
             .collect();
-        for h in handles {
-            if let Err(e) = h.stop() {
+        let ids: Vec<u64> = handles.iter().map(|(id, _)| *id).collect();
+        for (_, h) in handles {
+            if !unmount {
+                h.leave();
+            } else if let Err(e) = h.stop() {
                 tracing::warn!(error = %e, "unmounting at shutdown");
             }
         }
         if let Err(e) = self.db.flush() {
             tracing::warn!(error = %e, "flushing the database at shutdown");
         }
-    }
-}
-
-/// Lazily detaches a mount (a dead session's).
-fn detach(mp: &Path) {
-    if let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) {
-        // SAFETY: a valid C string.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if unmount {
+            let names: Vec<_> = ids.into_iter().map(connections::fd_name).collect();
+            let store = self.fds.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = store.shut_down(&names) {
+                tracing::warn!(error = %e, "emptying the fd store at shutdown");
+            }
+        }
     }
 }
 

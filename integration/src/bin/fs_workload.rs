@@ -1,0 +1,242 @@
+//! `slayerfs-fs-workload`: what a container does to its root filesystem,
+//! run against a mount while the daemon serving it restarts.
+//!
+//! `fill FILE SIZE` writes SIZE bytes of the test pattern to FILE.
+//! `run DIR LOWER STOP` works in DIR until the file STOP appears: its cwd
+//! is DIR, it keeps LOWER (a file of the pattern) open and mapped and
+//! reads both at random places, appends numbered records to `journal`
+//! through one open descriptor and reads each back, and creates, writes,
+//! renames, lists, unlinks and removes names in `churn/`. Every failure is
+//! printed as `FAIL <op>: <error>`; at the end one line
+//! `done ops=N failures=F records=R longest_ms=L` (L: the longest any
+//! single operation took). Exits 1 if anything failed.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The byte the pattern has at `offset`.
+fn pattern(offset: u64) -> u8 {
+    (offset.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (offset >> 20) as u8
+}
+
+fn fill(path: &Path, size: u64) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(off + i as u64);
+        }
+        f.write_all(&buf[..n])?;
+        off += n as u64;
+    }
+    f.sync_all()
+}
+
+/// A small deterministic generator (no dependency for randomness).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct Run {
+    ops: u64,
+    failures: u64,
+    longest: Duration,
+}
+
+impl Run {
+    /// Runs one operation, timing it and printing its failure.
+    fn op(&mut self, name: &str, f: impl FnOnce() -> Result<(), String>) {
+        let start = Instant::now();
+        let r = f();
+        self.longest = self.longest.max(start.elapsed());
+        self.ops += 1;
+        if let Err(e) = r {
+            self.failures += 1;
+            println!("FAIL {name}: {e}");
+        }
+    }
+}
+
+fn check_pattern(data: &[u8], at: u64) -> Result<(), String> {
+    for (i, b) in data.iter().enumerate() {
+        if *b != pattern(at + i as u64) {
+            return Err(format!("wrong byte at {}", at + i as u64));
+        }
+    }
+    Ok(())
+}
+
+fn run(dir: &Path, lower: &Path, stop: &Path) -> Result<Run, String> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| format!("{what}: {e}")
+    };
+    std::env::set_current_dir(dir).map_err(err("chdir"))?;
+    let lower_file = File::open(lower).map_err(err("open lower"))?;
+    let size = lower_file.metadata().map_err(err("stat lower"))?.len();
+    if size < 8192 {
+        return Err("the lower file is too small".into());
+    }
+    // SAFETY: a read-only shared mapping of a file we keep open; only read.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&lower_file),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the mapping is `size` bytes and lives until the process ends.
+    let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, size as usize) };
+    std::fs::create_dir_all("churn").map_err(err("mkdir churn"))?;
+    let journal = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open("journal")
+        .map_err(err("open journal"))?;
+    let mut run = Run {
+        ops: 0,
+        failures: 0,
+        longest: Duration::ZERO,
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut records: u64 = 0;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    while !stop.exists() {
+        let at = rng.next() % (size - 4096);
+        run.op("pread lower", || {
+            let mut buf = [0u8; 4096];
+            lower_file
+                .read_exact_at(&mut buf, at)
+                .map_err(|e| e.to_string())?;
+            check_pattern(&buf, at)
+        });
+        let at = rng.next() % (size - 64);
+        run.op("mmap lower", || {
+            check_pattern(&mapped[at as usize..at as usize + 64], at)
+        });
+        let record = format!("record {records:08}\n");
+        let off = records * record.len() as u64;
+        run.op("journal write", || {
+            journal
+                .write_all_at(record.as_bytes(), off)
+                .map_err(|e| e.to_string())
+        });
+        run.op("journal read back", || {
+            let mut back = vec![0u8; record.len()];
+            journal
+                .read_exact_at(&mut back, off)
+                .map_err(|e| e.to_string())?;
+            (back == record.as_bytes()).then_some(()).ok_or_else(|| {
+                format!(
+                    "record {records} reads back {:?}",
+                    String::from_utf8_lossy(&back)
+                )
+            })
+        });
+        records += 1;
+        let i = records;
+        run.op("create", || {
+            std::fs::write(format!("churn/new{i}"), format!("file {i}")).map_err(|e| e.to_string())
+        });
+        run.op("rename", || {
+            std::fs::rename(format!("churn/new{i}"), format!("churn/f{i}"))
+                .map_err(|e| e.to_string())
+        });
+        run.op("read renamed", || {
+            let got = std::fs::read_to_string(format!("churn/f{i}")).map_err(|e| e.to_string())?;
+            (got == format!("file {i}"))
+                .then_some(())
+                .ok_or(format!("churn/f{i} holds {got:?}"))
+        });
+        run.op("mkdir", || {
+            std::fs::create_dir(format!("churn/d{i}")).map_err(|e| e.to_string())
+        });
+        run.op("rmdir", || {
+            std::fs::remove_dir(format!("churn/d{i}")).map_err(|e| e.to_string())
+        });
+        if i > 2 {
+            run.op("unlink", || {
+                std::fs::remove_file(format!("churn/f{}", i - 2)).map_err(|e| e.to_string())
+            });
+        }
+        run.op("readdir", || {
+            let n = std::fs::read_dir("churn")
+                .map_err(|e| e.to_string())?
+                .count();
+            (n <= 3)
+                .then_some(())
+                .ok_or(format!("churn has {n} entries, at most 3 expected"))
+        });
+        run.op("stat cwd", || {
+            let c =
+                CString::new(Path::new(".").as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+            // SAFETY: a valid C string and a stat buffer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(())
+        });
+    }
+    println!(
+        "done ops={} failures={} records={records} longest_ms={}",
+        run.ops,
+        run.failures,
+        run.longest.as_millis()
+    );
+    Ok(run)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["fill", file, size] => match size
+            .parse()
+            .map_err(|e| format!("{e}"))
+            .and_then(|s| fill(Path::new(file), s).map_err(|e| e.to_string()))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fill: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ["run", dir, lower, stop] => match run(Path::new(dir), Path::new(lower), Path::new(stop)) {
+            Ok(r) if r.failures == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                println!("FAIL setup: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: slayerfs-fs-workload fill FILE SIZE | run DIR LOWER STOP");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The daemon restarts under a working container and the container sees
+//! nothing: its FUSE connection waits in the fd holder, the next daemon
+//! takes it over and the kernel sends again what was in flight. A process
+//! standing in for a container works on a snapshot's mount (its cwd there,
+//! a lower file open and mapped, a journal written through one descriptor
+//! and read back, names created, renamed, listed and removed) while the
+//! daemon is killed with SIGKILL, stopped with SIGTERM, and replaced by a
+//! copy of its binary at another path; then containerd's calls still work
+//! and nothing is left behind once it is stopped for good.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use slayerfs_integration::bins::bin;
+use slayerfs_integration::snapshots_api::{commit, mounts_under, prepare, remove, Client, Daemon};
+
+const LOWER_BYTES: u64 = 12 << 20;
+
+/// The stand-in container, working in `dir` until `stop` appears.
+struct Workload {
+    child: Child,
+    stop: PathBuf,
+    output: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Workload {
+    fn start(dir: &str, lower: &str, stop: &Path) -> Workload {
+        let mut child = Command::new(bin("slayerfs-fs-workload"))
+            .args(["run", dir, lower])
+            .arg(stop)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the workload");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert_eq!(first, "ready\n", "the workload did not start");
+        let output = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+            rest
+        });
+        Workload {
+            child,
+            stop: stop.to_path_buf(),
+            output: Some(output),
+        }
+    }
+
+    /// Stops it: its output, and the number of journal records it wrote.
+    /// A failure shows `daemon`'s log too.
+    fn finish(mut self, daemon: &Daemon) -> (String, u64) {
+        std::fs::write(&self.stop, b"").unwrap();
+        let status = self.child.wait().unwrap();
+        let out = self.output.take().unwrap().join().unwrap();
+        assert!(
+            status.success(),
+            "the workload failed:\n{out}\nsnapshotter log:\n{}",
+            daemon.paths.log_text()
+        );
+        let records = out
+            .lines()
+            .find_map(|l| l.strip_prefix("done "))
+            .and_then(|l| l.split(' ').find_map(|w| w.strip_prefix("records=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary line:\n{out}"));
+        (out, records)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.stop, b"");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A committed layer holding `lower` (the workload's pattern) and an
+/// active snapshot `key` over it: its mount point.
+async fn snapshot_over_a_lower_file(c: &mut Client, key: &str) -> String {
+    let base = prepare(c, "base-work", "").await.unwrap();
+    let lower = format!("{base}/lower");
+    let ok = Command::new(bin("slayerfs-fs-workload"))
+        .args(["fill", &lower, &LOWER_BYTES.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    commit(c, "base", "base-work").await.unwrap();
+    prepare(c, key, "base").await.unwrap()
+}
+
+/// Every record the workload was told it wrote is in its journal.
+fn assert_journal(mp: &str, records: u64) {
+    let journal = std::fs::read_to_string(format!("{mp}/journal")).unwrap();
+    let want: String = (0..records).map(|i| format!("record {i:08}\n")).collect();
+    assert!(
+        journal.len() >= want.len() && journal[..want.len()] == want,
+        "the journal lost acknowledged records: {} bytes, {} expected",
+        journal.len(),
+        want.len()
+    );
+}
+
+fn holder_pids(root: &Path) -> Vec<u32> {
+    let sock = root.join("fdholder.sock");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with(b"slayerfs-fdholder"))
+            && args.get(2) == Some(&sock.as_os_str().as_encoded_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_container_sees_nothing_of_a_kill_a_restart_or_an_upgrade() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut daemon = Daemon::start_restartable(dir, "");
+    let mut c = daemon.client().await;
+    let mp = snapshot_over_a_lower_file(&mut c, "ctr").await;
+    let work = Workload::start(&mp, &format!("{mp}/lower"), &dir.join("stop"));
+    let pause = Duration::from_millis(700);
+
+    std::thread::sleep(pause);
+    daemon.restart(libc::SIGKILL, &bin("slayerfs-snapshotter"));
+    std::thread::sleep(pause);
+    daemon.restart(libc::SIGTERM, &bin("slayerfs-snapshotter"));
+    std::thread::sleep(pause);
+    // An upgrade: another binary, at another path.
+    let upgrade = dir.join("upgrade");
+    std::fs::create_dir_all(&upgrade).unwrap();
+    let copy = upgrade.join("slayerfs-snapshotter");
+    std::fs::copy(bin("slayerfs-snapshotter"), &copy).unwrap();
+    daemon.restart(libc::SIGTERM, &copy);
+    std::thread::sleep(pause);
+
+    let (out, records) = work.finish(&daemon);
+    assert!(!out.contains("FAIL"), "{out}\n{}", daemon.paths.log_text());
+    assert!(records > 20, "the workload hardly ran: {out}");
+    assert_journal(&mp, records);
+    let log = daemon.paths.log_text();
+    assert!(
+        log.matches("taking over the FUSE connection").count() >= 3
+            && !log.contains("detaching a stale mount"),
+        "a mount was made again instead of taken over:\n{log}"
+    );
+
+    // containerd's calls work on the snapshots the restarts left.
+    let mut c = daemon.client().await;
+    let next = prepare(&mut c, "next", "base").await.unwrap();
+    std::fs::write(format!("{next}/made-after"), b"after").unwrap();
+    commit(&mut c, "next-layer", "next").await.unwrap();
+    let view = prepare(&mut c, "on-next", "next-layer").await.unwrap();
+    assert_eq!(
+        std::fs::read(format!("{view}/made-after")).unwrap(),
+        b"after"
+    );
+    for key in ["on-next", "next-layer", "ctr"] {
+        remove(&mut c, key).await.unwrap();
+    }
+    let root = daemon.paths.root.clone();
+    drop(c);
+    drop(daemon);
+    assert_eq!(mounts_under(dir), 0, "mounts left after the last stop");
+    assert_eq!(
+        holder_pids(&root),
+        Vec::<u32>::new(),
+        "the fd holder is still running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_restarts_in_a_row_leak_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut daemon = Daemon::start_restartable(dir, "");
+    let mut c = daemon.client().await;
+    let mp = snapshot_over_a_lower_file(&mut c, "ctr").await;
+    let other = prepare(&mut c, "other", "base").await.unwrap();
+    drop(c);
+    let work = Workload::start(&mp, &format!("{mp}/lower"), &dir.join("stop"));
+    let root = daemon.paths.root.clone();
+    let mounts_before = mounts_under(dir);
+    let holders = holder_pids(&root);
+    assert_eq!(holders.len(), 1, "one fd holder");
+    let holder_fds = open_fds(holders[0]);
+    for round in 0..20 {
+        let signal = if round % 2 == 0 {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        daemon.restart(signal, &bin("slayerfs-snapshotter"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (out, records) = work.finish(&daemon);
+    assert!(!out.contains("FAIL"), "{out}\n{}", daemon.paths.log_text());
+    assert_journal(&mp, records);
+    assert_eq!(mounts_under(dir), mounts_before, "mounts after 20 restarts");
+    assert_eq!(holder_pids(&root), holders, "the same single fd holder");
+    assert_eq!(open_fds(holders[0]), holder_fds, "the holder's descriptors");
+    let daemon_fds = open_fds(daemon.pid().unwrap());
+    daemon.restart(libc::SIGKILL, &bin("slayerfs-snapshotter"));
+    assert!(
+        open_fds(daemon.pid().unwrap()) <= daemon_fds + 2,
+        "a restarted daemon holds more descriptors than the one before"
+    );
+    std::fs::write(format!("{other}/still-works"), b"yes").unwrap();
+    assert_eq!(
+        std::fs::read(format!("{other}/still-works")).unwrap(),
+        b"yes"
+    );
+    drop(daemon);
+    assert_eq!(mounts_under(dir), 0, "mounts left after the last stop");
+    assert_eq!(
+        holder_pids(&root),
+        Vec::<u32>::new(),
+        "the fd holder is still running"
+    );
+}
