@@ -26,6 +26,7 @@ pub struct Daemon {
     /// Started without `--unmount-on-exit`: SIGTERM leaves the mounts to
     /// the next start.
     restartable: bool,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Drop for Daemon {
@@ -36,7 +37,7 @@ impl Drop for Daemon {
                 &bin("slayerfs-snapshotter"),
                 &self.paths,
                 &self.config,
-                &[],
+                &self.env,
                 &["--unmount-on-exit"],
             ));
         }
@@ -59,20 +60,23 @@ impl Daemon {
             config,
             proc,
             restartable: false,
+            env: Vec::new(),
         }
     }
 
     /// A daemon that any signal only restarts (no `--unmount-on-exit`);
     /// dropped, it is restarted once more with the flag and stopped, so
     /// that nothing stays mounted or held.
-    pub fn start_restartable(dir: &Path, extra: &str) -> Daemon {
+    /// `extra` is appended to its configuration file, `env` added to its
+    /// environment (S3 credentials).
+    pub fn start_restartable(dir: &Path, extra: &str, env: &[(&'static str, String)]) -> Daemon {
         let config = write_config(dir, extra);
         let paths = SnapshotterPaths::in_dir(dir);
         let proc = Some(start_snapshotter_binary(
             &bin("slayerfs-snapshotter"),
             &paths,
             &config,
-            &[],
+            env,
             &[],
         ));
         Daemon {
@@ -80,6 +84,7 @@ impl Daemon {
             config,
             proc,
             restartable: true,
+            env: env.to_vec(),
         }
     }
 
@@ -101,7 +106,7 @@ impl Daemon {
             binary,
             &self.paths,
             &self.config,
-            &[],
+            &self.env,
             args,
         ));
     }

@@ -26,10 +26,12 @@ struct Workload {
 }
 
 impl Workload {
-    fn start(dir: &str, lower: &str, stop: &Path) -> Workload {
+    /// With `storm` threads changing names as fast as they can.
+    fn start(dir: &str, lower: &str, stop: &Path, storm: usize) -> Workload {
         let mut child = Command::new(bin("slayerfs-fs-workload"))
             .args(["run", dir, lower])
             .arg(stop)
+            .arg(storm.to_string())
             .stdout(Stdio::piped())
             .spawn()
             .expect("starting the workload");
@@ -53,7 +55,19 @@ impl Workload {
     /// A failure shows `daemon`'s log too.
     fn finish(mut self, daemon: &Daemon) -> (String, u64) {
         std::fs::write(&self.stop, b"").unwrap();
-        let status = self.child.wait().unwrap();
+        // An operation that never returns is a failure too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the workload is stuck in an operation\nsnapshotter log:\n{}",
+                daemon.paths.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let out = self.output.take().unwrap().join().unwrap();
         assert!(
             status.success(),
@@ -104,6 +118,14 @@ fn assert_journal(mp: &str, records: u64) {
     );
 }
 
+/// How long the daemon serves between two restarts of the loop.
+fn gap_ms() -> u64 {
+    std::env::var("RESTART_GAP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
 fn holder_pids(root: &Path) -> Vec<u32> {
     let sock = root.join("fdholder.sock");
     let mut pids = Vec::new();
@@ -136,10 +158,10 @@ fn open_fds(pid: u32) -> usize {
 async fn a_working_container_sees_nothing_of_a_kill_a_restart_or_an_upgrade() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut daemon = Daemon::start_restartable(dir, "");
+    let mut daemon = Daemon::start_restartable(dir, "", &[]);
     let mut c = daemon.client().await;
     let mp = snapshot_over_a_lower_file(&mut c, "ctr").await;
-    let work = Workload::start(&mp, &format!("{mp}/lower"), &dir.join("stop"));
+    let work = Workload::start(&mp, &format!("{mp}/lower"), &dir.join("stop"), 0);
     let pause = Duration::from_millis(700);
 
     std::thread::sleep(pause);
@@ -191,15 +213,18 @@ async fn a_working_container_sees_nothing_of_a_kill_a_restart_or_an_upgrade() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_restarts_in_a_row_leak_nothing() {
+async fn twenty_restarts_in_a_storm_of_changes_fail_nothing_and_leak_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut daemon = Daemon::start_restartable(dir, "");
+    let mut daemon = Daemon::start_restartable(dir, "", &[]);
     let mut c = daemon.client().await;
     let mp = snapshot_over_a_lower_file(&mut c, "ctr").await;
     let other = prepare(&mut c, "other", "base").await.unwrap();
     drop(c);
-    let work = Workload::start(&mp, &format!("{mp}/lower"), &dir.join("stop"));
+    // Names change as fast as three threads can change them: restarts land
+    // in the middle of creates, links, renames and unlinks, which the
+    // kernel then sends again.
+    let work = Workload::start(&mp, &format!("{mp}/lower"), &dir.join("stop"), 3);
     let root = daemon.paths.root.clone();
     let mounts_before = mounts_under(dir);
     let holders = holder_pids(&root);
@@ -212,7 +237,7 @@ async fn twenty_restarts_in_a_row_leak_nothing() {
             libc::SIGTERM
         };
         daemon.restart(signal, &bin("slayerfs-snapshotter"));
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(gap_ms()));
     }
     let (out, records) = work.finish(&daemon);
     assert!(!out.contains("FAIL"), "{out}\n{}", daemon.paths.log_text());

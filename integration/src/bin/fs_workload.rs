@@ -2,14 +2,17 @@
 //! run against a mount while the daemon serving it restarts.
 //!
 //! `fill FILE SIZE` writes SIZE bytes of the test pattern to FILE.
-//! `run DIR LOWER STOP` works in DIR until the file STOP appears: its cwd
-//! is DIR, it keeps LOWER (a file of the pattern) open and mapped and
-//! reads both at random places, appends numbered records to `journal`
+//! `run DIR LOWER STOP [STORM]` works in DIR until the file STOP appears:
+//! its cwd is DIR, it keeps LOWER (a file of the pattern) open and mapped
+//! and reads both at random places, appends numbered records to `journal`
 //! through one open descriptor and reads each back, and creates, writes,
-//! renames, lists, unlinks and removes names in `churn/`. Every failure is
+//! renames, lists, unlinks and removes names in `churn/`; STORM more
+//! threads (default 0) create, rename, link, unlink, make and remove
+//! directories in `storm/<n>/` as fast as they can. Every failure is
 //! printed as `FAIL <op>: <error>`; at the end one line
-//! `done ops=N failures=F records=R longest_ms=L` (L: the longest any
-//! single operation took). Exits 1 if anything failed.
+//! `done ops=N failures=F records=R longest_ms=L storm_ops=S` (L: the
+//! longest any single operation of the main loop took). Exits 1 if
+//! anything failed.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -81,7 +84,43 @@ fn check_pattern(data: &[u8], at: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn run(dir: &Path, lower: &Path, stop: &Path) -> Result<Run, String> {
+/// One storm thread: namespace changes, each of which must succeed.
+fn storm(n: usize, stop: &Path) -> Run {
+    let mut run = Run {
+        ops: 0,
+        failures: 0,
+        longest: Duration::ZERO,
+    };
+    let base = format!("storm/{n}");
+    run.op("storm mkdir", || {
+        std::fs::create_dir_all(&base).map_err(|e| e.to_string())
+    });
+    let mut i: u64 = 0;
+    while !stop.exists() {
+        i += 1;
+        let p = |name: &str| format!("{base}/{name}{i}");
+        let e = |e: std::io::Error| e.to_string();
+        run.op("storm create", || std::fs::write(p("c"), b"x").map_err(e));
+        run.op("storm rename", || {
+            std::fs::rename(p("c"), p("r")).map_err(e)
+        });
+        run.op("storm link", || {
+            std::fs::hard_link(p("r"), p("l")).map_err(e)
+        });
+        run.op("storm unlink", || std::fs::remove_file(p("r")).map_err(e));
+        run.op("storm unlink link", || {
+            std::fs::remove_file(p("l")).map_err(e)
+        });
+        run.op("storm mkdir", || std::fs::create_dir(p("d")).map_err(e));
+        run.op("storm rename dir", || {
+            std::fs::rename(p("d"), p("e")).map_err(e)
+        });
+        run.op("storm rmdir", || std::fs::remove_dir(p("e")).map_err(e));
+    }
+    run
+}
+
+fn run(dir: &Path, lower: &Path, stop: &Path, storms: usize) -> Result<Run, String> {
     let err = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| format!("{what}: {e}")
@@ -123,6 +162,12 @@ fn run(dir: &Path, lower: &Path, stop: &Path) -> Result<Run, String> {
     };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut records: u64 = 0;
+    let storms: Vec<_> = (0..storms)
+        .map(|n| {
+            let stop = stop.to_path_buf();
+            std::thread::spawn(move || storm(n, &stop))
+        })
+        .collect();
     println!("ready");
     let _ = std::io::stdout().flush();
     while !stop.exists() {
@@ -202,8 +247,16 @@ fn run(dir: &Path, lower: &Path, stop: &Path) -> Result<Run, String> {
             Ok(())
         });
     }
+    let mut storm_ops = 0;
+    for t in storms {
+        let r = t
+            .join()
+            .map_err(|_| "a storm thread panicked".to_string())?;
+        storm_ops += r.ops;
+        run.failures += r.failures;
+    }
     println!(
-        "done ops={} failures={} records={records} longest_ms={}",
+        "done ops={} failures={} records={records} longest_ms={} storm_ops={storm_ops}",
         run.ops,
         run.failures,
         run.longest.as_millis()
@@ -226,7 +279,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        ["run", dir, lower, stop] => match run(Path::new(dir), Path::new(lower), Path::new(stop)) {
+        ["run", dir, lower, stop, rest @ ..] if rest.len() <= 1 => match run(
+            Path::new(dir),
+            Path::new(lower),
+            Path::new(stop),
+            rest.first().and_then(|n| n.parse().ok()).unwrap_or(0),
+        ) {
             Ok(r) if r.failures == 0 => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,
             Err(e) => {
@@ -235,7 +293,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: slayerfs-fs-workload fill FILE SIZE | run DIR LOWER STOP");
+            eprintln!("usage: slayerfs-fs-workload fill FILE SIZE | run DIR LOWER STOP [STORM]");
             ExitCode::from(2)
         }
     }

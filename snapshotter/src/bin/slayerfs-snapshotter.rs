@@ -141,7 +141,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !unmount {
         tracing::info!("leaving every snapshot mounted for the next start");
     }
-    tokio::task::spawn_blocking(move || sn2.shutdown(unmount)).await?;
+    let code = i32::from(served.is_err());
+    tokio::task::spawn_blocking(move || {
+        sn2.shutdown(unmount);
+        if !unmount {
+            // The FUSE sessions serve until the process is gone, and their
+            // reads run on this runtime: ending the process now, with the
+            // runtime still up, leaves a request either answered or
+            // unanswered (sent again to the next start), never failed by a
+            // runtime shutting down.
+            std::process::exit(code);
+        }
+    })
+    .await?;
     served.context("serving the snapshots API")
 }
 
