@@ -59,7 +59,7 @@ bench_lazy() {
   snap_pid=""
   start_ours() {
     SLAYERFS_CONFIG=$c/slayerfs.toml "$bin/slayerfs-snapshotter" --root "$c/slayerfs" \
-      --address "$c/slayerfs.sock" 2>> "$c/slayerfs.log" &
+      --address "$c/slayerfs.sock" --unmount-on-exit 2>> "$c/slayerfs.log" &
     snap_pid=$!
     for _ in $(seq 100); do [ -S "$c/slayerfs.sock" ] && break; sleep 0.1; done
   }

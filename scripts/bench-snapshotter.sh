@@ -38,7 +38,7 @@ bench_snapshotter() {
   mkdir -p "$c"
   printf 'version = 2\nroot = "%s/root"\nstate = "%s/state"\n[grpc]\n  address = "%s/containerd.sock"\n[proxy_plugins.slayerfs]\n  type = "snapshot"\n  address = "%s/slayerfs.sock"\n[plugins."io.containerd.grpc.v1.cri"]\n  disable = true\n' \
     "$c" "$c" "$c" "$c" > "$c/config.toml"
-  "$bin/slayerfs-snapshotter" --root "$c/slayerfs" --address "$c/slayerfs.sock" 2> "$c/slayerfs.log" &
+  "$bin/slayerfs-snapshotter" --root "$c/slayerfs" --address "$c/slayerfs.sock" --unmount-on-exit 2> "$c/slayerfs.log" &
   local snap_pid=$!
   containerd --config "$c/config.toml" 2> "$c/containerd.log" &
   local containerd_pid=$!

@@ -7,6 +7,8 @@
 #   scripts/bench.sh snapshotter  the containerd snapshotter beside overlayfs's
 #   scripts/bench.sh lazy       pull-to-first-output of a converted image beside
 #                               a full pull into overlayfs
+#   scripts/bench.sh restart    what a working container sees of a kill -9 and
+#                               a new start, with 1 and 50 active snapshots
 #
 # BENCH_DIR (default /var/tmp/slayerfs-bench) holds the generated image and
 # the stores; the image is generated once and reused. Each figure, baseline
@@ -143,11 +145,13 @@ start_s3() {
 source scripts/bench-fs.sh
 source scripts/bench-snapshotter.sh
 source scripts/bench-lazy.sh
+source scripts/bench-restart.sh
 
 case "$what" in
   convert) bench_convert ;;
   fs) bench_fs ;;
   snapshotter) bench_snapshotter ;;
   lazy) bench_lazy ;;
-  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter, lazy)" >&2; exit 2 ;;
+  restart) bench_restart ;;
+  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter, lazy, restart)" >&2; exit 2 ;;
 esac

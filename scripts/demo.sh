@@ -128,7 +128,7 @@ state = "$cdir/state"
 [plugins."io.containerd.grpc.v1.cri"]
   disable = true
 EOF
-"$bin/slayerfs-snapshotter" --root "$cdir/snapshotter" --address "$cdir/slayerfs.sock" \
+"$bin/slayerfs-snapshotter" --root "$cdir/snapshotter" --address "$cdir/slayerfs.sock" --unmount-on-exit \
   --store s3://demo --s3-endpoint "$s3" 2> "$cdir/snapshotter.log" &
 snap_pid=$!
 containerd --config "$cdir/config.toml" 2> "$cdir/containerd.log" &

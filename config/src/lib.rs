@@ -42,6 +42,10 @@
 //! [registry.auths."registry.example"]              # else ~/.docker/config.json
 //! username = "..."
 //! password = "..."
+//!
+//! [snapshotter]
+//! unmount_on_exit = false   # SIGTERM unmounts everything (drain) instead of a restart
+//! fd_holder = "/usr/local/bin/slayerfs-fdholder"   # default: beside the daemon, else PATH
 //! ```
 
 use std::collections::BTreeMap;

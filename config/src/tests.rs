@@ -36,9 +36,17 @@ fn full_file_parses() {
         workers = 3
         [cache]
         read_ahead_blocks = 0
+        [snapshotter]
+        unmount_on_exit = true
+        fd_holder = "/opt/slayerfs/slayerfs-fdholder"
         "#,
     )
     .unwrap();
+    assert!(c.snapshotter.unmount_on_exit);
+    assert_eq!(
+        c.snapshotter.fd_holder.as_deref(),
+        Some(Path::new("/opt/slayerfs/slayerfs-fdholder"))
+    );
     assert_eq!(
         c.store_location(),
         StoreLocation::S3 {

@@ -109,3 +109,39 @@ fn inherited_fds() -> Result<Vec<(FdName, OwnedFd)>, Error> {
     }
     Ok(fds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// What systemd would receive: the messages of a put, checked on a
+    /// datagram socket standing in for `$NOTIFY_SOCKET` (no systemd runs
+    /// in the tests).
+    #[test]
+    fn a_put_replaces_the_name_and_sends_the_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let store = SystemdStore {
+            notify: scm::socket_address(path.as_os_str().as_bytes()).unwrap(),
+            inherited: Vec::new(),
+        };
+        let file = tempfile::tempfile().unwrap();
+        let name = FdName::new("snapshot-7").unwrap();
+        store.put(&name, file.as_fd()).unwrap();
+        let mut buf = [0u8; 256];
+        let (n, fd) = scm::recv(listener.as_fd(), &mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], fd.is_none()),
+            (&b"FDSTOREREMOVE=1\nFDNAME=snapshot-7"[..], true)
+        );
+        let (n, fd) = scm::recv(listener.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=snapshot-7");
+        let fd = fd.expect("the descriptor rides along");
+        assert_ne!(fd.as_raw_fd(), file.as_raw_fd());
+        store.remove(&name).unwrap();
+        let (n, _) = scm::recv(listener.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"FDSTOREREMOVE=1\nFDNAME=snapshot-7");
+    }
+}

@@ -77,6 +77,23 @@ while [ ! -e /out/stop ]; do
 done
 "#;
 
+/// Kills and removes the test's containers when dropped, so that a failing
+/// test leaves no shim or task behind (dropped before containerd).
+struct Containers<'a> {
+    dir: &'a Path,
+    names: Vec<String>,
+}
+
+impl Drop for Containers<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = ctr(self.dir, &["task", "kill", "-s", "SIGKILL", name]);
+            let _ = ctr(self.dir, &["task", "rm", "-f", name]);
+            let _ = ctr(self.dir, &["container", "rm", name]);
+        }
+    }
+}
+
 fn task_status(dir: &Path, name: &str) -> String {
     let (_, out) = ctr(dir, &["task", "ls"]);
     out.lines()
@@ -143,7 +160,20 @@ fn running_containers_live_through_a_kill_a_restart_and_an_upgrade() {
         assert!(pulled, "{out}\n{}", daemon.paths.log_text());
     }
 
-    let containers = [("lazy", "lazy:v1"), ("plain", "plain:v1")];
+    // runc keeps its state per namespace in one place for every
+    // containerd on the machine: names of this run only.
+    let names: Vec<String> = ["lazy", "plain"]
+        .iter()
+        .map(|n| format!("{n}-{}", std::process::id()))
+        .collect();
+    let containers = [
+        (names[0].as_str(), "lazy:v1"),
+        (names[1].as_str(), "plain:v1"),
+    ];
+    let _cleanup = Containers {
+        dir,
+        names: containers.iter().map(|(n, _)| n.to_string()).collect(),
+    };
     for (name, image) in containers {
         let out = dir.join(format!("out-{name}"));
         std::fs::create_dir_all(&out).unwrap();
@@ -238,7 +268,8 @@ fn running_containers_live_through_a_kill_a_restart_and_an_upgrade() {
     // A read of blocks never fetched, in flight while S3 is down, when the
     // daemon is killed: answered once the next daemon runs and S3 is back.
     drop(s3);
-    let out = dir.join("out-lazy");
+    let lazy = containers[0].0;
+    let out = dir.join(format!("out-{lazy}"));
     ok(
         dir,
         &daemon,
@@ -248,7 +279,7 @@ fn running_containers_live_through_a_kill_a_restart_and_an_upgrade() {
             "-d",
             "--exec-id",
             "inflight",
-            "lazy",
+            lazy,
             "sh",
             "-c",
             "md5sum < /data/untouched > /out/md5.tmp && mv /out/md5.tmp /out/md5",
@@ -302,7 +333,7 @@ fn running_containers_live_through_a_kill_a_restart_and_an_upgrade() {
             "--snapshotter",
             "slayerfs",
             &format!("{r}/lazy:v1"),
-            "after",
+            &format!("after-{}", std::process::id()),
             "cat",
             "/etc/small",
         ],

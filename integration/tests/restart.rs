@@ -169,11 +169,16 @@ async fn a_working_container_sees_nothing_of_a_kill_a_restart_or_an_upgrade() {
     std::thread::sleep(pause);
     daemon.restart(libc::SIGTERM, &bin("slayerfs-snapshotter"));
     std::thread::sleep(pause);
-    // An upgrade: another binary, at another path.
+    // An upgrade: another binary, at another path (a copy of this build,
+    // or the build SLAYERFS_UPGRADE_TO names, to try one build against
+    // another by hand).
     let upgrade = dir.join("upgrade");
     std::fs::create_dir_all(&upgrade).unwrap();
     let copy = upgrade.join("slayerfs-snapshotter");
-    std::fs::copy(bin("slayerfs-snapshotter"), &copy).unwrap();
+    let new_build = std::env::var_os("SLAYERFS_UPGRADE_TO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin("slayerfs-snapshotter"));
+    std::fs::copy(new_build, &copy).unwrap();
     daemon.restart(libc::SIGTERM, &copy);
     std::thread::sleep(pause);
 
@@ -262,5 +267,103 @@ async fn twenty_restarts_in_a_storm_of_changes_fail_nothing_and_leak_nothing() {
         holder_pids(&root),
         Vec::<u32>::new(),
         "the fd holder is still running"
+    );
+}
+
+/// Whether `file` holds `len` bytes of the workload's pattern (checked
+/// with the workload's own reader: `fill` again into a scratch file and
+/// compare would double the writes).
+fn holds_pattern(file: &str, len: u64) -> bool {
+    let Ok(data) = std::fs::read(file) else {
+        return false;
+    };
+    data.len() as u64 == len
+        && data.iter().enumerate().all(|(i, b)| {
+            let o = i as u64;
+            *b == ((o.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (o >> 20) as u8)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_commit_leaves_the_snapshot_active_or_committed_whole() {
+    use containerd_snapshots::api::snapshots::v1::CleanupRequest;
+    use slayerfs_integration::daemon::stored_objects;
+    use slayerfs_integration::snapshots_api::{state, NAME};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut daemon = Daemon::start_restartable(dir, "", &[]);
+    let mut c = daemon.client().await;
+    prepare(&mut c, "base-work", "").await.unwrap();
+    commit(&mut c, "base", "base-work").await.unwrap();
+    let baseline = stored_objects(&daemon.paths.root);
+    const BYTES: u64 = 48 << 20;
+    let (mut active, mut committed) = (0, 0);
+    for (round, delay_ms) in [0u64, 30, 100, 250, 500, 900].into_iter().enumerate() {
+        let key = format!("work-{round}");
+        let layer = format!("layer-{round}");
+        let mp = prepare(&mut c, &key, "base").await.unwrap();
+        let file = format!("{mp}/data");
+        let filled = Command::new(bin("slayerfs-fs-workload"))
+            .args(["fill", &file, &BYTES.to_string()])
+            .status()
+            .unwrap();
+        assert!(filled.success());
+        let mut c2 = daemon.client().await;
+        let (k2, l2) = (key.clone(), layer.clone());
+        let committing = tokio::spawn(async move { commit(&mut c2, &l2, &k2).await });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        daemon.restart(libc::SIGKILL, &bin("slayerfs-snapshotter"));
+        let _ = committing.await;
+        c = daemon.client().await;
+        let names: Vec<(String, i32)> = state(&mut c)
+            .await
+            .into_iter()
+            .map(|s| (s.0, s.1))
+            .collect();
+        let has = |n: &str| names.iter().any(|(k, _)| k == n);
+        match (has(&key), has(&layer)) {
+            (true, false) => {
+                // Not committed: the changes are all there, and a commit
+                // now succeeds.
+                active += 1;
+                assert!(
+                    holds_pattern(&file, BYTES),
+                    "round {round}: the active snapshot lost data"
+                );
+                commit(&mut c, &layer, &key).await.unwrap();
+            }
+            (false, true) => committed += 1,
+            other => panic!("round {round} (kill after {delay_ms} ms): {other:?} in {names:?}"),
+        }
+        let view = prepare(&mut c, &format!("check-{round}"), &layer)
+            .await
+            .unwrap();
+        assert!(
+            holds_pattern(&format!("{view}/data"), BYTES),
+            "round {round}: the committed layer is not whole"
+        );
+        remove(&mut c, &format!("check-{round}")).await.unwrap();
+        remove(&mut c, &layer).await.unwrap();
+    }
+    assert!(
+        active + committed == 6,
+        "{active} active, {committed} committed"
+    );
+    // Whatever the killed commits left half made is garbage: collected.
+    c.cleanup(CleanupRequest {
+        snapshotter: NAME.into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        stored_objects(&daemon.paths.root),
+        baseline,
+        "objects left by killed commits"
+    );
+    let left: Vec<String> = state(&mut c).await.into_iter().map(|s| s.0).collect();
+    assert_eq!(left, vec!["base".to_string()]);
+    eprintln!(
+        "kills during commit: {active} left the snapshot active, {committed} after it committed"
     );
 }

@@ -147,6 +147,14 @@ fn run(dir: &Path, lower: &Path, stop: &Path, storms: usize) -> Result<Run, Stri
     }
     // SAFETY: the mapping is `size` bytes and lives until the process ends.
     let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, size as usize) };
+    // What an earlier run left there is not this run's.
+    for leftover in ["churn", "storm"] {
+        match std::fs::remove_dir_all(leftover) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("clearing {leftover}: {e}")),
+        }
+    }
     std::fs::create_dir_all("churn").map_err(err("mkdir churn"))?;
     let journal = OpenOptions::new()
         .create(true)

@@ -25,8 +25,10 @@ use std::sync::Mutex;
 /// The longest record accepted back (a change touches a few keys; a
 /// truncate of a huge file touches one key per 64 MiB chunk).
 const MAX_RECORD: usize = 64 << 20;
-/// A checkpoint is due once the current file is this long.
-pub const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// A checkpoint is due once the current file is this long: it bounds what
+/// a start after a crash replays (about 3,000 changes, some 10 ms), at one
+/// database flush per megabyte of changes.
+pub const CHECKPOINT_BYTES: u64 = 1 << 20;
 
 /// One effect of a change.
 #[derive(Debug, Clone, PartialEq, Eq)]

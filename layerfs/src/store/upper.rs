@@ -81,24 +81,37 @@ fn open_trees(db: &sled::Db) -> Result<[sled::Tree; 5], StoreError> {
     ])
 }
 
-/// Applies journal effects to the trees (replay after a crash).
-fn replay(trees: &[sled::Tree; 5], data_dir: &Path, effects: &[Effect]) -> Result<(), StoreError> {
-    for e in effects {
+/// Applies the effects of journal records, in order, to the trees (replay
+/// after a crash): one batch per tree, since the trees are independent and
+/// a batch keeps the order of its writes; data files go last (inode
+/// numbers are never used twice, so no later record can want one back).
+fn replay(
+    trees: &[sled::Tree; 5],
+    data_dir: &Path,
+    records: &[Vec<Effect>],
+) -> Result<(), StoreError> {
+    let mut batches: [sled::Batch; 5] = Default::default();
+    let mut files = Vec::new();
+    for e in records.iter().flatten() {
+        let batch = |tree: &u8| -> Result<usize, StoreError> {
+            let t = usize::from(*tree);
+            (t < batches.len())
+                .then_some(t)
+                .ok_or_else(|| corrupt("journal", format!("tree {tree}")))
+        };
         match e {
             Effect::Set { tree, key, value } => {
-                let t = trees
-                    .get(usize::from(*tree))
-                    .ok_or_else(|| corrupt("journal", format!("tree {tree}")))?;
-                t.insert(key.as_slice(), value.as_slice())?;
+                batches[batch(tree)?].insert(key.as_slice(), value.as_slice())
             }
-            Effect::Remove { tree, key } => {
-                let t = trees
-                    .get(usize::from(*tree))
-                    .ok_or_else(|| corrupt("journal", format!("tree {tree}")))?;
-                t.remove(key.as_slice())?;
-            }
-            Effect::RemoveDataFile { ino } => remove_data_file(data_dir, Ino(*ino)),
+            Effect::Remove { tree, key } => batches[batch(tree)?].remove(key.as_slice()),
+            Effect::RemoveDataFile { ino } => files.push(Ino(*ino)),
         }
+    }
+    for (tree, batch) in trees.iter().zip(batches) {
+        tree.apply_batch(batch)?;
+    }
+    for ino in files {
+        remove_data_file(data_dir, ino);
     }
     Ok(())
 }
@@ -136,9 +149,7 @@ impl Upper {
             last,
         } = Journal::open(data_dir)?;
         if let Some(last) = last {
-            for effects in &records {
-                replay(&trees, data_dir, effects)?;
-            }
+            replay(&trees, data_dir, &records)?;
             db.flush()?;
             journal.drop_through(last);
             if !records.is_empty() {
