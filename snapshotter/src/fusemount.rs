@@ -178,6 +178,13 @@ impl MountHandle {
                 r
             })
             .context("starting the FUSE session")?;
+        if fresh {
+            // The kernel learns the root's attributes now (it keeps them for
+            // the attribute lifetime): a bind mount of ours that outlives
+            // the session, aborted at Commit or Remove, still stats as the
+            // directory it was, as containerd's own snapshotters' mounts do.
+            let _ = std::fs::metadata(mountpoint);
+        }
         Ok(MountHandle {
             mountpoint: mountpoint.to_path_buf(),
             rootfs,
