@@ -20,24 +20,33 @@ const START_DEADLINE: Duration = Duration::from_secs(5);
 /// Talks to the holder at one socket.
 pub struct HolderClient {
     socket: PathBuf,
+    /// What to start when no holder answers.
+    binary: PathBuf,
 }
 
 impl HolderClient {
     /// A client of the holder at `socket`; if none answers there, starts
     /// `binary --socket SOCKET` (its stderr appended to `SOCKET.log`).
     pub fn connect_or_spawn(socket: PathBuf, binary: PathBuf) -> Result<HolderClient, Error> {
-        let client = HolderClient { socket };
-        if client.connect().is_ok() {
-            return Ok(client);
+        let client = HolderClient { socket, binary };
+        client.ensure_running()?;
+        Ok(client)
+    }
+
+    /// Starts a holder if none answers; true if one was started (it holds
+    /// nothing yet).
+    pub fn ensure_running(&self) -> Result<bool, Error> {
+        if self.connect().is_ok() {
+            return Ok(false);
         }
-        client.spawn(&binary)?;
+        self.spawn(&self.binary)?;
         let deadline = Instant::now() + START_DEADLINE;
         loop {
-            match client.connect() {
-                Ok(_) => return Ok(client),
+            match self.connect() {
+                Ok(_) => return Ok(true),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(Error::Spawn {
-                        path: binary,
+                        path: self.binary.clone(),
                         reason: format!("it did not answer within {START_DEADLINE:?}: {e}"),
                     })
                 }

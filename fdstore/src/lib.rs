@@ -82,6 +82,16 @@ impl FdStore {
         }
     }
 
+    /// Whether the store is there to keep descriptors; false if it had
+    /// gone and an empty one took its place (the holder was killed):
+    /// everything must be put again.
+    pub fn check(&self) -> Result<bool, Error> {
+        match self {
+            FdStore::Holder(h) => Ok(!h.ensure_running()?),
+            FdStore::Systemd(_) => Ok(true),
+        }
+    }
+
     /// Stops keeping `name`.
     pub fn remove(&self, name: &FdName) -> Result<(), Error> {
         match self {

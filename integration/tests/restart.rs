@@ -261,6 +261,43 @@ async fn twenty_restarts_in_a_storm_of_changes_fail_nothing_and_leak_nothing() {
         std::fs::read(format!("{other}/still-works")).unwrap(),
         b"yes"
     );
+
+    // The holder killed: the daemon starts another and hands it every
+    // connection, so that its own next crash is survived too.
+    // SAFETY: signalling a process this test's daemon started.
+    unsafe { libc::kill(holders[0] as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let new_holder = loop {
+        let pids = holder_pids(&root);
+        if pids.len() == 1 && pids != holders {
+            break pids[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new fd holder: {pids:?}\n{}",
+            daemon.paths.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_fds(new_holder) < holder_fds {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new holder did not get the connections"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.restart(libc::SIGKILL, &bin("slayerfs-snapshotter"));
+    assert_eq!(
+        std::fs::read(format!("{other}/still-works")).unwrap(),
+        b"yes",
+        "after the holder was replaced"
+    );
+    assert!(
+        daemon.paths.log_text().contains("the fd holder had gone"),
+        "{}",
+        daemon.paths.log_text()
+    );
     drop(daemon);
     assert_eq!(mounts_under(dir), 0, "mounts left after the last stop");
     assert_eq!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use slayerfs_layerfs::fuse::connection::{Connection, SavedInit};
 use slayerfs_layerfs::fuse::{MountOptions, SlayerFuse};
@@ -130,6 +130,8 @@ pub struct MountHandle {
     worker: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// The kernel's number for the FUSE connection (fusectl).
     connection: Option<u32>,
+    /// A descriptor of the connection, to hand to an fd store again.
+    fd: Option<OwnedFd>,
 }
 
 impl MountHandle {
@@ -159,7 +161,12 @@ impl MountHandle {
     ) -> anyhow::Result<Self> {
         let fresh = !conn.is_taken_over();
         let fs = SlayerFuse::new(rootfs.clone(), opts.listing_seed);
-        let session = match conn.into_session(fs, &opts, keep) {
+        let mut fd = None;
+        let keep_and_dup = |conn_fd: BorrowedFd<'_>, init: &SavedInit| {
+            fd = Some(conn_fd.try_clone_to_owned()?);
+            keep(conn_fd, init)
+        };
+        let session = match conn.into_session(fs, &opts, keep_and_dup) {
             Ok(s) => s,
             Err(e) => {
                 if fresh {
@@ -190,7 +197,13 @@ impl MountHandle {
             rootfs,
             worker: Some(worker),
             connection: mounted_device(mountpoint).map(|(_, minor)| minor),
+            fd,
         })
+    }
+
+    /// The connection's descriptor (for an fd store that lost its copy).
+    pub fn connection_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
     }
 
     /// Unmounts (if still mounted), waits for the session to end and
@@ -209,6 +222,7 @@ impl MountHandle {
         let Some(worker) = self.worker.take() else {
             return Ok(());
         };
+        self.fd = None;
         if is_mount_point(&self.mountpoint).unwrap_or(false) {
             unmount(&self.mountpoint)
                 .with_context(|| format!("unmounting {}", self.mountpoint.display()))?;

@@ -11,12 +11,19 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
 use anyhow::Context;
 use slayerfs_fdstore::{FdName, FdStore};
 use slayerfs_layerfs::fuse::connection::SavedInit;
 use slayerfs_layerfs::fuse::ListingSeed;
 
+use super::SlayerSnapshotter;
+
 const NAME_PREFIX: &str = "snapshot-";
+/// How often the daemon checks that its fd store is still there.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The fd store's name for snapshot `id`'s connection.
 pub fn fd_name(id: u64) -> FdName {
@@ -81,6 +88,45 @@ pub fn release(fds: &Mutex<FdStore>, id: u64) {
     let store = fds.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = store.remove(&fd_name(id)) {
         tracing::debug!(id, error = %e, "the fd store had no connection of this snapshot");
+    }
+}
+
+impl SlayerSnapshotter {
+    /// Checks, every few seconds for as long as the daemon lives, that the
+    /// fd store still holds the connections: a holder that was killed is
+    /// started again and handed every mounted snapshot's connection, so
+    /// that the daemon's next crash still ends no container's filesystem.
+    pub(super) fn watch_fd_store(self: &Arc<Self>) {
+        let this: Weak<SlayerSnapshotter> = Arc::downgrade(self);
+        self.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(CHECK_EVERY).await;
+                let Some(sn) = this.upgrade() else { return };
+                let checked = tokio::task::spawn_blocking(move || sn.hold_again_if_lost()).await;
+                if let Ok(Err(e)) = checked {
+                    tracing::error!(error = %format!("{e:#}"), "the fd store is gone: a crash now would end the containers' filesystems");
+                }
+            }
+        });
+    }
+
+    fn hold_again_if_lost(&self) -> anyhow::Result<()> {
+        let store = self.fds.lock().unwrap_or_else(|p| p.into_inner());
+        if store.check()? {
+            return Ok(());
+        }
+        let mounts = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, handle) in mounts.iter() {
+            if let Some(fd) = handle.connection_fd() {
+                store.put(&fd_name(*id), fd)?;
+            }
+        }
+        tracing::warn!(
+            connections = mounts.len(),
+            store = store.describe(),
+            "the fd holder had gone; a new one holds every connection again"
+        );
+        Ok(())
     }
 }
 

@@ -168,6 +168,7 @@ impl SlayerSnapshotter {
             listing_seed,
         });
         sn.restore().await?;
+        sn.watch_fd_store();
         Ok(sn)
     }
 
