@@ -220,6 +220,28 @@ fn bad_layers_fail_cleanly_and_publish_nothing() {
             "cannot decompress (tar+gzip)",
         ),
         (
+            // 10 KiB of data under a header that claims 4 EiB: nothing may
+            // be sized from the claim (this once aborted the converter
+            // trying to allocate for it).
+            "size that lies",
+            {
+                let mut h = tar::Header::new_gnu();
+                h.set_path("huge").unwrap();
+                h.set_mode(0o644);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(1 << 62);
+                h.set_cksum();
+                let mut t = h.as_bytes().to_vec();
+                t.extend_from_slice(&noise(10 << 10, 9));
+                t
+            },
+            Compression::None,
+            "entry #1 `huge`: corrupt or truncated tar: file data ends early",
+        ),
+        (
             "corrupt header",
             {
                 let mut t = raw_tar(&[(b"a", tar::EntryType::Regular, b"x", b"")]);

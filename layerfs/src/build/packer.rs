@@ -83,7 +83,9 @@ impl<'w> Packer<'w> {
         data: &mut dyn Read,
         size: u64,
     ) -> Result<Vec<PendingSlice>, PackError> {
-        let mut slices = Vec::with_capacity(size.div_ceil(BLOCK_SIZE as u64) as usize);
+        // The size is the header's claim, not yet the data's: it sizes
+        // nothing before the bytes are there.
+        let mut slices = Vec::new();
         let mut offset = 0u64;
         while offset < size {
             let len = (size - offset).min(BLOCK_SIZE as u64) as usize;

@@ -127,7 +127,8 @@ fn find_op(s: &str, op: &str) -> Option<usize> {
     for i in 0..bytes.len() {
         if bytes[i] == b'"' {
             quoted = !quoted;
-        } else if !quoted && s[i..].starts_with(op) {
+        } else if !quoted && bytes[i..].starts_with(op.as_bytes()) {
+            // (An operator is ASCII: where it starts is a char boundary.)
             return Some(i);
         }
     }
@@ -185,6 +186,20 @@ mod tests {
         for f in no {
             assert!(!Filter::parse(f).unwrap().matches(&s), "{f}");
         }
+        // Any UTF-8 parses or is refused, never a panic (slicing at a byte
+        // inside a character once did).
+        for text in [
+            "name==ü",
+            "labels.ü==é",
+            "ü",
+            "labels.\u{1F600}!=\u{1F600}",
+            "ééé==",
+            "name\u{0}==x",
+        ] {
+            let _ = Filter::parse(text);
+        }
+        let f = Filter::parse("labels.ü==é").unwrap();
+        assert!(f.matches(&snap("a", "", SnapshotKind::Active, &[("ü", "é")])));
         for bad in ["", "bogus==1", "name~=k.*", r#"labels."open==1"#] {
             assert!(Filter::parse(bad).is_err(), "{bad}");
         }
