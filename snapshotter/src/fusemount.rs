@@ -242,7 +242,7 @@ impl MountHandle {
         }
         let result = worker.join();
         self.rootfs
-            .fsync(None)
+            .checkpoint()
             .context("flushing the upper layer")?;
         match result {
             Ok(r) => r.context("FUSE session"),

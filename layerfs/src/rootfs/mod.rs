@@ -550,7 +550,10 @@ impl Rootfs {
         }
     }
 
-    /// Makes what was written so far durable.
+    /// Makes what was written so far durable against power loss (fsync,
+    /// fsyncdir): `ino`'s data file, and the journal, which holds every
+    /// change committed so far. No database flush: the other snapshots
+    /// sharing the database pay nothing for this one's fsync.
     pub fn fsync(&self, ino: Option<Ino>) -> Result<(), FsError> {
         let Some(up) = &self.upper else {
             return Ok(());
@@ -561,7 +564,16 @@ impl Rootfs {
                     .map_err(|source| FsError::Data { ino, source })?;
             }
         }
-        up.flush()?;
+        up.sync()?;
+        Ok(())
+    }
+
+    /// Writes every committed change into the database and drops the
+    /// journal that held it (at unmount: the next mount replays nothing).
+    pub fn checkpoint(&self) -> Result<(), FsError> {
+        if let Some(up) = &self.upper {
+            up.flush()?;
+        }
         Ok(())
     }
 

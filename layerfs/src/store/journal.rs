@@ -7,8 +7,9 @@
 //! open. A record sets or removes keys and removes data files: absolute
 //! effects, so replaying one already applied changes nothing, and replaying
 //! every record since the last checkpoint always ends in the state the
-//! last answered change left. A checkpoint starts a new file, flushes the
-//! database and deletes the older files.
+//! last answered change left. An fsync syncs the current file (files are
+//! made with a synced directory); a checkpoint starts a new file, flushes
+//! the database and deletes the older files.
 //!
 //! Record: `len: u32 LE | crc32(payload): u32 LE | payload`; payload: a
 //! sequence of entries, each `0 tree key` (remove), `1 tree key value`
@@ -137,7 +138,19 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        // The new name itself must survive power loss for a later sync of
+        // the file to mean anything.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
         Ok(Current { n, file, len: 0 })
+    }
+
+    /// Makes every record appended so far durable against power loss.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let cur = self.current();
+        let path = self.dir.join(file_name(cur.n));
+        cur.file.sync_data().map_err(io_err(&path))
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {

@@ -16,8 +16,9 @@
 //! Every write is part of a [`Change`]: changes are serialised, see their
 //! own writes before they commit, and commit whole (journal record, then
 //! one transaction over the trees) or, dropped, not at all. A committed
-//! change survives the process ([`super::journal`]); [`Upper::flush`]
-//! (fsync, unmount) makes it survive power loss too.
+//! change survives the process ([`super::journal`]); [`Upper::sync`]
+//! (fsync) makes it survive power loss too, and [`Upper::flush`] (unmount,
+//! or every MiB of journal) writes it into the database.
 
 mod change;
 
@@ -393,8 +394,22 @@ impl Upper {
         Ok(avail.saturating_mul(u64::from(frsize)))
     }
 
-    /// Makes every change committed so far durable against power loss,
-    /// and drops the journal that held them until then.
+    /// Makes every change committed so far durable against power loss:
+    /// the journal file, and the data directory (whose names of data
+    /// files made since are as much a part of the change).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.journal.sync()?;
+        File::open(&self.data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::DataDir {
+                path: self.data_dir.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Writes every change committed so far into the database, durably,
+    /// and drops the journal that held them until then (a checkpoint).
     pub fn flush(&self) -> Result<(), StoreError> {
         let last = {
             let _serial = self.changing.lock().unwrap_or_else(|p| p.into_inner());
