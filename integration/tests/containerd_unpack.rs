@@ -91,20 +91,11 @@ impl Containerd {
         }
     }
 
-    /// Mounts a view of the committed snapshot `chain` at `mnt`.
+    /// Mounts a view of the committed snapshot `chain` at `mnt`. The view
+    /// and its mount command come from one call: a view holds no lease,
+    /// and containerd's garbage collection (after an import) may remove it
+    /// before a second call asks for its mounts (seen once).
     fn mount_view(&self, chain: &str, key: &str, mnt: &Path) -> Unmount {
-        let (ok, text) = ctr(
-            &self.dir,
-            &[
-                "snapshots",
-                "--snapshotter",
-                "overlayfs",
-                "view",
-                key,
-                chain,
-            ],
-        );
-        assert!(ok, "view of {chain}: {text}");
         std::fs::create_dir_all(mnt).unwrap();
         let (ok, cmd) = ctr(
             &self.dir,
@@ -112,12 +103,14 @@ impl Containerd {
                 "snapshots",
                 "--snapshotter",
                 "overlayfs",
-                "mounts",
+                "view",
+                "--target",
                 mnt.to_str().unwrap(),
                 key,
+                chain,
             ],
         );
-        assert!(ok && cmd.starts_with("mount "), "mounts of {key}: {cmd}");
+        assert!(ok && cmd.starts_with("mount "), "view of {chain}: {cmd}");
         sh(&cmd, &self.dir, &[]);
         Unmount(mnt.to_path_buf())
     }

@@ -193,6 +193,15 @@ impl Attr {
     }
 }
 
+/// On what connection a rootfs is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A new one: nothing of an earlier mount is held by the kernel.
+    Fresh,
+    /// One an earlier process served and this one took over.
+    TakenOver,
+}
+
 /// How a mount reads ahead (set from `[cache] read_ahead_blocks`).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadAhead {
@@ -227,18 +236,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Rootfs {
-    /// The filesystem over `lower`, writable if `upper` is given, for a new
-    /// mount; blocks come through `cache`, whose fetches run on `runtime`.
-    /// Inodes an earlier mount unlinked while they were open are removed
-    /// now: no one holds them any more.
+    /// The filesystem over `lower`, writable if `upper` is given; blocks
+    /// come through `cache`, whose fetches run on `runtime`. For a new
+    /// connection, inodes an earlier mount unlinked while they were open
+    /// are removed now (no one holds them any more); for one taken over
+    /// nothing is, since the kernel may still hold any inode.
     pub fn new(
         lower: MergedView,
         upper: Option<Upper>,
         cache: Arc<BlockCache>,
         runtime: tokio::runtime::Handle,
         read_ahead: ReadAhead,
+        served: Served,
     ) -> Result<Self, FsError> {
-        if let Some(up) = &upper {
+        let taken_over = served == Served::TakenOver;
+        if let (Some(up), false) = (&upper, taken_over) {
             let ch = up.change();
             for (ino, rec) in ch.inodes()? {
                 if rec.nlink == 0 {
@@ -249,29 +261,6 @@ impl Rootfs {
             // A new connection's request ids start again.
             up.forget_replies()?;
         }
-        Self::build(lower, upper, cache, runtime, read_ahead, false)
-    }
-
-    /// The same filesystem for a mount taken over from an earlier process:
-    /// nothing is removed, since the kernel may still hold any inode.
-    pub fn taken_over(
-        lower: MergedView,
-        upper: Option<Upper>,
-        cache: Arc<BlockCache>,
-        runtime: tokio::runtime::Handle,
-        read_ahead: ReadAhead,
-    ) -> Result<Self, FsError> {
-        Self::build(lower, upper, cache, runtime, read_ahead, true)
-    }
-
-    fn build(
-        lower: MergedView,
-        upper: Option<Upper>,
-        cache: Arc<BlockCache>,
-        runtime: tokio::runtime::Handle,
-        read_ahead: ReadAhead,
-        taken_over: bool,
-    ) -> Result<Self, FsError> {
         Ok(Rootfs {
             lower,
             upper,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, IndexDigest};
 use slayerfs_config::Config;
-use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
+use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs, Served};
 use slayerfs_layerfs::store::layers::LayerDb;
 use slayerfs_layerfs::store::merged::{chain_key, MergedView};
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
@@ -85,6 +85,7 @@ pub fn image_rootfs(
         ReadAhead {
             blocks: config.cache.read_ahead_blocks,
         },
+        Served::Fresh,
     )?)
 }
 

@@ -33,7 +33,7 @@ use slayerfs_fdstore::FdStore;
 use slayerfs_layerfs::build::{convert_layer, Expected};
 use slayerfs_layerfs::fuse::connection::Connection;
 use slayerfs_layerfs::fuse::{ListingSeed, MountOptions};
-use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs};
+use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs, Served};
 use slayerfs_layerfs::store::layers::{Layer, LayerDb};
 use slayerfs_layerfs::store::merged::{chain_key, MergedView};
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
@@ -312,11 +312,12 @@ impl SlayerSnapshotter {
                 None
             };
             let (cache, runtime) = (this.cache.clone(), this.runtime.clone());
-            let rootfs = match &conn {
-                Some(_) => Rootfs::taken_over(view, upper, cache, runtime, this.read_ahead),
-                None => Rootfs::new(view, upper, cache, runtime, this.read_ahead),
-            }
-            .map_err(internal)?;
+            let served = match &conn {
+                Some(_) => Served::TakenOver,
+                None => Served::Fresh,
+            };
+            let rootfs = Rootfs::new(view, upper, cache, runtime, this.read_ahead, served)
+                .map_err(internal)?;
             let opts = MountOptions {
                 threads: 2,
                 fs_name: format!("slayerfs:{}", snap.key),
