@@ -60,7 +60,7 @@ fn build_image(dir: &Path) {
 
 /// The loop each container runs, logging failures under /out.
 const LOOP: &str = r#"
-mkdir -p /work
+mkdir -p /scratch
 exec 3</data/big
 i=0
 while [ ! -e /out/stop ]; do
@@ -70,9 +70,9 @@ while [ ! -e /out/stop ]; do
   [ "$n" = 4096 ] || exec 3</data/big
   n=$(dd if=/data/big bs=4096 count=1 skip=$(( (i * 7919) % 10240 )) 2>/dev/null | wc -c)
   [ "$n" = 4096 ] || echo "random read $i: $n bytes" >> /out/fail
-  echo "record $i" >> /work/log || echo "append $i" >> /out/fail
-  [ "$(tail -n 1 /work/log)" = "record $i" ] || echo "read back $i" >> /out/fail
-  { mkdir /work/d$i && mv /work/d$i /work/e$i && rmdir /work/e$i; } || echo "dirs $i" >> /out/fail
+  echo "record $i" >> /scratch/log || echo "append $i" >> /out/fail
+  [ "$(tail -n 1 /scratch/log)" = "record $i" ] || echo "read back $i" >> /out/fail
+  { mkdir /scratch/d$i && mv /scratch/d$i /scratch/e$i && rmdir /scratch/e$i; } || echo "dirs $i" >> /out/fail
   echo $i > /out/count
 done
 "#;
@@ -247,7 +247,7 @@ fn running_containers_live_through_a_kill_a_restart_and_an_upgrade() {
         let log = ok(
             dir,
             &daemon,
-            &["task", "exec", "--exec-id", "log", name, "cat", "/work/log"],
+            &["task", "exec", "--exec-id", "log", name, "cat", "/scratch/log"],
         );
         let want: String = (1..=written).map(|i| format!("record {i}\n")).collect();
         assert!(
