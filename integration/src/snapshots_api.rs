@@ -32,14 +32,9 @@ pub struct Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.restartable {
-            self.stop_with(libc::SIGKILL);
-            self.proc = Some(start_snapshotter_binary(
-                &bin("slayerfs-snapshotter"),
-                &self.paths,
-                &self.config,
-                &self.env,
-                &["--unmount-on-exit"],
-            ));
+            // Once more, as a daemon that unmounts when stopped.
+            self.restartable = false;
+            self.restart(libc::SIGKILL, &bin("slayerfs-snapshotter"));
         }
         // The process is stopped (SIGTERM) as it is dropped.
     }

@@ -247,7 +247,15 @@ fn running_containers_live_through_a_kill_a_restart_and_an_upgrade() {
         let log = ok(
             dir,
             &daemon,
-            &["task", "exec", "--exec-id", "log", name, "cat", "/scratch/log"],
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                "log",
+                name,
+                "cat",
+                "/scratch/log",
+            ],
         );
         let want: String = (1..=written).map(|i| format!("record {i}\n")).collect();
         assert!(

@@ -307,18 +307,14 @@ async fn twenty_restarts_in_a_storm_of_changes_fail_nothing_and_leak_nothing() {
     );
 }
 
-/// Whether `file` holds `len` bytes of the workload's pattern (checked
-/// with the workload's own reader: `fill` again into a scratch file and
-/// compare would double the writes).
+/// Whether `file` holds `len` bytes of the workload's pattern (as the
+/// workload itself checks it).
 fn holds_pattern(file: &str, len: u64) -> bool {
-    let Ok(data) = std::fs::read(file) else {
-        return false;
-    };
-    data.len() as u64 == len
-        && data.iter().enumerate().all(|(i, b)| {
-            let o = i as u64;
-            *b == ((o.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (o >> 20) as u8)
-        })
+    Command::new(bin("slayerfs-fs-workload"))
+        .args(["check", file, &len.to_string()])
+        .status()
+        .unwrap()
+        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,8 +130,8 @@ pub struct MountHandle {
     worker: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// The kernel's number for the FUSE connection (fusectl).
     connection: Option<u32>,
-    /// A descriptor of the connection, to hand to an fd store again.
-    fd: Option<OwnedFd>,
+    /// The connection's descriptor, to hand to an fd store again.
+    fd: OwnedFd,
 }
 
 impl MountHandle {
@@ -161,12 +161,7 @@ impl MountHandle {
     ) -> anyhow::Result<Self> {
         let fresh = !conn.is_taken_over();
         let fs = SlayerFuse::new(rootfs.clone(), opts.listing_seed);
-        let mut fd = None;
-        let keep_and_dup = |conn_fd: BorrowedFd<'_>, init: &SavedInit| {
-            fd = Some(conn_fd.try_clone_to_owned()?);
-            keep(conn_fd, init)
-        };
-        let session = match conn.into_session(fs, &opts, keep_and_dup) {
+        let (session, fd) = match conn.into_session(fs, &opts, keep) {
             Ok(s) => s,
             Err(e) => {
                 if fresh {
@@ -202,8 +197,8 @@ impl MountHandle {
     }
 
     /// The connection's descriptor (for an fd store that lost its copy).
-    pub fn connection_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|f| f.as_fd())
+    pub fn connection_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Unmounts (if still mounted), waits for the session to end and
@@ -222,7 +217,6 @@ impl MountHandle {
         let Some(worker) = self.worker.take() else {
             return Ok(());
         };
-        self.fd = None;
         if is_mount_point(&self.mountpoint).unwrap_or(false) {
             unmount(&self.mountpoint)
                 .with_context(|| format!("unmounting {}", self.mountpoint.display()))?;

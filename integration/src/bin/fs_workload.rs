@@ -1,7 +1,8 @@
 //! `slayerfs-fs-workload`: what a container does to its root filesystem,
 //! run against a mount while the daemon serving it restarts.
 //!
-//! `fill FILE SIZE` writes SIZE bytes of the test pattern to FILE.
+//! `fill FILE SIZE` writes SIZE bytes of the test pattern to FILE; `check
+//! FILE SIZE` exits 0 only if FILE holds exactly that.
 //! `run DIR LOWER STOP [STORM]` works in DIR until the file STOP appears:
 //! its cwd is DIR, it keeps LOWER (a file of the pattern) open and mapped
 //! and reads both at random places, appends numbered records to `journal`
@@ -41,6 +42,15 @@ fn fill(path: &Path, size: u64) -> std::io::Result<()> {
         off += n as u64;
     }
     f.sync_all()
+}
+
+/// Whether FILE holds exactly `size` bytes of the pattern.
+fn check(path: &Path, size: u64) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    if data.len() as u64 != size {
+        return Err(format!("{} bytes, {size} expected", data.len()));
+    }
+    check_pattern(&data, 0)
 }
 
 /// A small deterministic generator (no dependency for randomness).
@@ -287,6 +297,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        ["check", file, size] => match size
+            .parse::<u64>()
+            .map_err(|e| format!("{e}"))
+            .and_then(|s| check(Path::new(file), s))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("check: {e}");
+                ExitCode::FAILURE
+            }
+        },
         ["run", dir, lower, stop, rest @ ..] if rest.len() <= 1 => match run(
             Path::new(dir),
             Path::new(lower),
@@ -301,7 +322,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: slayerfs-fs-workload fill FILE SIZE | run DIR LOWER STOP [STORM]");
+            eprintln!("usage: slayerfs-fs-workload fill FILE SIZE | check FILE SIZE | run DIR LOWER STOP [STORM]");
             ExitCode::from(2)
         }
     }

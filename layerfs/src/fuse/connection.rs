@@ -18,7 +18,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -177,8 +177,9 @@ impl SavedInit {
 pub struct Connection {
     fd: OwnedFd,
     init: InitRequest,
-    /// Initialised by an earlier process (taken over), not by us.
-    taken_over: bool,
+    /// For a connection an earlier process initialised (taken over), the
+    /// answer it gave the kernel.
+    answered: Option<InitReply>,
 }
 
 impl Connection {
@@ -227,17 +228,17 @@ impl Connection {
         Ok(Connection {
             fd,
             init,
-            taken_over: false,
+            answered: None,
         })
     }
 
     /// A connection another process initialised and served, with the
-    /// INIT request it saved.
-    pub fn take_over(fd: OwnedFd, init: InitRequest) -> Connection {
+    /// INIT request and answer it saved.
+    pub fn take_over(fd: OwnedFd, saved: SavedInit) -> Connection {
         Connection {
             fd,
-            init,
-            taken_over: true,
+            init: saved.request,
+            answered: Some(saved.reply),
         }
     }
 
@@ -250,66 +251,72 @@ impl Connection {
     }
 
     pub fn is_taken_over(&self) -> bool {
-        self.taken_over
+        self.answered.is_some()
     }
 
-    /// A `fuser` session serving `fs` on this connection. `keep` runs once
-    /// the INIT answer is known and before the kernel can send anything
-    /// else: with the connection's descriptor and what a later process
-    /// needs to take it over (it fails the session if it fails). For a
-    /// connection taken over, the kernel is then asked to send again every
-    /// request the earlier process read and did not answer.
+    /// A `fuser` session serving `fs` on this connection, and the
+    /// connection's own descriptor (the session serves from a copy).
+    /// `keep` runs once the INIT answer is known and before the kernel can
+    /// send anything else, with the descriptor and what a later process
+    /// needs to take the connection over (it fails the session if it
+    /// fails). For a connection taken over, the kernel is then asked to
+    /// send again every request the earlier process read and did not
+    /// answer.
     pub fn into_session(
         self,
         fs: SlayerFuse,
         opts: &MountOptions,
         keep: impl FnOnce(BorrowedFd<'_>, &SavedInit) -> io::Result<()>,
-    ) -> io::Result<fuser::Session<SlayerFuse>> {
-        let (ours, theirs) = seqpacket_pair()?;
+    ) -> io::Result<(fuser::Session<SlayerFuse>, OwnedFd)> {
+        // A socket pair keeps message boundaries, as /dev/fuse does.
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair()?;
+        let theirs = OwnedFd::from(theirs);
         let theirs_raw = theirs.as_raw_fd();
         write_all(ours.as_fd(), self.init.as_bytes())?;
         let config = session_config(opts);
         let session = fuser::Session::from_fd(fs, theirs, config.acl, config)?;
         let mut reply = vec![0u8; MIN_READ];
-        // SAFETY: reads into `reply`, of its length.
-        let n = unsafe {
-            libc::read(
-                ours.as_raw_fd(),
-                reply.as_mut_ptr() as *mut libc::c_void,
-                reply.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        reply.truncate(n as usize);
+        let n = read_retrying(ours.as_fd(), &mut reply)?;
+        reply.truncate(n);
         let saved = SavedInit {
-            request: self.init.clone(),
+            request: self.init,
             reply: InitReply(reply),
         };
         keep(self.fd.as_fd(), &saved)?;
-        if !self.taken_over {
-            write_all(self.fd.as_fd(), saved.reply.as_bytes())?;
+        match &self.answered {
+            None => write_all(self.fd.as_fd(), saved.reply.as_bytes())?,
+            Some(answered) if !answered.same_settings(&saved.reply) => tracing::warn!(
+                "this build would negotiate the FUSE connection differently from the one that started it; serving it as the kernel set it up"
+            ),
+            Some(_) => {}
         }
         // SAFETY: both descriptors are open; afterwards the number fuser
         // owns names the connection instead of the socket.
         if unsafe { libc::dup3(self.fd.as_raw_fd(), theirs_raw, libc::O_CLOEXEC) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        if self.taken_over {
-            if self.init.kernel_resends() {
+        if self.answered.is_some() {
+            if saved.request.kernel_resends() {
                 notify_resend(self.fd.as_fd())?;
             } else {
                 tracing::warn!("this kernel cannot send unanswered FUSE requests again (Linux 6.9 can): requests in flight at the restart fail");
             }
         }
-        Ok(session)
+        Ok((session, self.fd))
     }
 }
 
 /// Reads the kernel's first request, which is INIT.
 fn read_init(fd: BorrowedFd<'_>) -> io::Result<InitRequest> {
     let mut buf = vec![0u8; MIN_READ + 4096];
+    let n = read_retrying(fd, &mut buf)?;
+    buf.truncate(n);
+    InitRequest::parse(buf)
+}
+
+/// One read(2) into `buf`, again while it is interrupted (or, on
+/// /dev/fuse, while a request it would have returned was withdrawn).
+fn read_retrying(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: reads into `buf`, of its length.
         let n = unsafe {
@@ -320,8 +327,7 @@ fn read_init(fd: BorrowedFd<'_>) -> io::Result<InitRequest> {
             )
         };
         if n >= 0 {
-            buf.truncate(n as usize);
-            return InitRequest::parse(buf);
+            return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
         if !matches!(
@@ -357,24 +363,6 @@ fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
     }
     Ok(())
-}
-
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 #[cfg(test)]

@@ -79,6 +79,11 @@ fn file_name(n: u64) -> String {
     format!("journal.{n}")
 }
 
+/// The number of a journal file, from its name.
+fn file_number(name: &std::ffi::OsStr) -> Option<u64> {
+    name.to_str()?.strip_prefix("journal.")?.parse().ok()
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
         path: path.to_path_buf(),
@@ -94,12 +99,7 @@ impl Journal {
         let mut numbers = Vec::new();
         for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let e = e.map_err(io_err(dir))?;
-            if let Some(n) = e
-                .file_name()
-                .to_str()
-                .and_then(|s| s.strip_prefix("journal."))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
+            if let Some(n) = file_number(&e.file_name()) {
                 numbers.push(n);
             }
         }
@@ -184,12 +184,7 @@ impl Journal {
             return;
         };
         for e in entries.flatten() {
-            let num = e
-                .file_name()
-                .to_str()
-                .and_then(|s| s.strip_prefix("journal."))
-                .and_then(|s| s.parse::<u64>().ok());
-            if num.is_some_and(|m| m <= n) {
+            if file_number(&e.file_name()).is_some_and(|m| m <= n) {
                 if let Err(err) = std::fs::remove_file(e.path()) {
                     tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a journal file");
                 }

@@ -149,17 +149,20 @@ impl Upper {
             records,
             last,
         } = Journal::open(data_dir)?;
-        if let Some(last) = last {
-            replay(&trees, data_dir, &records)?;
-            db.flush()?;
-            journal.drop_through(last);
-            if !records.is_empty() {
+        match last {
+            // Empty files (the last start's, written to by nothing): no
+            // flush needed to drop them.
+            Some(last) if records.is_empty() => journal.drop_through(last),
+            Some(last) => {
+                replay(&trees, data_dir, &records)?;
+                flush_through(db, &journal, last)?;
                 tracing::info!(
                     upper = id.0,
                     changes = records.len(),
                     "replayed the upper layer's journal"
                 );
             }
+            None => {}
         }
         let meta = &trees[META as usize];
         let record = match meta.get(id.0.to_be_bytes())? {
@@ -415,10 +418,16 @@ impl Upper {
             let _serial = self.changing.lock().unwrap_or_else(|p| p.into_inner());
             self.journal.rotate()?
         };
-        self.db.flush()?;
-        self.journal.drop_through(last);
-        Ok(())
+        flush_through(&self.db, &self.journal, last)
     }
+}
+
+/// Flushes the database, then drops the journal files up to `last`
+/// (every record in them is applied).
+fn flush_through(db: &sled::Db, journal: &Journal, last: u64) -> Result<(), StoreError> {
+    db.flush()?;
+    journal.drop_through(last);
+    Ok(())
 }
 
 fn key_of(id: UpperId, n: u64) -> [u8; 16] {

@@ -31,7 +31,7 @@ pub fn fd_name(id: u64) -> FdName {
 }
 
 /// Where snapshot `id`'s INIT is saved, in its state directory.
-pub fn saved_init_path(state_dir: &Path) -> PathBuf {
+fn saved_init_path(state_dir: &Path) -> PathBuf {
     state_dir.join("fuse-init")
 }
 
@@ -117,9 +117,7 @@ impl SlayerSnapshotter {
         }
         let mounts = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
         for (id, handle) in mounts.iter() {
-            if let Some(fd) = handle.connection_fd() {
-                store.put(&fd_name(*id), fd)?;
-            }
+            store.put(&fd_name(*id), handle.connection_fd())?;
         }
         tracing::warn!(
             connections = mounts.len(),

@@ -18,6 +18,7 @@
 //! `fdholder.*` (the fd holder's socket, lock and log), `listing-seed`.
 
 use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ use slayerfs_chunkstore::{
 use slayerfs_config::Config;
 use slayerfs_fdstore::FdStore;
 use slayerfs_layerfs::build::{convert_layer, Expected};
-use slayerfs_layerfs::fuse::connection::Connection;
+use slayerfs_layerfs::fuse::connection::{Connection, SavedInit};
 use slayerfs_layerfs::fuse::{ListingSeed, MountOptions};
 use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs, Served};
 use slayerfs_layerfs::store::layers::{Layer, LayerDb};
@@ -200,7 +201,7 @@ impl SlayerSnapshotter {
                     match connections::saved_init(&self.state_dir(snap.id)) {
                         Ok(init) => {
                             tracing::info!(key = snap.key, "taking over the FUSE connection");
-                            Some(Connection::take_over(fd, init.request))
+                            Some(Connection::take_over(fd, init))
                         }
                         Err(e) => {
                             tracing::error!(key = snap.key, error = %format!("{e:#}"), "cannot take the snapshot's connection over; mounting it again");
@@ -312,9 +313,11 @@ impl SlayerSnapshotter {
                 None
             };
             let (cache, runtime) = (this.cache.clone(), this.runtime.clone());
-            let served = match &conn {
-                Some(_) => Served::TakenOver,
-                None => Served::Fresh,
+            let fresh = conn.is_none();
+            let served = if fresh {
+                Served::Fresh
+            } else {
+                Served::TakenOver
             };
             let rootfs = Rootfs::new(view, upper, cache, runtime, this.read_ahead, served)
                 .map_err(internal)?;
@@ -323,29 +326,23 @@ impl SlayerSnapshotter {
                 fs_name: format!("slayerfs:{}", snap.key),
                 listing_seed: this.listing_seed,
             };
-            let rootfs = Arc::new(rootfs);
-            let handle = match conn {
-                None => {
-                    let conn = Connection::mount(&mp2, rootfs.is_writable(), &opts)
-                        .with_context(|| format!("mounting at {}", mp2.display()))
-                        .map_err(internal)?;
-                    let fds = &this.fds;
-                    MountHandle::serve(rootfs, conn, &mp2, opts, |fd, init| {
-                        connections::keep(fds, snap.id, &state_dir, fd, init)
-                    }, || {})
+            let conn = match conn {
+                Some(conn) => conn,
+                None => Connection::mount(&mp2, rootfs.is_writable(), &opts)
+                    .with_context(|| format!("mounting at {}", mp2.display()))
+                    .map_err(internal)?,
+            };
+            let fds = &this.fds;
+            // A connection taken over is in the store, its INIT saved.
+            let keep = |fd: BorrowedFd<'_>, init: &SavedInit| {
+                if fresh {
+                    connections::keep(fds, snap.id, &state_dir, fd, init)
+                } else {
+                    Ok(())
                 }
-                Some(conn) => {
-                    let key = snap.key.clone();
-                    MountHandle::serve(rootfs, conn, &mp2, opts, |_, init| {
-                        match connections::saved_init(&state_dir) {
-                            Ok(saved) if !saved.reply.same_settings(&init.reply) => tracing::warn!(key, "this build would negotiate the FUSE connection differently from the one that started it; serving it as the kernel set it up"),
-                            _ => {}
-                        }
-                        Ok(())
-                    }, || {})
-                }
-            }
-            .map_err(internal)?;
+            };
+            let handle = MountHandle::serve(Arc::new(rootfs), conn, &mp2, opts, keep, || {})
+                .map_err(internal)?;
             this.mounts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

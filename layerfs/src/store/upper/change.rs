@@ -9,15 +9,16 @@ use std::thread::ThreadId;
 
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, UpperInode};
 use slayerfs_proto::Message;
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::{
-    key_of, remove_data_file, slice_record, Upper, DENTRIES, INODES, META, REPLIES, SLICES,
+    flush_through, key_of, remove_data_file, slice_record, Upper, DENTRIES, INODES, META, REPLIES,
+    SLICES,
 };
 use crate::geometry::Ino;
 use crate::slice::SliceView;
 use crate::store::journal::{Effect, CHECKPOINT_BYTES};
-use crate::store::StoreError;
+use crate::store::{finish_tx, StoreError};
 
 /// How many request ids back replies are kept: only requests in flight
 /// when a process died are sent again, and far fewer are in flight.
@@ -263,29 +264,27 @@ impl Change<'_> {
         );
         let journal_len = self.up.journal.append(&effects)?;
         let trees: Vec<&sled::Tree> = self.up.trees.iter().collect();
-        Transactional::<StoreError>::transaction(trees.as_slice(), |tx| {
-            for ((t, k), v) in &p.writes {
-                let tree = &tx[usize::from(*t)];
-                match v {
-                    Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
-                    None => tree.remove(k.as_slice())?,
-                };
-            }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })
-        .map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        })?;
+        finish_tx(Transactional::<StoreError>::transaction(
+            trees.as_slice(),
+            |tx| {
+                for ((t, k), v) in &p.writes {
+                    let tree = &tx[usize::from(*t)];
+                    match v {
+                        Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+                        None => tree.remove(k.as_slice())?,
+                    };
+                }
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            },
+        ))?;
         for ino in p.files {
             remove_data_file(&self.up.data_dir, ino);
         }
         if journal_len >= CHECKPOINT_BYTES {
-            // Still serialised (this change holds the lock): rotate, then
-            // flush outside of nothing else.
+            // This change still holds the lock: no record can land in the
+            // file being closed.
             let last = self.up.journal.rotate()?;
-            self.up.db.flush()?;
-            self.up.journal.drop_through(last);
+            flush_through(&self.up.db, &self.up.journal, last)?;
         }
         Ok(())
     }
