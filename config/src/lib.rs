@@ -24,7 +24,7 @@
 //! max_attempts = 4          # per request, first try included
 //! initial_backoff_ms = 100  # doubled after each failed attempt, with jitter
 //! connect_timeout_ms = 3000
-//! operation_timeout_ms = 30000
+//! operation_timeout_ms = 8000  # one attempt's wait for an answer; the longest a body may stall
 //!
 //! [convert]
 //! zstd_level = 3   # 1..=19
@@ -35,6 +35,7 @@
 //! disk_bytes = 10737418240       # stored blocks kept on disk (10 GiB), evicted past that; 0 = none
 //! disk_dir = "/var/lib/slayerfs/cache"   # default: <state_dir>/cache
 //! read_ahead_blocks = 8          # blocks fetched ahead of a sequential reader; 0..=64
+//! read_timeout_ms = 20000        # a read waiting longer for blocks fails with EIO
 //!
 //! [registry]
 //! insecure = ["registry.lan:5000"]                 # plain HTTP (localhost always is)
@@ -45,6 +46,7 @@
 //!
 //! [snapshotter]
 //! unmount_on_exit = false   # SIGTERM unmounts everything (drain) instead of a restart
+//! db_cache_bytes = 67108864 # the node database's page cache (64 MiB)
 //! fd_holder = "/usr/local/bin/slayerfs-fdholder"   # default: beside the daemon, else PATH
 //! ```
 
@@ -107,7 +109,7 @@ impl Default for Config {
 }
 
 /// `[snapshotter]`: how the daemon ends and restarts.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotterConfig {
     /// SIGTERM unmounts every snapshot and lets go of every FUSE
@@ -117,6 +119,18 @@ pub struct SnapshotterConfig {
     /// The fd holder binary; `slayerfs-fdholder` beside the daemon's own
     /// binary, else on `PATH`, if unset.
     pub fd_holder: Option<PathBuf>,
+    /// The node database's page cache.
+    pub db_cache_bytes: u64,
+}
+
+impl Default for SnapshotterConfig {
+    fn default() -> Self {
+        SnapshotterConfig {
+            unmount_on_exit: false,
+            fd_holder: None,
+            db_cache_bytes: 64 << 20,
+        }
+    }
 }
 
 /// `[cache]`: the block caches of the read path.
@@ -131,6 +145,9 @@ pub struct CacheConfig {
     pub disk_dir: Option<PathBuf>,
     /// Blocks of a file fetched ahead of where it is being read.
     pub read_ahead_blocks: u32,
+    /// The longest a read waits for blocks before it fails with EIO (the
+    /// kernel's request never waits on a sick store for longer).
+    pub read_timeout_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -140,6 +157,7 @@ impl Default for CacheConfig {
             disk_bytes: 10 << 30,
             disk_dir: None,
             read_ahead_blocks: 8,
+            read_timeout_ms: 20_000,
         }
     }
 }
@@ -231,7 +249,7 @@ impl Default for S3Config {
             max_attempts: 4,
             initial_backoff_ms: 100,
             connect_timeout_ms: 3_000,
-            operation_timeout_ms: 30_000,
+            operation_timeout_ms: 8_000,
         }
     }
 }
@@ -464,6 +482,18 @@ impl Config {
         }
         if self.cache.read_ahead_blocks > 64 {
             return Err(invalid("cache.read_ahead_blocks", "must be at most 64"));
+        }
+        if !(100..=600_000).contains(&self.cache.read_timeout_ms) {
+            return Err(invalid(
+                "cache.read_timeout_ms",
+                format!("{} is outside 100..=600000", self.cache.read_timeout_ms),
+            ));
+        }
+        if !((1 << 20)..=(64 << 30)).contains(&self.snapshotter.db_cache_bytes) {
+            return Err(invalid(
+                "snapshotter.db_cache_bytes",
+                "must be between 1 MiB and 64 GiB",
+            ));
         }
         let r = &self.registry;
         let hosts = r

@@ -2,11 +2,13 @@
 //!
 //! Owns what the tests in `tests/` start and build: an S3 server on
 //! 127.0.0.1 (the `s3s-fs` implementation, in-process or as the
-//! `slayerfs-test-s3` binary), OCI image layouts with awkward layers, and the
+//! `slayerfs-test-s3` binary), a fault-injecting proxy to put in front of
+//! it, OCI image layouts with awkward layers, and the
 //! location of the project's binaries. It tests nothing itself.
 
 pub mod bins;
 pub mod daemon;
+pub mod fault_proxy;
 pub mod fixtures;
 pub mod mount;
 pub mod s3;

@@ -19,11 +19,16 @@ pub struct SlayerMount {
 /// Writes a config whose state (layer records, disk cache) lives in
 /// `state_dir`, and returns its path.
 pub fn test_config(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    test_config_with(state_dir, "")
+}
+
+/// [`test_config`] followed by `more` (TOML tables).
+pub fn test_config_with(state_dir: &Path, more: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(state_dir)?;
     let path = state_dir.join("config.toml");
     std::fs::write(
         &path,
-        format!("state_dir = {:?}\n", state_dir.display().to_string()),
+        format!("state_dir = {:?}\n{more}", state_dir.display().to_string()),
     )?;
     Ok(path)
 }
@@ -37,8 +42,20 @@ impl SlayerMount {
         state_dir: &Path,
         args: &[&str],
     ) -> anyhow::Result<SlayerMount> {
+        Self::start_configured(image, mountpoint, store, state_dir, "", args)
+    }
+
+    /// [`Self::start`] with `config` added to the test config.
+    pub fn start_configured(
+        image: &str,
+        mountpoint: &Path,
+        store: &str,
+        state_dir: &Path,
+        config: &str,
+        args: &[&str],
+    ) -> anyhow::Result<SlayerMount> {
         std::fs::create_dir_all(mountpoint)?;
-        let config = test_config(state_dir)?;
+        let config = test_config_with(state_dir, config)?;
         let log = state_dir.join(format!(
             "mount-{}.log",
             mountpoint

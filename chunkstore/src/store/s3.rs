@@ -16,12 +16,40 @@ use slayerfs_config::S3Config;
 use super::{BlockStore, ObjectKey, StoreError};
 
 /// Objects under `s3://bucket/prefix/`. Retries with exponential backoff and
-/// per-attempt timeouts come from the SDK, bounded by the config.
+/// per-attempt timeouts come from the SDK, bounded by the config; a body
+/// that fails or stalls is retried by [`S3Store`] itself, as often.
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
+    retry: BodyRetry,
+}
+
+/// How bodies are retried: the SDK's settings, applied to the body.
+#[derive(Debug, Clone, Copy)]
+struct BodyRetry {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    /// The longest a body may go without a byte.
+    stall: Duration,
+}
+
+/// How a GET failed: a body worth another attempt, or for good.
+enum Failure {
+    Body(StoreError),
+    Final(StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+struct Stalled(Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the body ended after {got} of {announced} bytes")]
+struct Short {
+    announced: u64,
+    got: usize,
 }
 
 /// Credentials from the config, else the standard AWS environment variables;
@@ -90,7 +118,74 @@ impl S3Store {
             client: Client::from_conf(b.build()),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            retry: BodyRetry {
+                max_attempts: cfg.max_attempts,
+                initial_backoff: Duration::from_millis(cfg.initial_backoff_ms),
+                stall: Duration::from_millis(cfg.operation_timeout_ms),
+            },
         })
+    }
+
+    /// One GET: the SDK's attempts at a response, then the body, read as
+    /// it comes (a stall longer than one attempt's timeout fails it) and
+    /// refused as soon as it outgrows what `key` may be.
+    async fn get_once(&self, key: &ObjectKey) -> Result<Vec<u8>, Failure> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await;
+        let mut out = match out {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(Failure::Final(StoreError::NotFound {
+                    store: self.location(),
+                    key: *key,
+                }))
+            }
+            Err(e) => return Err(Failure::Final(self.err("GET", key, e))),
+        };
+        let limit = key.max_stored_bytes();
+        let announced = out.content_length().map_or(0, |n| n.max(0) as u64);
+        if announced > limit {
+            let e = StoreError::too_large(self.location(), key, announced);
+            return Err(Failure::Final(e));
+        }
+        // Never more than the limit, whatever the header said.
+        let mut bytes = Vec::with_capacity(announced.min(8 << 20) as usize);
+        loop {
+            let next = tokio::time::timeout(self.retry.stall, out.body.next()).await;
+            match next {
+                Err(_) => {
+                    let e = self.err("GET body", key, Stalled(self.retry.stall));
+                    return Err(Failure::Body(e));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(Failure::Body(self.err("GET body", key, e))),
+                Ok(Some(Ok(piece))) => {
+                    let size = (bytes.len() + piece.len()) as u64;
+                    if size > limit {
+                        let e = StoreError::too_large(self.location(), key, size);
+                        return Err(Failure::Final(e));
+                    }
+                    bytes.extend_from_slice(&piece);
+                }
+            }
+        }
+        if announced != 0 && bytes.len() as u64 != announced {
+            let e = self.err(
+                "GET body",
+                key,
+                Short {
+                    announced,
+                    got: bytes.len(),
+                },
+            );
+            return Err(Failure::Body(e));
+        }
+        Ok(bytes)
     }
 
     fn object_key(&self, key: &ObjectKey) -> String {
@@ -114,44 +209,22 @@ impl S3Store {
 #[async_trait]
 impl BlockStore for S3Store {
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .send()
-            .await;
-        let out = match out {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(StoreError::NotFound {
-                    store: self.location(),
-                    key: *key,
-                })
+        // The SDK retries until a response starts; a body cut or stalled
+        // half-way is retried here, as many times.
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.get_once(key).await {
+                Err(Failure::Body(e)) if attempt < self.retry.max_attempts => {
+                    tracing::debug!(key = %key, attempt, error = %e, "retrying a GET whose body failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(Failure::Body(e) | Failure::Final(e)) => return Err(e),
+                Ok(bytes) => return Ok(bytes),
             }
-            Err(e) => return Err(self.err("GET", key, e)),
-        };
-        // The length is checked before the body is read into memory, and
-        // again after, in case the server's header lied.
-        let limit = key.max_stored_bytes();
-        let announced = out.content_length().map_or(0, |n| n.max(0) as u64);
-        if announced > limit {
-            return Err(StoreError::too_large(self.location(), key, announced));
         }
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.err("GET body", key, e))?;
-        let bytes = body.into_bytes();
-        if bytes.len() as u64 > limit {
-            return Err(StoreError::too_large(
-                self.location(),
-                key,
-                bytes.len() as u64,
-            ));
-        }
-        Ok(bytes.to_vec())
     }
 
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {

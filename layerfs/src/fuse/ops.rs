@@ -259,11 +259,15 @@ impl Filesystem for SlayerFuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let _span = tracing::debug_span!("read", ino = ino.0, offset, size).entered();
-        match self.fs.read(Ino(ino.0), offset, size) {
-            Ok(data) => reply.data(data.as_slice()),
-            Err(e) => reply.error(errno("read", ino.0, e)),
-        }
+        let span = tracing::debug_span!("read", ino = ino.0, offset, size);
+        let _entered = span.clone().entered();
+        self.fs.read(Ino(ino.0), offset, size, move |read| {
+            let _entered = span.entered();
+            match read {
+                Ok(data) => reply.data(data.as_slice()),
+                Err(e) => reply.error(errno("read", ino.0, e)),
+            }
+        });
     }
 
     fn write(

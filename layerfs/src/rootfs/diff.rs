@@ -295,7 +295,7 @@ impl std::io::Read for FileReader<'_> {
             let want = (self.size - self.pos).min(crate::BLOCK_SIZE as u64) as u32;
             let bytes = self
                 .fs
-                .read(self.ino, self.pos, want)
+                .read_waiting(self.ino, self.pos, want)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             if bytes.is_empty() {
                 return Err(std::io::Error::other(format!(

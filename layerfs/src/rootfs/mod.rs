@@ -15,6 +15,7 @@
 mod diff;
 mod mutate;
 mod pins;
+mod reading;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,9 +27,8 @@ use slayerfs_chunkstore::BlockCache;
 use slayerfs_proto::index::{Inode, InodeKind};
 use slayerfs_proto::store::UpperInode;
 
-use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
-use crate::read::{read_range_shared, ReadBytes, ReadError};
-use crate::slice::{resolve, Backing, Origin, SliceView};
+use crate::geometry::Ino;
+use crate::read::ReadError;
 use crate::store::merged::MergedView;
 use crate::store::upper::Upper;
 use crate::store::StoreError;
@@ -36,6 +36,7 @@ use crate::store::StoreError;
 pub use crate::store::upper::OpId;
 pub use diff::DiffStats;
 pub use mutate::{NewNode, SetAttr};
+pub use reading::ReadOptions;
 
 /// Why an operation failed; [`FsError::errno`] is what the caller sees.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,8 @@ pub enum FsError {
     Read(#[from] ReadError),
     #[error("upper data file of {ino}: {source}")]
     Data { ino: Ino, source: std::io::Error },
+    #[error("no answer from the block store within {0:?}")]
+    ReadTimeout(std::time::Duration),
 }
 
 impl FsError {
@@ -85,7 +88,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::TooLarge => libc::EFBIG,
             FsError::Data { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            FsError::Store(_) | FsError::Read(_) => libc::EIO,
+            FsError::Store(_) | FsError::Read(_) | FsError::ReadTimeout(_) => libc::EIO,
         }
     }
 
@@ -94,7 +97,7 @@ impl FsError {
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
-            FsError::Store(_) | FsError::Read(_) | FsError::Data { .. }
+            FsError::Store(_) | FsError::Read(_) | FsError::Data { .. } | FsError::ReadTimeout(_)
         )
     }
 }
@@ -202,13 +205,6 @@ pub enum Served {
     TakenOver,
 }
 
-/// How a mount reads ahead (set from `[cache] read_ahead_blocks`).
-#[derive(Debug, Clone, Copy)]
-pub struct ReadAhead {
-    /// Blocks fetched ahead of a read, within the same file.
-    pub blocks: u32,
-}
-
 struct OpenFile {
     count: u32,
     data: Option<Arc<File>>,
@@ -222,7 +218,7 @@ pub struct Rootfs {
     upper: Option<Upper>,
     cache: Arc<BlockCache>,
     runtime: tokio::runtime::Handle,
-    read_ahead: ReadAhead,
+    reading: ReadOptions,
     open: Mutex<HashMap<Ino, OpenFile>>,
     /// Served on a connection taken over from an earlier process: the
     /// kernel may hold open files this process never saw opened, so an
@@ -246,7 +242,7 @@ impl Rootfs {
         upper: Option<Upper>,
         cache: Arc<BlockCache>,
         runtime: tokio::runtime::Handle,
-        read_ahead: ReadAhead,
+        reading: ReadOptions,
         served: Served,
     ) -> Result<Self, FsError> {
         let taken_over = served == Served::TakenOver;
@@ -266,7 +262,7 @@ impl Rootfs {
             upper,
             cache,
             runtime,
-            read_ahead,
+            reading,
             open: Mutex::new(HashMap::new()),
             taken_over,
         })
@@ -456,87 +452,6 @@ impl Rootfs {
             entry.data = Some(f.clone());
         }
         Ok(file)
-    }
-
-    /// Up to `len` bytes at `offset`; blocks a file will read next are
-    /// fetched ahead.
-    pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<ReadBytes, FsError> {
-        if let Some(up) = &self.upper {
-            if let Some(rec) = up.inode(ino)? {
-                let attr = Attr::from_upper(ino, rec)?;
-                let size = attr.inode.size;
-                let local = self.data_file(up, ino, false)?;
-                let slices = |c| up.chunk_slices(ino, c).map_err(ReadError::from);
-                let data = self.runtime.block_on(read_range_shared(
-                    size,
-                    offset,
-                    len,
-                    slices,
-                    &self.cache,
-                    local.as_deref(),
-                ))?;
-                self.read_ahead(size, offset + data.len() as u64, slices);
-                return Ok(data);
-            }
-        }
-        let sources = self.lower.sources(ino)?;
-        let src = sources.first().ok_or(FsError::NotFound)?;
-        let db = self.lower.db();
-        let (inode, _) = db.inode(src.layer, src.ino)?.ok_or(FsError::NotFound)?;
-        if inode.kind == InodeKind::Directory as i32 {
-            return Err(FsError::IsDir);
-        }
-        let slices = |c| {
-            db.chunk_slices(src.layer, src.ino, c)
-                .map_err(ReadError::from)
-        };
-        let data = self.runtime.block_on(read_range_shared(
-            inode.size,
-            offset,
-            len,
-            slices,
-            &self.cache,
-            None,
-        ))?;
-        self.read_ahead(inode.size, offset + data.len() as u64, slices);
-        Ok(data)
-    }
-
-    /// Starts fetching the blocks behind bytes `[from, from + window)` of a
-    /// file that are not in memory yet.
-    fn read_ahead<F>(&self, size: u64, from: u64, slices_of: F)
-    where
-        F: Fn(u64) -> Result<Vec<SliceView>, ReadError>,
-    {
-        let window = u64::from(self.read_ahead.blocks) * BLOCK_SIZE as u64;
-        let end = size.min(from.saturating_add(window));
-        let mut pos = from;
-        let mut wanted = Vec::new();
-        while pos < end {
-            let chunk = pos / CHUNK_SIZE;
-            let chunk_start = chunk * CHUNK_SIZE;
-            let chunk_end = end.min(chunk_start + CHUNK_SIZE);
-            let Ok(slices) = slices_of(chunk) else {
-                return;
-            };
-            let range = (pos - chunk_start) as u32..(chunk_end - chunk_start) as u32;
-            for seg in resolve(&slices, range) {
-                if let Origin::Slice(Backing::Block { id, .. }) = seg.origin {
-                    if !wanted.contains(&id) && !self.cache.contains(&id) {
-                        wanted.push(id);
-                    }
-                }
-            }
-            pos = chunk_end;
-        }
-        for id in wanted {
-            let cache = self.cache.clone();
-            self.runtime.spawn(async move {
-                if let Err(e) = cache.get(&id).await {
-                    tracing::debug!(block = %id, error = %e, "read-ahead failed");
-                }
-            });
-        }
     }
 
     /// Makes what was written so far durable against power loss (fsync,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, IndexDigest};
 use slayerfs_config::Config;
-use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs, Served};
+use slayerfs_layerfs::rootfs::{ReadOptions, Rootfs, Served};
 use slayerfs_layerfs::store::layers::LayerDb;
 use slayerfs_layerfs::store::merged::{chain_key, MergedView};
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
@@ -28,7 +28,7 @@ pub fn image_rootfs(
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<Rootfs> {
     let db = match upper_dir {
-        Some(dir) => super::upper_dir::open_db(dir)?,
+        Some(dir) => super::upper_dir::open_db(dir, config.snapshotter.db_cache_bytes)?,
         // A read-only mount keeps its layer records only while it runs.
         None => {
             let mounts = config.mounts_dir();
@@ -38,6 +38,7 @@ pub fn image_rootfs(
             sled::Config::new()
                 .path(&dir)
                 .temporary(true)
+                .cache_capacity(config.snapshotter.db_cache_bytes)
                 .open()
                 .with_context(|| format!("creating a layer database in {}", dir.display()))?
         }
@@ -82,8 +83,9 @@ pub fn image_rootfs(
         upper,
         Arc::new(cache),
         runtime,
-        ReadAhead {
-            blocks: config.cache.read_ahead_blocks,
+        ReadOptions {
+            ahead_blocks: config.cache.read_ahead_blocks,
+            timeout: std::time::Duration::from_millis(config.cache.read_timeout_ms),
         },
         Served::Fresh,
     )?)

@@ -18,15 +18,20 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// The record of where the upper is mounted, and by which process.
 const MOUNT_RECORD: &str = "mounted";
 
-/// Opens the upper's database in `dir/db`, creating `dir` if needed.
-pub fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {
+/// Opens the upper's database in `dir/db` with a page cache of
+/// `cache_bytes`, creating `dir` if needed.
+pub fn open_db(dir: &Path, cache_bytes: u64) -> anyhow::Result<sled::Db> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the upper directory {}", dir.display()))?;
     let path = dir.join("db");
     let deadline = Instant::now() + RELEASE_WAIT;
     let mut waiting_for = None;
     loop {
-        let err = match sled::open(&path) {
+        let err = match sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
             Ok(db) => return Ok(db),
             Err(e) => e,
         };

@@ -34,7 +34,7 @@ use slayerfs_fdstore::FdStore;
 use slayerfs_layerfs::build::{convert_layer, Expected};
 use slayerfs_layerfs::fuse::connection::{Connection, SavedInit};
 use slayerfs_layerfs::fuse::{ListingSeed, MountOptions};
-use slayerfs_layerfs::rootfs::{ReadAhead, Rootfs, Served};
+use slayerfs_layerfs::rootfs::{ReadOptions, Rootfs, Served};
 use slayerfs_layerfs::store::layers::{Layer, LayerDb};
 use slayerfs_layerfs::store::merged::{chain_key, MergedView};
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
@@ -72,7 +72,7 @@ pub struct SlayerSnapshotter {
     cache: Arc<BlockCache>,
     base: Layer,
     runtime: tokio::runtime::Handle,
-    read_ahead: ReadAhead,
+    reading: ReadOptions,
     mounts: Mutex<HashMap<u64, MountHandle>>,
     /// Serialises changes to snapshot state (mounts, commits, removals).
     snapshot_changes: tokio::sync::Mutex<()>,
@@ -123,7 +123,11 @@ impl SlayerSnapshotter {
         std::fs::create_dir_all(root.join("snapshots"))
             .with_context(|| format!("creating {}", root.display()))?;
         crate::fusemount::ensure_fusectl();
-        let db = sled::open(root.join("db")).context("opening the database")?;
+        let db = sled::Config::new()
+            .path(root.join("db"))
+            .cache_capacity(config.snapshotter.db_cache_bytes)
+            .open()
+            .context("opening the database")?;
         let records = Records::open(&db)?;
         let layers = Arc::new(LayerDb::from_db(db.clone())?);
         layers.recover()?;
@@ -158,8 +162,9 @@ impl SlayerSnapshotter {
             cache,
             base,
             runtime: tokio::runtime::Handle::current(),
-            read_ahead: ReadAhead {
-                blocks: settings.read_ahead_blocks,
+            reading: ReadOptions {
+                ahead_blocks: settings.read_ahead_blocks,
+                timeout: std::time::Duration::from_millis(settings.read_timeout_ms),
             },
             mounts: Mutex::new(HashMap::new()),
             snapshot_changes: tokio::sync::Mutex::new(()),
@@ -319,8 +324,8 @@ impl SlayerSnapshotter {
             } else {
                 Served::TakenOver
             };
-            let rootfs = Rootfs::new(view, upper, cache, runtime, this.read_ahead, served)
-                .map_err(internal)?;
+            let rootfs =
+                Rootfs::new(view, upper, cache, runtime, this.reading, served).map_err(internal)?;
             let opts = MountOptions {
                 threads: 2,
                 fs_name: format!("slayerfs:{}", snap.key),

@@ -1,0 +1,327 @@
+//! A sick store never hangs a mount. A converted image is served from the
+//! real S3 test server through a fault-injecting proxy (black hole, 1 MB/s,
+//! 5xx bursts, resets mid-body, wrong bytes): while reads of uncached files
+//! are stuck, lookups, stats, listings and reads of cached files answer at
+//! once; a stuck read fails with EIO within the read deadline, never with
+//! wrong bytes; and once the proxy heals, the same files read correctly
+//! without a restart.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{assert_ok, slayerfs};
+use slayerfs_integration::fault_proxy::{Fault, FaultProxy};
+use slayerfs_integration::fixtures::{noise, write_image, Compression, FEntry, FKind, FLayer};
+use slayerfs_integration::mount::SlayerMount;
+use slayerfs_integration::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+
+const MIB: usize = 1 << 20;
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// Files each fault gets for itself (never read before it is set).
+const FILES_PER_FAULT: usize = 4;
+const FAULTS: [&str; 6] = [
+    "black-hole",
+    "slow",
+    "5xx-burst",
+    "5xx",
+    "reset",
+    "wrong-bytes",
+];
+
+/// One block's worth: 1 MiB of noise then zeros, so a block is about
+/// 1 MB stored (a second at 1 MB/s).
+fn contents(fault: usize, i: usize) -> Vec<u8> {
+    let mut data = noise(MIB, (fault * 100 + i) as u64 + 1);
+    data.resize(4 * MIB, 0);
+    data
+}
+
+fn file_name(fault: usize, i: usize) -> String {
+    format!("data/{}-{i}", FAULTS[fault])
+}
+
+/// Entries the probes use once each, so the kernel has none of them
+/// cached and every probe reaches the daemon.
+const PROBES: usize = 2000;
+
+fn small(i: usize) -> Vec<u8> {
+    format!("small file {i}\n").into_bytes()
+}
+
+fn layer() -> FLayer {
+    let mut entries = vec![
+        FEntry::new("small", FKind::Dir),
+        FEntry::new("names", FKind::Dir),
+        FEntry::new("dirs", FKind::Dir),
+        FEntry::new("data", FKind::Dir),
+    ];
+    for i in 0..PROBES {
+        // All in one packed block.
+        entries.push(FEntry::new(format!("small/{i}"), FKind::File(small(i))));
+        entries.push(FEntry::new(format!("names/{i}"), FKind::File(Vec::new())));
+        entries.push(FEntry::new(format!("dirs/{i}"), FKind::Dir));
+        entries.push(FEntry::new(format!("dirs/{i}/f"), FKind::File(Vec::new())));
+    }
+    for f in 0..FAULTS.len() {
+        for i in 0..FILES_PER_FAULT {
+            entries.push(FEntry::new(file_name(f, i), FKind::File(contents(f, i))));
+        }
+    }
+    FLayer {
+        entries,
+        compression: Compression::Gzip,
+    }
+}
+
+/// What one reader got, and when.
+type Read = (std::io::Result<Vec<u8>>, Duration);
+
+struct Node {
+    _tmp: tempfile::TempDir,
+    _s3: S3Server,
+    proxy: FaultProxy,
+    mount: SlayerMount,
+    /// Probe entries used so far.
+    probes: std::sync::atomic::AtomicUsize,
+}
+
+impl Node {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mount.mountpoint.join(rel)
+    }
+}
+
+fn start() -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s3 = S3Server::start(&dir.join("s3"), &["images"]).unwrap();
+    let proxy = FaultProxy::start(s3.addr).unwrap();
+    write_image(&dir.join("src"), "v1", &[layer()]).unwrap();
+    let src = format!("oci:{}:v1", dir.join("src").display());
+    let image = format!("oci:{}:v1", dir.join("conv").display());
+    assert_ok(&slayerfs(
+        &[
+            "convert",
+            "-q",
+            &src,
+            &image,
+            "--store",
+            "s3://images",
+            "--s3-endpoint",
+            &s3.endpoint(),
+        ],
+        &s3.env(),
+    ));
+    let config = format!(
+        "[store.s3]\nendpoint = \"{}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
+         secret_access_key = \"{SECRET_KEY}\"\nmax_attempts = 3\ninitial_backoff_ms = 50\n\
+         connect_timeout_ms = 500\noperation_timeout_ms = 1000\n\
+         [cache]\nread_timeout_ms = {}\nread_ahead_blocks = 0\n",
+        proxy.endpoint(),
+        READ_TIMEOUT.as_millis()
+    );
+    let mount = SlayerMount::start_configured(
+        &image,
+        &dir.join("mnt"),
+        "s3://images",
+        &dir.join("state"),
+        &config,
+        &[],
+    )
+    .unwrap();
+    Node {
+        _tmp: tmp,
+        _s3: s3,
+        proxy,
+        mount,
+        probes: Default::default(),
+    }
+}
+
+/// A lookup, a stat, a listing and a read of a block in memory, each of
+/// entries the kernel has not seen; returns the slowest.
+fn probe(node: &Node) -> Duration {
+    let i = node
+        .probes
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(i < PROBES, "out of probe entries");
+    let mut slowest = Duration::ZERO;
+    let mut time = |what: &str, op: &mut dyn FnMut() -> bool| {
+        let t0 = Instant::now();
+        assert!(op(), "{what} failed while reads were stuck");
+        slowest = slowest.max(t0.elapsed());
+    };
+    time("stat", &mut || {
+        std::fs::metadata(node.path(&format!("names/{i}"))).is_ok_and(|m| m.size() == 0)
+    });
+    time("lookup of a missing name", &mut || {
+        std::fs::symlink_metadata(node.path(&format!("names/missing-{i}"))).is_err()
+    });
+    time("readdir", &mut || {
+        std::fs::read_dir(node.path(&format!("dirs/{i}"))).is_ok_and(|d| d.count() == 1)
+    });
+    time("read of a block in memory", &mut || {
+        std::fs::read(node.path(&format!("small/{i}"))).is_ok_and(|d| d == small(i))
+    });
+    slowest
+}
+
+/// Reads the fault's files at once (more readers than the mount has
+/// threads), probing metadata meanwhile: each read's result and time, and
+/// the slowest probe.
+fn read_while_probing(node: &Node, fault: usize) -> (Vec<Read>, Duration) {
+    let paths: Vec<PathBuf> = (0..FILES_PER_FAULT)
+        .map(|i| node.path(&file_name(fault, i)))
+        .collect();
+    std::thread::scope(|s| {
+        let readers: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                s.spawn(move || {
+                    let t0 = Instant::now();
+                    let r = std::fs::read(p);
+                    (r, t0.elapsed())
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        while !readers.iter().all(|r| r.is_finished()) {
+            slowest = slowest.max(probe(node));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let results = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        (results, slowest)
+    })
+}
+
+fn assert_reads_right(node: &Node, fault: usize, results: &[Read]) {
+    for (i, (r, took)) in results.iter().enumerate() {
+        match r {
+            Ok(d) => assert!(
+                *d == contents(fault, i),
+                "{}: wrong bytes after {took:?}",
+                file_name(fault, i)
+            ),
+            Err(e) => panic!(
+                "{}: {e} after {took:?}\n{}",
+                file_name(fault, i),
+                node.mount.log_text()
+            ),
+        }
+    }
+}
+
+/// Every read failed with EIO, none later than the deadline allows (the
+/// kernel may ask again once: its read-ahead, then the page itself).
+fn assert_eio_in_time(node: &Node, fault: usize, results: &[Read]) {
+    for (i, (r, took)) in results.iter().enumerate() {
+        match r {
+            Err(e) => assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EIO),
+                "{}: {e}",
+                file_name(fault, i)
+            ),
+            Ok(d) => panic!(
+                "{}: read {} bytes through a {} store\n{}",
+                file_name(fault, i),
+                d.len(),
+                FAULTS[fault],
+                node.mount.log_text()
+            ),
+        }
+        assert!(
+            *took < 3 * READ_TIMEOUT + Duration::from_secs(2),
+            "{}: EIO took {took:?}",
+            file_name(fault, i)
+        );
+    }
+}
+
+/// Metadata never waits for the store: generous against scheduling noise,
+/// far below the read deadline.
+fn assert_unstalled(fault: usize, slowest: Duration) {
+    eprintln!("{}: slowest metadata operation {slowest:?}", FAULTS[fault]);
+    assert!(
+        slowest < READ_TIMEOUT / 3,
+        "{}: a metadata operation waited {slowest:?} behind stuck reads",
+        FAULTS[fault]
+    );
+}
+
+fn heal_and_check(node: &Node, fault: usize) {
+    node.proxy.heal();
+    let (results, _) = read_while_probing(node, fault);
+    assert_reads_right(node, fault, &results);
+}
+
+fn index_of(name: &str) -> usize {
+    FAULTS.iter().position(|f| *f == name).unwrap()
+}
+
+#[test]
+fn a_sick_store_fails_reads_in_time_and_never_stalls_metadata() {
+    let node = start();
+    // The block of the small files comes into memory.
+    assert!(probe(&node) < READ_TIMEOUT);
+
+    // A black hole: every read of the fault's files is EIO in time.
+    let f = index_of("black-hole");
+    node.proxy.set(Fault::BlackHole);
+    let (results, slowest) = read_while_probing(&node, f);
+    assert_eio_in_time(&node, f, &results);
+    assert_unstalled(f, slowest);
+    heal_and_check(&node, f);
+
+    // 1 MB/s: slow, but inside the deadline, and right.
+    let f = index_of("slow");
+    node.proxy.set(Fault::Throttle {
+        bytes_per_sec: 1_000_000,
+    });
+    let (results, slowest) = read_while_probing(&node, f);
+    assert_reads_right(&node, f, &results);
+    assert_unstalled(f, slowest);
+    node.proxy.heal();
+
+    // A burst of 5xx is retried away; a lasting one is EIO, then heals.
+    let f = index_of("5xx-burst");
+    node.proxy.set_for(Fault::ServerError, 2);
+    let (results, slowest) = read_while_probing(&node, f);
+    assert_reads_right(&node, f, &results);
+    assert_unstalled(f, slowest);
+    let f = index_of("5xx");
+    node.proxy.set(Fault::ServerError);
+    let (results, slowest) = read_while_probing(&node, f);
+    assert_eio_in_time(&node, f, &results);
+    assert_unstalled(f, slowest);
+    heal_and_check(&node, f);
+
+    // Connections reset mid-body: the body is fetched again.
+    let f = index_of("reset");
+    node.proxy.set_for(Fault::ResetMidBody, 2);
+    let (results, slowest) = read_while_probing(&node, f);
+    assert_reads_right(&node, f, &results);
+    assert_unstalled(f, slowest);
+
+    // Wrong bytes are never returned: EIO, and right bytes once healed.
+    let f = index_of("wrong-bytes");
+    node.proxy.set(Fault::WrongBytes);
+    let (results, slowest) = read_while_probing(&node, f);
+    assert_eio_in_time(&node, f, &results);
+    assert_unstalled(f, slowest);
+    heal_and_check(&node, f);
+
+    let log = node.mount.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        node.proxy
+            .counters
+            .faulted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the proxy injected nothing"
+    );
+}
