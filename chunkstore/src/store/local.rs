@@ -174,6 +174,7 @@ fn write_direct(dir: &Path, data: &[u8]) -> std::io::Result<Option<tempfile::Nam
 
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let new_dir = !dir.is_dir();
     std::fs::create_dir_all(dir)?;
     let tmp = match write_direct(dir, data)? {
         Some(t) => t,
@@ -187,7 +188,20 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     // Another writer may have renamed the same content in meanwhile; replacing
     // it with identical bytes is harmless.
     tmp.persist(path).map_err(|e| e.error)?;
+    // The name is durable only once its directory is (and a new
+    // directory's own name once its parent is): a layer committed after
+    // this must not point at a block power loss can take away.
+    sync_dir(dir)?;
+    if new_dir {
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
     Ok(())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[async_trait]

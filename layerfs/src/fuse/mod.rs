@@ -133,6 +133,20 @@ pub struct SlayerFuse {
     next_fh: AtomicU64,
 }
 
+/// Runs one operation; a panic in it is logged and the request answered
+/// EIO (fuser answers a reply dropped unsent so) instead of taking the
+/// worker thread down. Each would be a defect; none is known.
+fn guarded(op: &'static str, f: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        tracing::error!(op, panic = %what, "a filesystem operation panicked; the mount goes on");
+    }
+}
+
 /// The errno of a failure; faults of our state or of the store are logged.
 fn errno(op: &'static str, ino: u64, e: FsError) -> Errno {
     if e.is_fault() {

@@ -15,7 +15,7 @@ use slayerfs_proto::index::InodeKind;
 
 use super::attr::{decode_dev, file_attr, file_type, time_or_now};
 use super::connection::RESEND_BIT;
-use super::{errno, SlayerFuse, FILE_OPEN_FLAGS, MAX_IO, TTL};
+use super::{errno, guarded, SlayerFuse, FILE_OPEN_FLAGS, MAX_IO, TTL};
 use crate::geometry::Ino;
 use crate::rootfs::{OpId, SetAttr};
 
@@ -41,21 +41,25 @@ impl Filesystem for SlayerFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _span = tracing::trace_span!("lookup", parent = parent.0).entered();
-        self.reply_entry(
-            "lookup",
-            parent.0,
-            self.fs.lookup(Ino(parent.0), name.as_bytes()),
-            reply,
-        );
+        guarded("lookup", || {
+            let _span = tracing::trace_span!("lookup", parent = parent.0).entered();
+            self.reply_entry(
+                "lookup",
+                parent.0,
+                self.fs.lookup(Ino(parent.0), name.as_bytes()),
+                reply,
+            );
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _span = tracing::trace_span!("getattr", ino = ino.0).entered();
-        match self.fs.getattr(Ino(ino.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno("getattr", ino.0, e)),
-        }
+        guarded("getattr", || {
+            let _span = tracing::trace_span!("getattr", ino = ino.0).entered();
+            match self.fs.getattr(Ino(ino.0)) {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(errno("getattr", ino.0, e)),
+            }
+        });
     }
 
     fn setattr(
@@ -76,26 +80,28 @@ impl Filesystem for SlayerFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _span = tracing::debug_span!("setattr", ino = ino.0).entered();
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(time_or_now),
-            mtime: mtime.map(time_or_now),
-        };
-        match self.fs.setattr(Ino(ino.0), &set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno("setattr", ino.0, e)),
-        }
+        guarded("setattr", || {
+            let _span = tracing::debug_span!("setattr", ino = ino.0).entered();
+            let set = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(time_or_now),
+                mtime: mtime.map(time_or_now),
+            };
+            match self.fs.setattr(Ino(ino.0), &set) {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(errno("setattr", ino.0, e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(Ino(ino.0)) {
+        guarded("readlink", || match self.fs.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", ino.0, e)),
-        }
+        });
     }
 
     fn mknod(
@@ -108,23 +114,25 @@ impl Filesystem for SlayerFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _span = tracing::debug_span!("mknod", parent = parent.0).entered();
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFREG | 0 => InodeKind::Regular,
-            libc::S_IFCHR => InodeKind::CharDevice,
-            libc::S_IFBLK => InodeKind::BlockDevice,
-            libc::S_IFIFO => InodeKind::Fifo,
-            libc::S_IFSOCK => InodeKind::Socket,
-            _ => return reply.error(Errno::EINVAL),
-        };
-        let node = self.new_node(req, kind, mode & !umask, decode_dev(rdev), Vec::new());
-        self.reply_entry(
-            "mknod",
-            parent.0,
-            self.fs
-                .create(op_id(req), Ino(parent.0), name.as_bytes(), node),
-            reply,
-        );
+        guarded("mknod", || {
+            let _span = tracing::debug_span!("mknod", parent = parent.0).entered();
+            let kind = match mode & libc::S_IFMT {
+                libc::S_IFREG | 0 => InodeKind::Regular,
+                libc::S_IFCHR => InodeKind::CharDevice,
+                libc::S_IFBLK => InodeKind::BlockDevice,
+                libc::S_IFIFO => InodeKind::Fifo,
+                libc::S_IFSOCK => InodeKind::Socket,
+                _ => return reply.error(Errno::EINVAL),
+            };
+            let node = self.new_node(req, kind, mode & !umask, decode_dev(rdev), Vec::new());
+            self.reply_entry(
+                "mknod",
+                parent.0,
+                self.fs
+                    .create(op_id(req), Ino(parent.0), name.as_bytes(), node),
+                reply,
+            );
+        });
     }
 
     fn mkdir(
@@ -136,35 +144,41 @@ impl Filesystem for SlayerFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _span = tracing::debug_span!("mkdir", parent = parent.0).entered();
-        let node = self.new_node(req, InodeKind::Directory, mode & !umask, (0, 0), Vec::new());
-        self.reply_entry(
-            "mkdir",
-            parent.0,
-            self.fs
-                .create(op_id(req), Ino(parent.0), name.as_bytes(), node),
-            reply,
-        );
+        guarded("mkdir", || {
+            let _span = tracing::debug_span!("mkdir", parent = parent.0).entered();
+            let node = self.new_node(req, InodeKind::Directory, mode & !umask, (0, 0), Vec::new());
+            self.reply_entry(
+                "mkdir",
+                parent.0,
+                self.fs
+                    .create(op_id(req), Ino(parent.0), name.as_bytes(), node),
+                reply,
+            );
+        });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = tracing::debug_span!("unlink", parent = parent.0).entered();
-        self.reply_empty(
-            "unlink",
-            parent.0,
-            self.fs.unlink(op_id(req), Ino(parent.0), name.as_bytes()),
-            reply,
-        );
+        guarded("unlink", || {
+            let _span = tracing::debug_span!("unlink", parent = parent.0).entered();
+            self.reply_empty(
+                "unlink",
+                parent.0,
+                self.fs.unlink(op_id(req), Ino(parent.0), name.as_bytes()),
+                reply,
+            );
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = tracing::debug_span!("rmdir", parent = parent.0).entered();
-        self.reply_empty(
-            "rmdir",
-            parent.0,
-            self.fs.rmdir(op_id(req), Ino(parent.0), name.as_bytes()),
-            reply,
-        );
+        guarded("rmdir", || {
+            let _span = tracing::debug_span!("rmdir", parent = parent.0).entered();
+            self.reply_empty(
+                "rmdir",
+                parent.0,
+                self.fs.rmdir(op_id(req), Ino(parent.0), name.as_bytes()),
+                reply,
+            );
+        });
     }
 
     fn symlink(
@@ -175,21 +189,23 @@ impl Filesystem for SlayerFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _span = tracing::debug_span!("symlink", parent = parent.0).entered();
-        let node = self.new_node(
-            req,
-            InodeKind::Symlink,
-            0o777,
-            (0, 0),
-            target.as_os_str().as_bytes().to_vec(),
-        );
-        self.reply_entry(
-            "symlink",
-            parent.0,
-            self.fs
-                .create(op_id(req), Ino(parent.0), link_name.as_bytes(), node),
-            reply,
-        );
+        guarded("symlink", || {
+            let _span = tracing::debug_span!("symlink", parent = parent.0).entered();
+            let node = self.new_node(
+                req,
+                InodeKind::Symlink,
+                0o777,
+                (0, 0),
+                target.as_os_str().as_bytes().to_vec(),
+            );
+            self.reply_entry(
+                "symlink",
+                parent.0,
+                self.fs
+                    .create(op_id(req), Ino(parent.0), link_name.as_bytes(), node),
+                reply,
+            );
+        });
     }
 
     fn rename(
@@ -202,21 +218,23 @@ impl Filesystem for SlayerFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _span =
-            tracing::debug_span!("rename", parent = parent.0, newparent = newparent.0).entered();
-        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::EINVAL);
-        }
-        let r = self.fs.rename(
-            op_id(req),
-            Ino(parent.0),
-            name.as_bytes(),
-            Ino(newparent.0),
-            newname.as_bytes(),
-            flags.contains(RenameFlags::RENAME_NOREPLACE),
-            flags.contains(RenameFlags::RENAME_EXCHANGE),
-        );
-        self.reply_empty("rename", parent.0, r, reply);
+        guarded("rename", || {
+            let _span = tracing::debug_span!("rename", parent = parent.0, newparent = newparent.0)
+                .entered();
+            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+                return reply.error(Errno::EINVAL);
+            }
+            let r = self.fs.rename(
+                op_id(req),
+                Ino(parent.0),
+                name.as_bytes(),
+                Ino(newparent.0),
+                newname.as_bytes(),
+                flags.contains(RenameFlags::RENAME_NOREPLACE),
+                flags.contains(RenameFlags::RENAME_EXCHANGE),
+            );
+            self.reply_empty("rename", parent.0, r, reply);
+        });
     }
 
     fn link(
@@ -227,25 +245,27 @@ impl Filesystem for SlayerFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _span = tracing::debug_span!("link", ino = ino.0).entered();
-        self.reply_entry(
-            "link",
-            ino.0,
-            self.fs
-                .link(op_id(req), Ino(ino.0), Ino(newparent.0), newname.as_bytes()),
-            reply,
-        );
+        guarded("link", || {
+            let _span = tracing::debug_span!("link", ino = ino.0).entered();
+            self.reply_entry(
+                "link",
+                ino.0,
+                self.fs
+                    .link(op_id(req), Ino(ino.0), Ino(newparent.0), newname.as_bytes()),
+                reply,
+            );
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.getattr(Ino(ino.0)) {
+        guarded("open", || match self.fs.getattr(Ino(ino.0)) {
             Ok(a) if a.is_dir() => reply.error(Errno::EISDIR),
             Ok(_) => {
                 self.fs.opened(Ino(ino.0));
                 reply.opened(FileHandle(0), FILE_OPEN_FLAGS);
             }
             Err(e) => reply.error(errno("open", ino.0, e)),
-        }
+        });
     }
 
     fn read(
@@ -259,14 +279,16 @@ impl Filesystem for SlayerFuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let span = tracing::debug_span!("read", ino = ino.0, offset, size);
-        let _entered = span.clone().entered();
-        self.fs.read(Ino(ino.0), offset, size, move |read| {
-            let _entered = span.entered();
-            match read {
-                Ok(data) => reply.data(data.as_slice()),
-                Err(e) => reply.error(errno("read", ino.0, e)),
-            }
+        guarded("read", || {
+            let span = tracing::debug_span!("read", ino = ino.0, offset, size);
+            let _entered = span.clone().entered();
+            self.fs.read(Ino(ino.0), offset, size, move |read| {
+                let _entered = span.entered();
+                match read {
+                    Ok(data) => reply.data(data.as_slice()),
+                    Err(e) => reply.error(errno("read", ino.0, e)),
+                }
+            });
         });
     }
 
@@ -282,11 +304,14 @@ impl Filesystem for SlayerFuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _span = tracing::debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
-        match self.fs.write(Ino(ino.0), offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", ino.0, e)),
-        }
+        guarded("write", || {
+            let _span =
+                tracing::debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
+            match self.fs.write(Ino(ino.0), offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", ino.0, e)),
+            }
+        });
     }
 
     fn flush(
@@ -297,7 +322,9 @@ impl Filesystem for SlayerFuse {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        guarded("flush", || {
+            reply.ok();
+        });
     }
 
     fn release(
@@ -310,7 +337,9 @@ impl Filesystem for SlayerFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("release", ino.0, self.fs.released(Ino(ino.0)), reply);
+        guarded("release", || {
+            self.reply_empty("release", ino.0, self.fs.released(Ino(ino.0)), reply);
+        });
     }
 
     fn fsync(
@@ -321,29 +350,33 @@ impl Filesystem for SlayerFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _span = tracing::debug_span!("fsync", ino = ino.0).entered();
-        self.reply_empty("fsync", ino.0, self.fs.fsync(Some(Ino(ino.0))), reply);
+        guarded("fsync", || {
+            let _span = tracing::debug_span!("fsync", ino = ino.0).entered();
+            self.reply_empty("fsync", ino.0, self.fs.fsync(Some(Ino(ino.0))), reply);
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _span = tracing::debug_span!("opendir", ino = ino.0).entered();
-        if !self.fs.is_writable() {
-            // Directories of a read-only mount never change: the kernel may
-            // stop sending opendir/releasedir (two round trips per directory
-            // walked) and readdir serves the directory's own listing.
-            return reply.error(Errno::ENOSYS);
-        }
-        match self.list(Ino(ino.0)) {
-            Ok(listing) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, listing);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+        guarded("opendir", || {
+            let _span = tracing::debug_span!("opendir", ino = ino.0).entered();
+            if !self.fs.is_writable() {
+                // Directories of a read-only mount never change: the kernel may
+                // stop sending opendir/releasedir (two round trips per directory
+                // walked) and readdir serves the directory's own listing.
+                return reply.error(Errno::ENOSYS);
             }
-            Err(e) => reply.error(errno("opendir", ino.0, e)),
-        }
+            match self.list(Ino(ino.0)) {
+                Ok(listing) => {
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    self.dirs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(fh, listing);
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(errno("opendir", ino.0, e)),
+            }
+        });
     }
 
     fn readdir(
@@ -354,14 +387,16 @@ impl Filesystem for SlayerFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _span = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
-        let r = self.walk_listing(ino, fh, offset, |child, next, name, attr| {
-            reply.add(child, next, file_type(attr.kind()), name)
+        guarded("readdir", || {
+            let _span = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
+            let r = self.walk_listing(ino, fh, offset, |child, next, name, attr| {
+                reply.add(child, next, file_type(attr.kind()), name)
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn readdirplus(
@@ -372,14 +407,16 @@ impl Filesystem for SlayerFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _span = tracing::debug_span!("readdirplus", ino = ino.0, offset).entered();
-        let r = self.walk_listing(ino, fh, offset, |child, next, name, attr| {
-            reply.add(child, next, name, &TTL, &file_attr(attr), Generation(0))
+        guarded("readdirplus", || {
+            let _span = tracing::debug_span!("readdirplus", ino = ino.0, offset).entered();
+            let r = self.walk_listing(ino, fh, offset, |child, next, name, attr| {
+                reply.add(child, next, name, &TTL, &file_attr(attr), Generation(0))
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn releasedir(
@@ -390,11 +427,13 @@ impl Filesystem for SlayerFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
-        reply.ok();
+        guarded("releasedir", || {
+            self.dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -405,18 +444,22 @@ impl Filesystem for SlayerFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsyncdir", 0, self.fs.fsync(None), reply);
+        guarded("fsyncdir", || {
+            self.reply_empty("fsyncdir", 0, self.fs.fsync(None), reply);
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // The space an upper layer can grow into; a read-only mount has none.
-        let mut s = (0u64, 0u64, 0u64, 0u64, 0u64, 4096u32);
-        if let Some(up) = self.fs.upper() {
-            if let Ok(v) = crate::store::upper::statvfs(up.data_dir()) {
-                s = v;
+        guarded("statfs", || {
+            // The space an upper layer can grow into; a read-only mount has none.
+            let mut s = (0u64, 0u64, 0u64, 0u64, 0u64, 4096u32);
+            if let Some(up) = self.fs.upper() {
+                if let Ok(v) = crate::store::upper::statvfs(up.data_dir()) {
+                    s = v;
+                }
             }
-        }
-        reply.statfs(s.0, s.1, s.2, s.3, s.4, s.5, 255, s.5);
+            reply.statfs(s.0, s.1, s.2, s.3, s.4, s.5, 255, s.5);
+        });
     }
 
     fn setxattr(
@@ -429,26 +472,30 @@ impl Filesystem for SlayerFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _span = tracing::debug_span!("setxattr", ino = ino.0).entered();
-        self.reply_empty(
-            "setxattr",
-            ino.0,
-            self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags),
-            reply,
-        );
+        guarded("setxattr", || {
+            let _span = tracing::debug_span!("setxattr", ino = ino.0).entered();
+            self.reply_empty(
+                "setxattr",
+                ino.0,
+                self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags),
+                reply,
+            );
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(Ino(ino.0), name.as_bytes()) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno("getxattr", ino.0, e)),
-        }
+        guarded("getxattr", || {
+            match self.fs.getxattr(Ino(ino.0), name.as_bytes()) {
+                Ok(v) if size == 0 => reply.size(v.len() as u32),
+                Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(errno("getxattr", ino.0, e)),
+            }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(Ino(ino.0)) {
+        guarded("listxattr", || match self.fs.listxattr(Ino(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -464,22 +511,26 @@ impl Filesystem for SlayerFuse {
                 }
             }
             Err(e) => reply.error(errno("listxattr", ino.0, e)),
-        }
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = tracing::debug_span!("removexattr", ino = ino.0).entered();
-        self.reply_empty(
-            "removexattr",
-            ino.0,
-            self.fs.removexattr(Ino(ino.0), name.as_bytes()),
-            reply,
-        );
+        guarded("removexattr", || {
+            let _span = tracing::debug_span!("removexattr", ino = ino.0).entered();
+            self.reply_empty(
+                "removexattr",
+                ino.0,
+                self.fs.removexattr(Ino(ino.0), name.as_bytes()),
+                reply,
+            );
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        // The kernel checks permissions (default_permissions).
-        reply.ok();
+        guarded("access", || {
+            // The kernel checks permissions (default_permissions).
+            reply.ok();
+        });
     }
 
     fn create(
@@ -492,23 +543,25 @@ impl Filesystem for SlayerFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let _span = tracing::debug_span!("create", parent = parent.0).entered();
-        let node = self.new_node(req, InodeKind::Regular, mode & !umask, (0, 0), Vec::new());
-        match self
-            .fs
-            .create(op_id(req), Ino(parent.0), name.as_bytes(), node)
-        {
-            Ok(a) => {
-                self.fs.opened(a.ino);
-                reply.created(
-                    &TTL,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(0),
-                    FILE_OPEN_FLAGS,
-                );
+        guarded("create", || {
+            let _span = tracing::debug_span!("create", parent = parent.0).entered();
+            let node = self.new_node(req, InodeKind::Regular, mode & !umask, (0, 0), Vec::new());
+            match self
+                .fs
+                .create(op_id(req), Ino(parent.0), name.as_bytes(), node)
+            {
+                Ok(a) => {
+                    self.fs.opened(a.ino);
+                    reply.created(
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(0),
+                        FILE_OPEN_FLAGS,
+                    );
+                }
+                Err(e) => reply.error(errno("create", parent.0, e)),
             }
-            Err(e) => reply.error(errno("create", parent.0, e)),
-        }
+        });
     }
 }

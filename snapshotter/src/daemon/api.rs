@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Snapshotter, Usage};
+use futures_util::FutureExt;
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 use tracing::Instrument;
@@ -202,6 +203,24 @@ impl SlayerSnapshotter {
     }
 }
 
+/// Runs one request; a panic in it is logged and answered `Internal`
+/// instead of taking the connection down. Each would be a defect: none is
+/// known, and whatever shape a request has it gets a status code.
+async fn guarded<T>(request: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    match std::panic::AssertUnwindSafe(request).catch_unwind().await {
+        Ok(answer) => answer,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(panic = %what, "a request panicked; the daemon goes on");
+            Err(internal(anyhow::anyhow!("the request panicked: {what}")))
+        }
+    }
+}
+
 /// The snapshots API over a [`SlayerSnapshotter`], one span per call.
 pub struct Service(pub Arc<SlayerSnapshotter>);
 
@@ -212,22 +231,22 @@ impl Snapshotter for Service {
 
     async fn stat(&self, key: String) -> Result<Info> {
         let span = tracing::debug_span!("stat", key);
-        self.0.do_stat(key).instrument(span).await
+        guarded(self.0.do_stat(key).instrument(span)).await
     }
 
     async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
         let span = tracing::info_span!("update", key = info.name);
-        self.0.do_update(info, fieldpaths).instrument(span).await
+        guarded(self.0.do_update(info, fieldpaths).instrument(span)).await
     }
 
     async fn usage(&self, key: String) -> Result<Usage> {
         let span = tracing::debug_span!("usage", key);
-        self.0.do_usage(key).instrument(span).await
+        guarded(self.0.do_usage(key).instrument(span)).await
     }
 
     async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
         let span = tracing::debug_span!("mounts", key);
-        self.0.do_mounts(key).instrument(span).await
+        guarded(self.0.do_mounts(key).instrument(span)).await
     }
 
     async fn prepare(
@@ -237,10 +256,7 @@ impl Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
         let span = tracing::info_span!("prepare", key, parent);
-        self.0
-            .do_prepare(key, parent, labels)
-            .instrument(span)
-            .await
+        guarded(self.0.do_prepare(key, parent, labels).instrument(span)).await
     }
 
     async fn view(
@@ -250,7 +266,7 @@ impl Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
         let span = tracing::info_span!("view", key, parent);
-        self.0.do_view(key, parent, labels).instrument(span).await
+        guarded(self.0.do_view(key, parent, labels).instrument(span)).await
     }
 
     async fn commit(
@@ -260,22 +276,39 @@ impl Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<()> {
         let span = tracing::info_span!("commit", name, key);
-        self.0.do_commit(name, key, labels).instrument(span).await
+        guarded(self.0.do_commit(name, key, labels).instrument(span)).await
     }
 
     async fn remove(&self, key: String) -> Result<()> {
         let span = tracing::info_span!("remove", key);
-        self.0.do_remove(key).instrument(span).await
+        guarded(self.0.do_remove(key).instrument(span)).await
     }
 
     /// containerd's Cleanup: collect garbage now.
     async fn clear(&self) -> Result<()> {
         let span = tracing::info_span!("cleanup");
-        self.0.collect_garbage().instrument(span).await.map(|_| ())
+        guarded(self.0.collect_garbage().instrument(span))
+            .await
+            .map(|_| ())
     }
 
     async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<InfoStream> {
         let span = tracing::debug_span!("list");
-        self.0.do_list(filters).instrument(span).await
+        guarded(self.0.do_list(filters).instrument(span)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_request_is_answered_internal() {
+        let r: Result<()> = guarded(async { panic!("boom {}", 7) }).await;
+        let status = containerd_snapshots::tonic::Status::from(r.unwrap_err());
+        assert_eq!(status.code(), containerd_snapshots::tonic::Code::Internal);
+        assert!(status.message().contains("boom 7"), "{}", status.message());
+        let ok: Result<u8> = guarded(async { Ok(3) }).await;
+        assert_eq!(ok.unwrap(), 3);
     }
 }

@@ -328,7 +328,7 @@ impl SlayerSnapshotter {
                 Rootfs::new(view, upper, cache, runtime, this.reading, served).map_err(internal)?;
             let opts = MountOptions {
                 threads: 2,
-                fs_name: format!("slayerfs:{}", snap.key),
+                fs_name: mount_source(&snap.key),
                 listing_seed: this.listing_seed,
             };
             let conn = match conn {
@@ -484,4 +484,24 @@ pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
     let layer =
         tokio::task::spawn_blocking(move || layers.load_index(&conv.digest, &conv.index)).await??;
     Ok(layer)
+}
+
+/// What the mount table shows as the source of a snapshot's mount: the
+/// key, cut to what mount(2) takes and with no blanks or control
+/// characters (a key may be any UTF-8).
+fn mount_source(key: &str) -> String {
+    const MAX: usize = 256;
+    let mut source = String::from("slayerfs:");
+    for c in key.chars() {
+        if source.len() + c.len_utf8() > MAX {
+            source.push('…');
+            break;
+        }
+        source.push(if c.is_whitespace() || c.is_control() || c == ',' {
+            '_'
+        } else {
+            c
+        });
+    }
+    source
 }

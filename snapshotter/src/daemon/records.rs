@@ -23,6 +23,9 @@ use sled::Transactional;
 
 /// containerd's limit on one label: key and value together.
 pub const MAX_LABEL_BYTES: usize = 4096;
+/// The longest snapshot key or name taken (containerd's own are a
+/// namespace, a number and a digest: well under 200 bytes).
+pub const MAX_KEY_BYTES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -131,6 +134,12 @@ fn check_key(key: &str) -> Result<(), RecordError> {
         return Err(RecordError::InvalidArgument(
             "snapshot key must not contain NUL".into(),
         ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RecordError::InvalidArgument(format!(
+            "snapshot key of {} bytes is over the {MAX_KEY_BYTES}-byte limit",
+            key.len()
+        )));
     }
     Ok(())
 }
