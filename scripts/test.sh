@@ -21,6 +21,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+step "fuzz targets, a short run each (scripts/fuzz.sh; their corpora were replayed above)"
+if cargo +nightly --version >/dev/null 2>&1; then
+  scripts/fuzz.sh "${SLAYERFS_FUZZ_SECONDS:-60}"
+else
+  echo "WARNING: no nightly toolchain; fuzz targets not run" >&2
+fi
 step "install-deps.sh on a machine in other states (isolated roots)"
 scripts/test-install-deps.sh
 step "containerd's snapshotter conformance suite"

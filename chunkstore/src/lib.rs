@@ -25,6 +25,7 @@ pub use store::{
     StoreError,
 };
 pub use writer::{BlockSeq, BlockWriter, WriteError, WriteReport, WriterOptions};
-/// What only tests use: one block encoded, or fetched and checked, alone.
+/// What only tests use: one block encoded, or fetched and checked, alone,
+/// and a store in memory.
 #[cfg(any(test, feature = "test-support"))]
-pub use {codec::encode_block, store::fetch_block};
+pub use {codec::encode_block, store::fetch_block, store::MemoryStore};

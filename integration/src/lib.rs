@@ -14,3 +14,4 @@ pub mod mount;
 pub mod s3;
 pub mod snapshots_api;
 pub mod tree;
+pub mod workload;

@@ -16,6 +16,8 @@
 
 pub mod build;
 pub mod fuse;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fuzzing;
 pub mod geometry;
 pub mod index;
 pub mod read;

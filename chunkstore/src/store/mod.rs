@@ -1,6 +1,8 @@
 //! The [`BlockStore`] trait, its object keys and the verified fetch helpers.
 
 mod local;
+#[cfg(any(test, feature = "test-support"))]
+mod memory;
 mod s3;
 
 use std::fmt;
@@ -13,6 +15,8 @@ use crate::codec::{decode_block, CodecError};
 use crate::id::{BlockId, IndexDigest};
 
 pub use local::LocalStore;
+#[cfg(any(test, feature = "test-support"))]
+pub use memory::MemoryStore;
 pub use s3::S3Store;
 
 /// What a store keeps: blocks and layer index blobs, both content-addressed.

@@ -15,6 +15,7 @@ use super::error::{internal, Result, ServiceError};
 use super::remote::LazyLayer;
 use super::{import_reader, info_of, SlayerSnapshotter};
 use crate::daemon::filters::Filter;
+use crate::daemon::locks::LockName;
 use crate::daemon::records::RecordError;
 
 type InfoStream = tokio_stream::Iter<std::vec::IntoIter<std::result::Result<Info, ServiceError>>>;
@@ -67,9 +68,9 @@ impl SlayerSnapshotter {
     }
 
     async fn do_mounts(self: &Arc<Self>, key: String) -> Result<Vec<Mount>> {
-        // Under the change lock: a concurrent Remove must not find the
+        // Under the snapshot's lock: a concurrent Remove must not find the
         // mount half made, nor leave one behind.
-        let _changes = self.snapshot_changes.lock().await;
+        let _held = self.locks.snapshot(&key).await;
         let snap = self.records.get(&key)?;
         if snap.kind == SnapshotKind::Committed {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -125,7 +126,13 @@ impl SlayerSnapshotter {
         key: String,
         labels: HashMap<String, String>,
     ) -> Result<()> {
-        let _changes = self.snapshot_changes.lock().await;
+        let _held = self
+            .locks
+            .lock(vec![
+                LockName::Snapshot(key.clone()),
+                LockName::Snapshot(name.clone()),
+            ])
+            .await;
         let snap = self.records.get(&key)?;
         if snap.kind != SnapshotKind::Active {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -148,7 +155,9 @@ impl SlayerSnapshotter {
         let (reader, writer) = std::io::pipe().map_err(internal)?;
         let started = std::time::Instant::now();
         let diff = tokio::task::spawn_blocking(move || rootfs.write_diff(writer));
-        let layer = import_reader(reader, &self.blocks, &self.layers).await;
+        // The blocks and the layer are made before the record names them.
+        let window = self.barrier.open();
+        let layer = import_reader(reader, &self.blocks, &self.layers, Some(&window)).await;
         let stats = diff.await.map_err(internal)?.map_err(internal)?;
         let layer = layer?;
         tracing::info!(
@@ -164,12 +173,13 @@ impl SlayerSnapshotter {
             &layer.record.index_digest,
             labels.into_iter().collect(),
         )?;
+        drop(window);
         self.drop_state_blocking(snap.id).await?;
         Ok(())
     }
 
     async fn do_remove(self: &Arc<Self>, key: String) -> Result<()> {
-        let _changes = self.snapshot_changes.lock().await;
+        let _held = self.locks.snapshot(&key).await;
         let snap = self.records.get(&key)?;
         if !self.records.children(&key)?.is_empty() {
             return Err(RecordError::FailedPrecondition(format!(

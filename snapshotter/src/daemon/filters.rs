@@ -120,6 +120,28 @@ impl Filter {
     }
 }
 
+/// What the `list_filter` fuzz target (and the replay of its corpus)
+/// checks: any bytes that are UTF-8 parse to a filter or an error, and a
+/// filter matches a snapshot or not, never a panic.
+pub fn fuzz_one(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(filter) = Filter::parse(text) {
+        let snapshot = Snapshot {
+            key: "default/1/a".into(),
+            id: 1,
+            kind: SnapshotKind::Active,
+            parent: "p".into(),
+            labels: [("a.b".to_string(), "c".to_string())].into(),
+            created: std::time::SystemTime::UNIX_EPOCH,
+            updated: std::time::SystemTime::UNIX_EPOCH,
+            layer: String::new(),
+        };
+        let _ = filter.matches(&snapshot);
+    }
+}
+
 /// The position of `op` outside quotes.
 fn find_op(s: &str, op: &str) -> Option<usize> {
     let mut quoted = false;

@@ -1,8 +1,11 @@
 //! Garbage collection: freeing what no snapshot needs any more.
 //!
 //! Removing a snapshot drops its record, its mount and its upper at once;
-//! what it may share with others is collected here, by mark and sweep under
-//! the change lock (so no commit is writing blocks meanwhile):
+//! what it may share with others is collected here, by mark and sweep with
+//! no lock that requests wait for: the mark reads the records as they are,
+//! and the sweep leaves whatever a request named since the collection
+//! began (see [`super::barrier`]), so a Commit writing blocks or a Prepare
+//! pulling a layer meanwhile loses nothing:
 //! - layers no committed snapshot (nor the empty base) is made of, and
 //!   their index blobs;
 //! - merged views no active or view snapshot stands on, except those of
@@ -25,6 +28,7 @@ use slayerfs_layerfs::store::merged::{chain_key, chains, remove_chain};
 use slayerfs_layerfs::store::upper::Upper;
 use slayerfs_proto::store::SnapshotKind;
 
+use super::barrier::Swept;
 use super::error::{internal, Result};
 use super::SlayerSnapshotter;
 use crate::fusemount::{detach, mounted_device};
@@ -45,12 +49,12 @@ pub struct GcReport {
 impl SlayerSnapshotter {
     /// Collects garbage now.
     pub async fn collect_garbage(self: &Arc<Self>) -> Result<GcReport> {
-        let _changes = self.snapshot_changes.lock().await;
+        let _one = self.collecting.lock().await;
         let this = self.clone();
-        let report = tokio::task::spawn_blocking(move || this.collect_locked())
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        self.barrier.begin_collection();
+        let report = tokio::task::spawn_blocking(move || this.collect_now()).await;
+        self.barrier.end_collection();
+        let report = report.map_err(internal)?.map_err(internal)?;
         if report != GcReport::default() {
             tracing::info!(?report, "garbage collected");
         }
@@ -73,7 +77,7 @@ impl SlayerSnapshotter {
         });
     }
 
-    fn collect_locked(&self) -> anyhow::Result<GcReport> {
+    fn collect_now(&self) -> anyhow::Result<GcReport> {
         let mut report = GcReport::default();
         let snaps = self.records.all()?;
 
@@ -106,8 +110,15 @@ impl SlayerSnapshotter {
             live_views.insert(chain_key(&chain));
         }
 
+        let barrier = &self.barrier;
         for view in chains(&self.layers)? {
-            if !live_views.contains(&view.key) && remove_chain(&self.layers, &view.key)? {
+            if live_views.contains(&view.key) {
+                continue;
+            }
+            let swept = barrier.sweep(&Swept::View(view.key.clone()), || {
+                remove_chain(&self.layers, &view.key)
+            });
+            if swept.transpose()? == Some(true) {
                 report.views += 1;
             }
         }
@@ -116,13 +127,18 @@ impl SlayerSnapshotter {
                 continue;
             }
             let digest = layer.record.index_digest.parse()?;
-            if self.layers.remove_layer(&digest)? {
+            let name = Swept::Layer(layer.record.index_digest.clone());
+            let swept = barrier.sweep(&name, || self.layers.remove_layer(&digest));
+            if swept.transpose()? == Some(true) {
                 report.layers += 1;
             }
         }
         for id in Upper::ids(&self.db)? {
-            if !live_ids.contains(&id.0) {
-                Upper::destroy(&self.db, id)?;
+            if live_ids.contains(&id.0) {
+                continue;
+            }
+            let swept = barrier.sweep(&Swept::State(id.0), || Upper::destroy(&self.db, id));
+            if swept.transpose()?.is_some() {
                 report.uppers += 1;
             }
         }
@@ -136,12 +152,19 @@ impl SlayerSnapshotter {
                 ObjectKey::Block(id) => !blocks.contains(id),
                 ObjectKey::Index(d) => !live_layers.contains(&d.to_string()),
             };
-            if garbage {
-                report.bytes += self.local.remove(&key)?;
-                match key {
-                    ObjectKey::Block(_) => report.blocks += 1,
-                    ObjectKey::Index(_) => report.indexes += 1,
-                }
+            if !garbage {
+                continue;
+            }
+            let Some(bytes) = barrier
+                .sweep(&Swept::Object(key), || self.local.remove(&key))
+                .transpose()?
+            else {
+                continue;
+            };
+            report.bytes += bytes;
+            match key {
+                ObjectKey::Block(_) => report.blocks += 1,
+                ObjectKey::Index(_) => report.indexes += 1,
             }
         }
         self.db.flush()?;
@@ -158,23 +181,33 @@ impl SlayerSnapshotter {
             if id.is_some_and(|id| live.contains(&id)) {
                 continue;
             }
-            let fs = e.path().join("fs");
-            if mounted_device(&fs).is_some() {
-                detach(&fs);
+            let remove = || -> anyhow::Result<bool> {
+                let fs = e.path().join("fs");
+                if mounted_device(&fs).is_some() {
+                    detach(&fs);
+                }
+                // Never delete through a mount that would not go.
+                if mounted_device(&fs).is_some() {
+                    tracing::warn!(path = %fs.display(), "left in place: still mounted");
+                    return Ok(false);
+                }
+                let path = e.path();
+                if e.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                }
+                .with_context(|| format!("removing {}", path.display()))?;
+                Ok(true)
+            };
+            let removed = match id {
+                // A snapshot's state a request may be making right now.
+                Some(id) => self.barrier.sweep(&Swept::State(id), remove),
+                None => Some(remove()),
+            };
+            if removed.transpose()? == Some(true) {
+                n += 1;
             }
-            // Never delete through a mount that would not go.
-            if mounted_device(&fs).is_some() {
-                tracing::warn!(path = %fs.display(), "left in place: still mounted");
-                continue;
-            }
-            let path = e.path();
-            if e.file_type()?.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-            .with_context(|| format!("removing {}", path.display()))?;
-            n += 1;
         }
         Ok(n)
     }

@@ -42,12 +42,16 @@ use slayerfs_proto::store::SnapshotKind;
 
 use crate::daemon::records::{Records, Snapshot};
 use crate::fusemount::{detach, mounted_device, MountHandle};
+use barrier::{Barrier, NamingStore, Swept};
+use locks::{LockName, Locks};
 
 pub mod api;
+mod barrier;
 mod connections;
 mod error;
 pub mod filters;
 mod gc;
+mod locks;
 pub mod records;
 pub mod remote;
 
@@ -74,8 +78,13 @@ pub struct SlayerSnapshotter {
     runtime: tokio::runtime::Handle,
     reading: ReadOptions,
     mounts: Mutex<HashMap<u64, MountHandle>>,
-    /// Serialises changes to snapshot state (mounts, commits, removals).
-    snapshot_changes: tokio::sync::Mutex<()>,
+    /// Per-snapshot (and per-view) locks: a request waits only for others
+    /// on the same names.
+    locks: Locks,
+    /// Keeps what requests are making from a collection running meanwhile.
+    barrier: Arc<Barrier>,
+    /// One collection at a time.
+    collecting: tokio::sync::Mutex<()>,
     /// A background garbage collection is scheduled.
     gc_pending: AtomicBool,
     /// Index digests being prefetched.
@@ -132,7 +141,11 @@ impl SlayerSnapshotter {
         let layers = Arc::new(LayerDb::from_db(db.clone())?);
         layers.recover()?;
         let local = LocalStore::open(&root.join("blocks"))?;
-        let blocks: Arc<dyn BlockStore> = Arc::new(local.clone());
+        let barrier = Arc::new(Barrier::default());
+        let blocks: Arc<dyn BlockStore> = Arc::new(NamingStore {
+            inner: Arc::new(local.clone()),
+            barrier: barrier.clone(),
+        });
         // Reads find the blocks of layers committed here first, then the
         // shared store's blocks of lazily pulled layers (those through the
         // disk cache).
@@ -167,7 +180,9 @@ impl SlayerSnapshotter {
                 timeout: std::time::Duration::from_millis(settings.read_timeout_ms),
             },
             mounts: Mutex::new(HashMap::new()),
-            snapshot_changes: tokio::sync::Mutex::new(()),
+            locks: Locks::default(),
+            barrier,
+            collecting: tokio::sync::Mutex::new(()),
             gc_pending: AtomicBool::new(false),
             prefetching: Mutex::new(Default::default()),
             fds: Mutex::new(fds),
@@ -292,6 +307,20 @@ impl SlayerSnapshotter {
             return Ok(mp);
         }
         let chain = self.chain(&snap.parent)?;
+        // One build of a chain's view at a time (snapshots on one parent
+        // share it); none taken by a collection meanwhile.
+        let view_key = chain_key(&chain);
+        let window = self.barrier.open();
+        window.name(Swept::View(view_key.clone()));
+        window.name(Swept::State(snap.id));
+        let view = {
+            let _building = self.locks.lock(vec![LockName::View(view_key)]).await;
+            let (layers, chain) = (self.layers.clone(), chain.clone());
+            tokio::task::spawn_blocking(move || MergedView::open(&layers, &chain))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
         let this = self.clone();
         let snap = snap.clone();
         let mp2 = mp.clone();
@@ -301,7 +330,6 @@ impl SlayerSnapshotter {
                 // looked at before it is served.)
                 std::fs::create_dir_all(&mp2).map_err(internal)?;
             }
-            let view = MergedView::open(&this.layers, &chain).map_err(internal)?;
             let state_dir = this.state_dir(snap.id);
             let upper = if snap.kind == SnapshotKind::Active {
                 Some(
@@ -356,6 +384,7 @@ impl SlayerSnapshotter {
         })
         .await
         .map_err(internal)??;
+        drop(window);
         Ok(mp)
     }
 
@@ -411,11 +440,17 @@ impl SlayerSnapshotter {
         labels: HashMap<String, String>,
         kind: SnapshotKind,
     ) -> Result<Vec<Mount>> {
-        let _changes = self.snapshot_changes.lock().await;
+        let _held = self.locks.snapshot(&key).await;
+        // Its state is made after its record: a collection that read the
+        // records first must not take it.
+        let window = self.barrier.open();
         let snap = self
             .records
             .create(&key, &parent, kind, labels.into_iter().collect())?;
-        match self.ensure_mounted(&snap).await {
+        window.name(Swept::State(snap.id));
+        let mounted = self.ensure_mounted(&snap).await;
+        drop(window);
+        match mounted {
             Ok(_) => Ok(self.bind_mount(&snap)),
             Err(e) => {
                 // Nothing half-made stays behind.
@@ -464,19 +499,26 @@ async fn import_tar(
     blocks: &Arc<dyn BlockStore>,
     layers: &Arc<LayerDb>,
 ) -> anyhow::Result<Layer> {
-    import_reader(std::io::Cursor::new(tar), blocks, layers).await
+    import_reader(std::io::Cursor::new(tar), blocks, layers, None).await
 }
 
+/// Imports a layer tar into `blocks` and `layers`; a request inside a
+/// `window` names the layer before loading it (the blocks name
+/// themselves, through the store).
 pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
     tar: R,
     blocks: &Arc<dyn BlockStore>,
     layers: &Arc<LayerDb>,
+    window: Option<&barrier::Window>,
 ) -> anyhow::Result<Layer> {
     let opts = WriterOptions {
         workers: 2,
         zstd_level: 3,
     };
     let conv = convert_layer(tar, blocks.clone(), opts, "", Expected::default()).await?;
+    if let Some(window) = window {
+        window.name(Swept::Layer(conv.digest.to_string()));
+    }
     blocks
         .put_if_absent(&ObjectKey::Index(conv.digest), conv.blob.clone())
         .await?;

@@ -18,6 +18,7 @@ use slayerfs_chunkstore::{fetch_index, IndexDigest, ObjectKey};
 use slayerfs_layerfs::index::decode_index;
 use slayerfs_proto::store::SnapshotKind;
 
+use super::barrier::Swept;
 use super::error::{internal, Result, ServiceError};
 use super::SlayerSnapshotter;
 use crate::daemon::records::RecordError;
@@ -74,8 +75,8 @@ impl SlayerSnapshotter {
         if self.lazy_target_exists(layer, parent)? {
             return Ok(());
         }
-        // Fetched and decoded outside the change lock: a slow or dead store
-        // holds up this Prepare only, not every other snapshot call.
+        // Fetched and decoded outside the target's lock: a slow or dead
+        // store holds up this Prepare only.
         let started = std::time::Instant::now();
         // Prefetched (or kept from an earlier pull) here, else from the
         // shared store; verified either way.
@@ -89,11 +90,16 @@ impl SlayerSnapshotter {
         .map_err(internal)?
         .map_err(|e| internal(anyhow::anyhow!("layer index {}: {e}", layer.index)))?;
 
-        let _changes = self.snapshot_changes.lock().await;
+        // One pull of a target at a time.
+        let _held = self.locks.snapshot(&layer.target).await;
         // Another Prepare for the same layer may have been quicker.
         if self.lazy_target_exists(layer, parent)? {
             return Ok(());
         }
+        // The index copy and the layer are made before the record names
+        // them.
+        let window = self.barrier.open();
+        window.name(Swept::Layer(layer.index.to_string()));
         // A copy of the index stays here: the layer's records can be
         // rebuilt and collected without the shared store.
         self.blocks

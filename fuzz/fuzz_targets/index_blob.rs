@@ -1,0 +1,4 @@
+//! Layer index blobs from outside (see `slayerfs_layerfs::fuzzing::index_blob`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| slayerfs_layerfs::fuzzing::index_blob(data));
