@@ -24,6 +24,9 @@ pub struct CacheOptions {
     /// A directory for stored (compressed) blocks and its capacity in bytes;
     /// `None` for no disk cache.
     pub disk: Option<(PathBuf, u64)>,
+    /// Stored bytes of blocks kept on disk for open files beyond the
+    /// capacity; blocks past it are cached like any other.
+    pub pinned_bytes: u64,
     /// A store of this node's own blocks, read before the disk cache and
     /// the store and never copied into the disk cache (they are on this
     /// disk already).
@@ -63,7 +66,9 @@ impl BlockCache {
             .weigher(|_, v: &Arc<Vec<u8>>| v.len().try_into().unwrap_or(u32::MAX))
             .build();
         let disk = match &opts.disk {
-            Some((dir, bytes)) if *bytes > 0 => Some(DiskCache::open(dir, *bytes)?),
+            Some((dir, bytes)) if *bytes > 0 => {
+                Some(DiskCache::open(dir, *bytes, opts.pinned_bytes)?)
+            }
             _ => None,
         };
         Ok(BlockCache {
@@ -175,14 +180,21 @@ impl BlockCache {
 
 /// Stored blocks in a directory, evicted past capacity by moka's policy
 /// (TinyLFU admission, least recently used evicted first) — except blocks
-/// pinned by an open file, which stay (outside the capacity) until the last
-/// file that needs them is closed.
+/// pinned by an open file, which stay (outside the capacity, within a
+/// budget of their own) until the last file that needs them is closed.
 struct DiskCache {
     dir: PathBuf,
     /// Unpinned blocks on disk and their sizes, under moka's eviction.
     index: moka::sync::Cache<BlockId, u32>,
-    /// Pinned blocks: how many pins, and their size if they are on disk.
-    pins: Arc<Mutex<HashMap<BlockId, Pin>>>,
+    pins: Arc<Mutex<Pins>>,
+}
+
+/// Pinned blocks: how many pins, and their size if they are kept on disk
+/// for them; what is kept so counts against the budget.
+struct Pins {
+    map: HashMap<BlockId, Pin>,
+    kept: u64,
+    budget: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,20 +203,49 @@ struct Pin {
     on_disk: Option<u32>,
 }
 
+impl Pins {
+    /// Keeps pinned block `id`'s `size` bytes on disk for its pins, if the
+    /// budget allows; false if it does not (or `id` is not pinned).
+    fn keep(&mut self, id: &BlockId, size: u32) -> bool {
+        let budget = self.budget;
+        let kept = self.kept;
+        match self.map.get_mut(id) {
+            Some(pin) if pin.on_disk.is_some() => true,
+            Some(pin) if kept + u64::from(size) <= budget => {
+                pin.on_disk = Some(size);
+                self.kept += u64::from(size);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stops keeping `id` on disk for its pins; the size it had.
+    fn release(&mut self, id: &BlockId) -> Option<u32> {
+        let size = self.map.get_mut(id)?.on_disk.take()?;
+        self.kept -= u64::from(size);
+        Some(size)
+    }
+}
+
 fn cache_path(dir: &Path, id: &BlockId) -> PathBuf {
     let h = id.to_hex();
     dir.join(&h[..2]).join(h)
 }
 
 impl DiskCache {
-    fn open(dir: &Path, capacity: u64) -> Result<Self, StoreError> {
+    fn open(dir: &Path, capacity: u64, pin_budget: u64) -> Result<Self, StoreError> {
         let open_err = |e: std::io::Error| StoreError::Open {
             store: dir.display().to_string(),
             message: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(open_err)?;
         let evict_dir = dir.to_path_buf();
-        let pins: Arc<Mutex<HashMap<BlockId, Pin>>> = Arc::default();
+        let pins = Arc::new(Mutex::new(Pins {
+            map: HashMap::new(),
+            kept: 0,
+            budget: pin_budget,
+        }));
         let evict_pins = pins.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
@@ -213,13 +254,11 @@ impl DiskCache {
                 if !matches!(cause, RemovalCause::Size | RemovalCause::Explicit) {
                     return;
                 }
-                // A block pinned meanwhile keeps its file: the pin owns it.
+                // A block pinned meanwhile keeps its file if the budget
+                // allows: the pin owns it.
                 let mut pins = evict_pins.lock().unwrap_or_else(|p| p.into_inner());
-                match pins.get_mut(&id) {
-                    Some(pin) => pin.on_disk = Some(size),
-                    None => {
-                        let _ = std::fs::remove_file(cache_path(&evict_dir, &id));
-                    }
+                if !pins.keep(&id, size) {
+                    let _ = std::fs::remove_file(cache_path(&evict_dir, &id));
                 }
             })
             .build();
@@ -252,11 +291,12 @@ impl DiskCache {
 
     fn pinned_on_disk(&self, id: &BlockId) -> bool {
         self.lock_pins()
+            .map
             .get(id)
             .is_some_and(|p| p.on_disk.is_some())
     }
 
-    fn lock_pins(&self) -> std::sync::MutexGuard<'_, HashMap<BlockId, Pin>> {
+    fn lock_pins(&self) -> std::sync::MutexGuard<'_, Pins> {
         self.pins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -264,7 +304,7 @@ impl DiskCache {
     fn pin(&self, id: BlockId) {
         let first = {
             let mut pins = self.lock_pins();
-            let pin = pins.entry(id).or_insert(Pin {
+            let pin = pins.map.entry(id).or_insert(Pin {
                 count: 0,
                 on_disk: None,
             });
@@ -272,11 +312,11 @@ impl DiskCache {
             pin.count == 1
         };
         if first {
-            // Out of the evictable index: the eviction listener sees the pin and hands
-            // the file over instead of deleting it.
-            if let Some(size) = self.index.remove(&id) {
-                if let Some(pin) = self.lock_pins().get_mut(&id) {
-                    pin.on_disk = Some(size);
+            // Out of the evictable index if the budget allows (an eviction
+            // meanwhile sees the pin and hands the file over).
+            if let Some(size) = self.index.get(&id) {
+                if self.lock_pins().keep(&id, size) {
+                    self.index.invalidate(&id);
                 }
             }
         }
@@ -286,14 +326,16 @@ impl DiskCache {
     fn unpin(&self, id: BlockId) {
         let back = {
             let mut pins = self.lock_pins();
-            let Some(pin) = pins.get_mut(&id) else {
+            let Some(pin) = pins.map.get_mut(&id) else {
                 return;
             };
             pin.count = pin.count.saturating_sub(1);
             if pin.count > 0 {
                 return;
             }
-            pins.remove(&id).and_then(|p| p.on_disk)
+            let size = pins.release(&id);
+            pins.map.remove(&id);
+            size
         };
         if let Some(size) = back {
             self.index.insert(id, size);
@@ -335,13 +377,9 @@ impl DiskCache {
         .await;
         match written {
             Ok(Ok(())) => {
-                let mut pins = self.lock_pins();
-                match pins.get_mut(&id) {
-                    Some(pin) => pin.on_disk = Some(len),
-                    None => {
-                        drop(pins);
-                        self.index.insert(id, len);
-                    }
+                let kept = self.lock_pins().keep(&id, len);
+                if !kept {
+                    self.index.insert(id, len);
                 }
             }
             Ok(Err(e)) => tracing::warn!(block = %id, error = %e, "cannot write to the disk cache"),
@@ -351,9 +389,7 @@ impl DiskCache {
 
     /// Forgets a copy that is gone or bad (pinned or not).
     fn forget(&self, id: BlockId) {
-        if let Some(pin) = self.lock_pins().get_mut(&id) {
-            pin.on_disk = None;
-        }
+        self.lock_pins().release(&id);
         self.index.invalidate(&id);
     }
 

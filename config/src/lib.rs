@@ -36,6 +36,7 @@
 //! disk_dir = "/var/lib/slayerfs/cache"   # default: <state_dir>/cache
 //! read_ahead_blocks = 8          # blocks fetched ahead of a sequential reader; 0..=64
 //! read_timeout_ms = 20000        # a read waiting longer for blocks fails with EIO
+//! pinned_bytes = 2147483648      # blocks of open files kept on disk beyond disk_bytes (2 GiB)
 //!
 //! [registry]
 //! insecure = ["registry.lan:5000"]                 # plain HTTP (localhost always is)
@@ -148,6 +149,10 @@ pub struct CacheConfig {
     /// The longest a read waits for blocks before it fails with EIO (the
     /// kernel's request never waits on a sick store for longer).
     pub read_timeout_ms: u64,
+    /// Stored bytes of open files' blocks kept on disk beyond `disk_bytes`
+    /// (so a file being read is not evicted under its reader); blocks
+    /// past it are cached like any other.
+    pub pinned_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -158,6 +163,7 @@ impl Default for CacheConfig {
             disk_dir: None,
             read_ahead_blocks: 8,
             read_timeout_ms: 20_000,
+            pinned_bytes: 2 << 30,
         }
     }
 }

@@ -114,8 +114,20 @@ pub fn start_snapshotter_binary(
         .stderr(log)
         .spawn()
         .expect("starting slayerfs-snapshotter");
-    wait_for(&paths.socket, "the snapshotter");
-    Proc(child)
+    let mut proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paths.socket.exists() {
+        let exited = proc.0.try_wait().ok().flatten();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "the snapshotter did not create {} ({})\nits log:\n{}",
+            paths.socket.display(),
+            exited.map_or("still running".to_string(), |s| s.to_string()),
+            paths.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.

@@ -110,6 +110,7 @@ async fn merged_view_equals_kernel_overlayfs() {
             own_blocks: None,
             memory_bytes: 64 << 20,
             disk: None,
+            pinned_bytes: u64::MAX,
         },
     )
     .unwrap();

@@ -136,6 +136,7 @@ async fn cached_reads_fetch_each_block_once_from_s3() {
         own_blocks: None,
         memory_bytes: 64 << 20,
         disk: Some((tmp.path().join("cache"), 64 << 20)),
+        pinned_bytes: u64::MAX,
     };
     let cache = Arc::new(BlockCache::new(store.clone(), &opts).unwrap());
     let mut readers = tokio::task::JoinSet::new();

@@ -29,6 +29,7 @@ pub async fn read_file<W: Write + Send>(
             own_blocks: None,
             memory_bytes: 4 * BLOCK_SIZE as u64,
             disk: None,
+            pinned_bytes: u64::MAX,
         },
     )
     .map_err(FetchError::from)?;

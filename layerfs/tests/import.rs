@@ -179,6 +179,7 @@ async fn files_pack_align_and_hole_as_specified() {
             own_blocks: None,
             memory_bytes: 16 << 20,
             disk: None,
+            pinned_bytes: u64::MAX,
         },
     )
     .unwrap();

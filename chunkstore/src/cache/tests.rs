@@ -36,6 +36,7 @@ async fn concurrent_readers_fetch_a_block_once() {
                 own_blocks: None,
                 memory_bytes: 64 << 20,
                 disk: None,
+                pinned_bytes: u64::MAX,
             },
         )
         .unwrap(),
@@ -61,6 +62,7 @@ async fn disk_cache_serves_evicted_blocks_and_heals_damage() {
         own_blocks: None,
         memory_bytes: (1 << 20) + 1,
         disk: Some((disk_dir.clone(), 64 << 20)),
+        pinned_bytes: u64::MAX,
     };
     let cache = BlockCache::new(store.clone(), &opts).unwrap();
     for (id, b) in ids.iter().zip(&blocks) {
@@ -99,6 +101,7 @@ async fn disk_cache_stays_within_capacity() {
             own_blocks: None,
             memory_bytes: 1,
             disk: Some((disk_dir.clone(), cap)),
+            pinned_bytes: u64::MAX,
         },
     )
     .unwrap();
@@ -136,6 +139,7 @@ async fn a_damaged_store_object_is_an_error_every_time() {
             own_blocks: None,
             memory_bytes: 1 << 20,
             disk: Some((dir.path().join("cache"), 1 << 20)),
+            pinned_bytes: u64::MAX,
         },
     )
     .unwrap();
@@ -162,6 +166,7 @@ async fn pinned_blocks_stay_on_disk_until_unpinned() {
             own_blocks: None,
             memory_bytes: 1,
             disk: Some((disk_dir.clone(), one.len() as u64 * 2)),
+            pinned_bytes: u64::MAX,
         },
     )
     .unwrap();
@@ -208,4 +213,51 @@ async fn pinned_blocks_stay_on_disk_until_unpinned() {
         !on_disk(&ids[0]) && !on_disk(&ids[1]),
         "unpinned blocks are evicted again"
     );
+}
+
+#[tokio::test]
+async fn pinned_blocks_count_against_their_budget() {
+    let blocks: Vec<Vec<u8>> = (0..10).map(|i| block(i + 40, 1 << 20)).collect();
+    let (dir, store, ids) = store_with(&blocks).await;
+    let disk_dir = dir.path().join("cache");
+    let (_, one) = encode_block(&blocks[0], 3).unwrap();
+    let size = one.len() as u64;
+    let cache = BlockCache::new(
+        store,
+        &CacheOptions {
+            own_blocks: None,
+            memory_bytes: 1,
+            disk: Some((disk_dir.clone(), size * 2)),
+            pinned_bytes: size * 2,
+        },
+    )
+    .unwrap();
+    let settle = |c: &BlockCache| {
+        if let Some(d) = &c.disk {
+            d.settle();
+        }
+    };
+    let on_disk = |id: &BlockId| cache_path(&disk_dir, id).exists();
+    // A file of five blocks is opened: two fit the budget, the rest are
+    // cached like any other (kept or evicted by the cache's own policy).
+    cache.pin(&ids[..5]);
+    for id in &ids {
+        cache.get(id).await.unwrap();
+        settle(&cache);
+    }
+    let kept = ids[..5].iter().filter(|id| on_disk(id)).count();
+    let files = ids.iter().filter(|id| on_disk(id)).count();
+    assert!(kept >= 2, "the budget's worth of the open file is kept");
+    assert!(
+        files <= 4,
+        "{files} blocks on disk: capacity 2 and budget 2"
+    );
+    let pins = |c: &BlockCache| {
+        let p = c.disk.as_ref().unwrap().lock_pins();
+        (p.kept, p.map.len())
+    };
+    assert_eq!(pins(&cache), (size * 2, 5));
+    // Closed: the budget is free for the next file.
+    cache.unpin(&ids[..5]);
+    assert_eq!(pins(&cache), (0, 0));
 }

@@ -14,6 +14,16 @@
 //! `done ops=N failures=F records=R longest_ms=L storm_ops=S` (L: the
 //! longest any single operation of the main loop took). Exits 1 if
 //! anything failed.
+//!
+//! `crash DIR LOG` works in DIR until an operation fails (its daemon was
+//! killed): two threads churn names in `churn/` (creates, writes,
+//! renames over other names, links, unlinks, directories), while the main
+//! thread makes files in `durable/`, each written and fsynced (directly,
+//! or under a temporary name then renamed, with the directory fsynced)
+//! before it is appended to LOG, outside the mount. `verify DIR LOG` then
+//! checks what a crash must not break: every name in DIR points at an
+//! inode, each inode has as many names as its link count, every file reads
+//! to its size, and every file LOG names holds its bytes.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -282,6 +292,201 @@ fn run(dir: &Path, lower: &Path, stop: &Path, storms: usize) -> Result<Run, Stri
     Ok(run)
 }
 
+/// How many bytes durable file `n` has, and the pattern offset they start at.
+fn durable_shape(n: u64) -> (u64, u64) {
+    ((n % 7) * 4096 + n % 1000, n * 1_000_003)
+}
+
+/// Whether an error only says the name was not in the state the churn
+/// guessed (expected), not that the filesystem failed.
+fn expected_miss(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::EISDIR | libc::ENOTDIR)
+    )
+}
+
+/// One churn thread: random namespace and data changes in `churn/<k>`
+/// until something fails for real.
+fn churn(k: u64) {
+    let base = format!("churn/{k}");
+    if std::fs::create_dir_all(&base).is_err() {
+        return;
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (k + 1) ^ std::process::id() as u64);
+    let mut buf = Vec::new();
+    loop {
+        let r = rng.next();
+        let a = format!("{base}/n{}", r % 48);
+        let b = format!("{base}/n{}", (r >> 8) % 48);
+        let d = format!("{base}/d{}", (r >> 16) % 6);
+        let done = match r % 9 {
+            0 | 1 => {
+                buf.resize(((r >> 24) % 20_000) as usize, (r >> 40) as u8);
+                std::fs::write(&a, &buf)
+            }
+            2 => std::fs::rename(&a, &b),
+            3 => std::fs::hard_link(&a, &b),
+            4 => std::fs::remove_file(&a),
+            5 => std::fs::create_dir(&d),
+            6 => std::fs::remove_dir(&d),
+            7 => OpenOptions::new()
+                .write(true)
+                .open(&a)
+                .and_then(|f| f.set_len((r >> 24) % 30_000)),
+            _ => std::fs::rename(&a, format!("{d}/m{}", (r >> 32) % 8)),
+        };
+        if let Err(e) = done {
+            if !expected_miss(&e) {
+                return;
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &str) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Makes durable files until an operation fails; each is logged only once
+/// it is durable.
+fn crash(dir: &Path, log: &Path) -> Result<u64, String> {
+    std::env::set_current_dir(dir).map_err(|e| format!("chdir: {e}"))?;
+    std::fs::create_dir_all("durable").map_err(|e| format!("mkdir durable: {e}"))?;
+    let first = std::fs::read_to_string(log).map_or(0, |l| l.lines().count() as u64);
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("open log: {e}"))?;
+    for k in 0..2 {
+        std::thread::spawn(move || churn(k));
+    }
+    let mut n = first;
+    loop {
+        let (size, at) = durable_shape(n);
+        let data: Vec<u8> = (0..size).map(|i| pattern(at + i)).collect();
+        let (kind, made) = if n.is_multiple_of(2) {
+            let name = format!("durable/f-{n}");
+            let made = File::create(&name)
+                .and_then(|mut f| f.write_all(&data).and_then(|_| f.sync_all()))
+                .and_then(|_| sync_dir("durable"));
+            ("f", made)
+        } else {
+            let tmp = format!("durable/.tmp-{n}");
+            let made = File::create(&tmp)
+                .and_then(|mut f| f.write_all(&data).and_then(|_| f.sync_all()))
+                .and_then(|_| std::fs::rename(&tmp, format!("durable/r-{n}")))
+                .and_then(|_| sync_dir("durable"));
+            ("r", made)
+        };
+        if made.is_err() {
+            return Ok(n - first);
+        }
+        writeln!(log, "{kind} {n}")
+            .and_then(|_| log.sync_data())
+            .map_err(|e| format!("log: {e}"))?;
+        n += 1;
+    }
+}
+
+/// What a crash must not break (see the module's doc); the failures.
+fn verify(dir: &Path, log: &Path) -> Vec<String> {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    let mut failures = Vec::new();
+    let mut names: HashMap<u64, (u64, u64, String)> = HashMap::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut seen = 0u64;
+    while let Some(d) = dirs.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(format!("listing {}: {e}", d.display()));
+                continue;
+            }
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(e) => e.path(),
+                Err(e) => {
+                    failures.push(format!("listing {}: {e}", d.display()));
+                    continue;
+                }
+            };
+            seen += 1;
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    failures.push(format!("{} names no inode: {e}", path.display()));
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let slot =
+                names
+                    .entry(meta.ino())
+                    .or_insert((0, meta.nlink(), path.display().to_string()));
+            slot.0 += 1;
+            if meta.is_file() {
+                match std::fs::read(&path) {
+                    Ok(d) if d.len() as u64 == meta.len() => {}
+                    Ok(d) => failures.push(format!(
+                        "{} read {} bytes of {}",
+                        path.display(),
+                        d.len(),
+                        meta.len()
+                    )),
+                    Err(e) => failures.push(format!("reading {}: {e}", path.display())),
+                }
+            }
+        }
+    }
+    for (ino, (found, nlink, one)) in &names {
+        if found != nlink {
+            failures.push(format!(
+                "inode {ino} ({one}): {found} names, link count {nlink}"
+            ));
+        }
+    }
+    let logged = std::fs::read_to_string(log).unwrap_or_default();
+    let mut durable = 0;
+    for line in logged.lines() {
+        let Some((kind, n)) = line.split_once(' ') else {
+            failures.push(format!("log line {line:?}"));
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else {
+            failures.push(format!("log line {line:?}"));
+            continue;
+        };
+        let path = dir.join(format!("durable/{kind}-{n}"));
+        let (size, at) = durable_shape(n);
+        match std::fs::read(&path) {
+            Ok(d) if d.len() as u64 == size => {
+                if let Err(e) = check_pattern(&d, at) {
+                    failures.push(format!("{}: {e}", path.display()));
+                }
+            }
+            Ok(d) => failures.push(format!(
+                "{}: {} bytes, {size} fsynced",
+                path.display(),
+                d.len()
+            )),
+            Err(e) => failures.push(format!("{} was fsynced: {e}", path.display())),
+        }
+        durable += 1;
+    }
+    println!(
+        "verified names={seen} inodes={} durable={durable}",
+        names.len()
+    );
+    failures
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -321,8 +526,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        ["crash", dir, log] => match crash(Path::new(dir), Path::new(log)) {
+            Ok(n) => {
+                println!("done durable={n}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("FAIL {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ["verify", dir, log] => {
+            let failures = verify(Path::new(dir), Path::new(log));
+            for f in &failures {
+                println!("FAIL {f}");
+            }
+            if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         _ => {
-            eprintln!("usage: slayerfs-fs-workload fill FILE SIZE | check FILE SIZE | run DIR LOWER STOP [STORM]");
+            eprintln!("usage: slayerfs-fs-workload fill FILE SIZE | check FILE SIZE | run DIR LOWER STOP [STORM] | crash DIR LOG | verify DIR LOG");
             ExitCode::from(2)
         }
     }

@@ -76,6 +76,7 @@ pub fn image_rootfs(
             own_blocks: None,
             memory_bytes: config.cache.memory_bytes,
             disk,
+            pinned_bytes: config.cache.pinned_bytes,
         },
     )?;
     Ok(Rootfs::new(

@@ -155,6 +155,7 @@ impl SlayerSnapshotter {
             &CacheOptions {
                 memory_bytes: settings.memory_bytes,
                 disk: (settings.disk_bytes > 0).then(|| (root.join("cache"), settings.disk_bytes)),
+                pinned_bytes: settings.pinned_bytes,
                 own_blocks: Some(blocks.clone()),
             },
         )?);
