@@ -11,6 +11,7 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use slayerfs_chunkstore::BlockWriter;
 
+use super::extensions::ExtensionLimit;
 use super::hash_tee::{spawn_hashed, StreamHash};
 use super::packer::{PackError, Packer};
 use super::path::{display_raw, LayerPath, PathError};
@@ -202,7 +203,7 @@ pub fn import_layer<R: Read + Send + 'static>(
             (Box::new(r), Some(h))
         }
     };
-    let mut archive = tar::Archive::new(stream);
+    let mut archive = tar::Archive::new(ExtensionLimit::new(stream));
     let mut tree = LayerTree::new();
     let mut stats = ImportStats::default();
     let mut packer = Packer::new(writer);

@@ -1,11 +1,13 @@
 //! Building layers: a layer tar stream (plain, gzip or zstd) read once into
-//! blocks and a tree ([`import`], with names made safe by [`path`], the
+//! blocks and a tree ([`import`], with names made safe by [`path`],
+//! extension headers bounded by [`extensions`], the
 //! tree's rules in [`tree`], file data packed into blocks, hashed on the
 //! way by [`hash_tee`]), assembled into an index ([`assemble`]), and one
 //! layer end to end into the store ([`layer`]). Serving layers is the rest
 //! of the crate's.
 
 pub mod assemble;
+pub mod extensions;
 pub mod hash_tee;
 pub mod import;
 pub mod layer;
