@@ -41,6 +41,8 @@
 //! [registry]
 //! insecure = ["registry.lan:5000"]                 # plain HTTP (localhost always is)
 //! mirrors = { "docker.io" = ["mirror.lan:5000"] }  # tried first, in order
+//! connect_timeout_ms = 5000
+//! read_timeout_ms = 20000   # the longest an answer may stall
 //! [registry.auths."registry.example"]              # else ~/.docker/config.json
 //! username = "..."
 //! password = "..."
@@ -171,7 +173,7 @@ impl Default for CacheConfig {
 /// `[registry]`: how registries are reached (by `slayerfs pull` and
 /// `convert`, and by the snapshotter when a layer index is only in the
 /// registry).
-#[derive(Clone, Default, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Registries (`host[:port]`) reached over plain HTTP; localhost and
@@ -183,6 +185,22 @@ pub struct RegistryConfig {
     /// Credentials per registry: `[registry.auths."reg.example"]` with
     /// `username` and `password`. Without, `~/.docker/config.json`.
     pub auths: BTreeMap<String, RegistryAuth>,
+    pub connect_timeout_ms: u64,
+    /// The longest a request may wait for the next bytes of an answer
+    /// (a registry that accepts and never answers fails a pull in time).
+    pub read_timeout_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure: Vec::new(),
+            mirrors: BTreeMap::new(),
+            auths: BTreeMap::new(),
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 20_000,
+        }
+    }
 }
 
 /// A registry login.
@@ -209,6 +227,8 @@ impl fmt::Debug for RegistryConfig {
             .field("insecure", &self.insecure)
             .field("mirrors", &self.mirrors)
             .field("auths", &self.auths)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("read_timeout_ms", &self.read_timeout_ms)
             .finish()
     }
 }
@@ -502,6 +522,14 @@ impl Config {
             ));
         }
         let r = &self.registry;
+        for (key, ms) in [
+            ("registry.connect_timeout_ms", r.connect_timeout_ms),
+            ("registry.read_timeout_ms", r.read_timeout_ms),
+        ] {
+            if !(1..=600_000).contains(&ms) {
+                return Err(invalid(key, format!("{ms} is outside 1..=600000")));
+            }
+        }
         let hosts = r
             .insecure
             .iter()

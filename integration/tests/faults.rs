@@ -325,3 +325,139 @@ fn a_sick_store_fails_reads_in_time_and_never_stalls_metadata() {
         "the proxy injected nothing"
     );
 }
+
+/// The lazy-pull path through a sick registry: a Prepare whose layer index
+/// is only in the image's registry falls back to an ordinary Prepare in
+/// time when the registry black-holes, fails or sends wrong bytes, other
+/// Prepares meanwhile answer at once, and once the registry heals the layer
+/// is pulled lazily after all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sick_registry_fails_lazy_pulls_in_time_and_blocks_no_one() {
+    use containerd_snapshots::api::snapshots::v1::PrepareSnapshotRequest;
+    use containerd_snapshots::tonic::Code;
+    use slayerfs_chunkstore::{BlockStore, LocalStore, ObjectKey};
+    use slayerfs_integration::daemon::Registry;
+    use slayerfs_integration::fixtures::write_image_blobs;
+    use slayerfs_integration::snapshots_api::{prepare, Daemon, NAME};
+    use slayerfs_layerfs::test_support::{convert_for_test, tar_of};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The layer's index, in the registry only (a blob of an image there).
+    let elsewhere: Arc<dyn BlockStore> =
+        Arc::new(LocalStore::open(&dir.join("elsewhere")).unwrap());
+    let conv = convert_for_test(tar_of(&[("hello", b"from the registry")]), &elsewhere).await;
+    let index = conv.digest.to_string();
+    let registry = Registry::start(&dir.join("registry"));
+    write_image_blobs(
+        &dir.join("img"),
+        "v1",
+        &[(conv.blob.clone(), Compression::Gzip)],
+    )
+    .unwrap();
+    let pushed = std::process::Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", dir.join("img").display()))
+        .arg(format!("docker://{}/lazy/x:v1", registry.addr))
+        .status()
+        .unwrap();
+    assert!(pushed.success(), "pushing the image");
+    // The blocks are where the daemon reads lazily pulled layers from.
+    let daemon_store = dir.join("snap-state-store");
+    let shared: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&daemon_store).unwrap());
+    for key in LocalStore::open(&dir.join("elsewhere"))
+        .unwrap()
+        .list()
+        .unwrap()
+    {
+        if let ObjectKey::Block(_) = key {
+            shared
+                .put_if_absent(&key, elsewhere.get(&key).await.unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    let addr: std::net::SocketAddr = registry.addr.parse().unwrap();
+    let proxy = FaultProxy::start(addr).unwrap();
+    let daemon = Daemon::start_with(
+        dir,
+        &format!(
+            "[store]\nurl = {:?}\n[registry]\nconnect_timeout_ms = 500\nread_timeout_ms = 2000\n",
+            daemon_store.display().to_string()
+        ),
+    );
+    let mut c = daemon.client().await;
+    let image = format!("{}/lazy/x:v1", proxy.addr);
+    let labels: HashMap<String, String> = [
+        ("containerd.io/snapshot.ref", "target"),
+        ("containerd.io/snapshot/slayerfs.index", index.as_str()),
+        ("containerd.io/snapshot/cri.image-ref", image.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+
+    let mut n = 0;
+    for fault in [
+        Fault::BlackHole,
+        Fault::ServerError,
+        Fault::WrongBytes,
+        Fault::ResetMidBody,
+    ] {
+        proxy.set(fault);
+        n += 1;
+        let key = format!("fallback-{n}");
+        let lazy = {
+            let mut c = daemon.client().await;
+            let labels = labels.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = c
+                    .prepare(PrepareSnapshotRequest {
+                        snapshotter: NAME.into(),
+                        key,
+                        parent: String::new(),
+                        labels,
+                    })
+                    .await;
+                (r.map(|_| ()).map_err(|s| s.code()), t0.elapsed())
+            })
+        };
+        // Another Prepare is not held up by it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = Instant::now();
+        prepare(&mut c, &format!("plain-{n}"), "").await.unwrap();
+        let plain = t0.elapsed();
+        let (r, took) = lazy.await.unwrap();
+        eprintln!(
+            "registry {fault:?}: the lazy Prepare fell back after {took:?}; another took {plain:?}"
+        );
+        assert_eq!(r, Ok(()), "{fault:?}: no fallback to an ordinary Prepare");
+        assert!(
+            took < Duration::from_secs(15),
+            "{fault:?}: the fallback took {took:?}"
+        );
+        assert!(
+            plain < Duration::from_secs(1),
+            "{fault:?}: a plain Prepare took {plain:?}"
+        );
+    }
+    proxy.heal();
+    let healed = c
+        .prepare(PrepareSnapshotRequest {
+            snapshotter: NAME.into(),
+            key: "lazy".into(),
+            parent: String::new(),
+            labels,
+        })
+        .await;
+    assert_eq!(
+        healed.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::AlreadyExists),
+        "the healed registry's index was not pulled lazily\n{}",
+        daemon.paths.log_text()
+    );
+    assert!(!daemon.paths.log_text().contains("panicked"));
+}

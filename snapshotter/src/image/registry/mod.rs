@@ -4,6 +4,8 @@
 //!
 //! It knows nothing of containerd or of what the blobs mean.
 
+use std::time::Duration;
+
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
@@ -143,6 +145,8 @@ impl RemoteImage {
             protocol,
             // Platforms are chosen here, from the raw index.
             platform_resolver: None,
+            connect_timeout: Some(Duration::from_millis(opts.config.connect_timeout_ms)),
+            read_timeout: Some(Duration::from_millis(opts.config.read_timeout_ms)),
             ..Default::default()
         });
         let auth = auth_for(&registry, opts)?;
