@@ -14,7 +14,8 @@ pub enum ServiceError {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("{0:#}")]
+    /// Each cause once (see `error_chain`).
+    #[error("{}", slayerfs_chunkstore::error_chain(.0.as_ref()))]
     Internal(#[from] anyhow::Error),
 }
 
