@@ -49,7 +49,7 @@
 //!
 //! [snapshotter]
 //! unmount_on_exit = false   # SIGTERM unmounts everything (drain) instead of a restart
-//! db_cache_bytes = 67108864 # the node database's page cache (64 MiB)
+//! db_cache_bytes = 16777216 # the node database's page cache (16 MiB; sled holds several times it)
 //! fd_holder = "/usr/local/bin/slayerfs-fdholder"   # default: beside the daemon, else PATH
 //! ```
 
@@ -122,7 +122,8 @@ pub struct SnapshotterConfig {
     /// The fd holder binary; `slayerfs-fdholder` beside the daemon's own
     /// binary, else on `PATH`, if unset.
     pub fd_holder: Option<PathBuf>,
-    /// The node database's page cache.
+    /// The node database's page cache (sled's `cache_capacity`: what it
+    /// holds in memory is several times this).
     pub db_cache_bytes: u64,
 }
 
@@ -131,7 +132,7 @@ impl Default for SnapshotterConfig {
         SnapshotterConfig {
             unmount_on_exit: false,
             fd_holder: None,
-            db_cache_bytes: 64 << 20,
+            db_cache_bytes: 16 << 20,
         }
     }
 }

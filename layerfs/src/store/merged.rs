@@ -122,8 +122,10 @@ impl MergedView {
     fn build(db: &LayerDb, chain: ChainId, layers: &[Layer]) -> Result<u64, StoreError> {
         let inodes_tree = db.tree("merged_inodes")?;
         let dentries_tree = db.tree("merged_dentries")?;
-        let mut inodes = sled::Batch::default();
-        let mut dentries = sled::Batch::default();
+        // Written one by one: a batch of a large view made sled hold
+        // hundreds of MiB at once (until `ready` is set, a crash leaves a
+        // partial view that the next open wipes).
+        let (inodes, dentries) = (&inodes_tree, &dentries_tree);
         // Root: every layer's root, top first, down to an opaque one.
         let mut root = Vec::new();
         for l in layers.iter().rev() {
@@ -209,7 +211,7 @@ impl MergedView {
                 };
                 let mut k = key2(chain, mino).to_vec();
                 k.extend_from_slice(&name);
-                dentries.insert(k, &child_ino.to_be_bytes());
+                dentries.insert(k, &child_ino.to_be_bytes())?;
                 if !is_dir {
                     let rec = MergedInode {
                         sources: vec![MergedSource {
@@ -219,7 +221,7 @@ impl MergedView {
                         nlink: 0,
                         attr_source: 0,
                     };
-                    inodes.insert(&key2(chain, child_ino), rec.encode_to_vec());
+                    inodes.insert(key2(chain, child_ino), rec.encode_to_vec())?;
                 }
             }
             // Decided here, once, so that attrs() reads one or two inodes
@@ -245,10 +247,8 @@ impl MergedView {
                 nlink: 2 + subdirs,
                 attr_source,
             };
-            inodes.insert(&key2(chain, mino), rec.encode_to_vec());
+            inodes.insert(key2(chain, mino), rec.encode_to_vec())?;
         }
-        inodes_tree.apply_batch(inodes)?;
-        dentries_tree.apply_batch(dentries)?;
         Ok(next - 1)
     }
 

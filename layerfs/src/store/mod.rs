@@ -77,13 +77,13 @@ pub(crate) fn be_u64(tree: &'static str, bytes: &[u8]) -> Result<u64, StoreError
         .map_err(|_| corrupt(tree, "a number of the wrong length"))
 }
 
-/// Removes every key of `tree` that starts with `prefix`, in one batch.
+/// Removes every key of `tree` that starts with `prefix`, one by one (a
+/// batch of a large layer's keys made sled hold hundreds of MiB at once).
 pub fn remove_prefix(tree: &sled::Tree, prefix: impl AsRef<[u8]>) -> Result<(), sled::Error> {
-    let mut batch = sled::Batch::default();
     for key in tree.scan_prefix(prefix).keys() {
-        batch.remove(key?);
+        tree.remove(key?)?;
     }
-    tree.apply_batch(batch)
+    Ok(())
 }
 
 /// The rest of every key of `tree` that starts with `prefix`, in key order.
