@@ -9,6 +9,9 @@
 #                               a full pull into overlayfs
 #   scripts/bench.sh restart    what a working container sees of a kill -9 and
 #                               a new start, with 1 and 50 active snapshots
+#   scripts/bench.sh hardening  Prepare latency idle vs under load, memory
+#                               with 10 large images, metadata stalls while
+#                               the store is sick
 #
 # BENCH_DIR (default /var/tmp/slayerfs-bench) holds the generated image and
 # the stores; the image is generated once and reused. Each figure, baseline
@@ -146,6 +149,7 @@ source scripts/bench-fs.sh
 source scripts/bench-snapshotter.sh
 source scripts/bench-lazy.sh
 source scripts/bench-restart.sh
+source scripts/bench-hardening.sh
 
 case "$what" in
   convert) bench_convert ;;
@@ -153,5 +157,6 @@ case "$what" in
   snapshotter) bench_snapshotter ;;
   lazy) bench_lazy ;;
   restart) bench_restart ;;
+  hardening) bench_hardening ;;
   *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter, lazy, restart)" >&2; exit 2 ;;
 esac
