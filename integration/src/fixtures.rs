@@ -319,8 +319,9 @@ pub fn unpack_order_layers() -> Vec<(Vec<u8>, Compression)> {
     ]
 }
 
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    // "<len> <key>=<value>\n", where <len> counts the whole record.
+/// One PAX record, `<len> <key>=<value>\n`, `<len>` counting the whole
+/// record.
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     let body = key.len() + value.len() + 3;
     let mut len = body + body.to_string().len();
     if len.to_string().len() != body.to_string().len() {

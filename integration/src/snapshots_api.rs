@@ -36,7 +36,34 @@ impl Drop for Daemon {
             self.restartable = false;
             self.restart(libc::SIGKILL, &bin("slayerfs-snapshotter"));
         }
-        // The process is stopped (SIGTERM) as it is dropped.
+        // Stopped (SIGTERM, SIGKILL after 20 s), then whatever it left is
+        // cleared: a mount whose connection its fd holder keeps with no
+        // daemon serving it would hang the test's removal of its directory.
+        drop(self.proc.take());
+        clear_leftovers(&self.paths.root);
+    }
+}
+
+/// Ends the fd holders of the daemon at `root` and detaches the mounts
+/// under it, saying so if there were any (the daemon should leave none).
+pub fn clear_leftovers(root: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = format!("{}/", root.display());
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|mp| mp.starts_with(&prefix))
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    eprintln!("the stopped daemon left {} mounts under {}", left.len(), root.display());
+    for pid in holder_pids(root) {
+        // SAFETY: a holder this test's daemon started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    for mp in left {
+        let _ = std::process::Command::new("umount").args(["-l", mp]).status();
     }
 }
 
@@ -217,4 +244,27 @@ pub fn mounts_under(dir: &Path) -> usize {
         .lines()
         .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
         .count()
+}
+
+/// The fd holders serving the daemon whose root is `root`.
+pub fn holder_pids(root: &Path) -> Vec<u32> {
+    let sock = root.join("fdholder.sock");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with(b"slayerfs-fdholder"))
+            && args.get(2) == Some(&sock.as_os_str().as_encoded_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }

@@ -94,3 +94,12 @@ pub fn assert_journal(mp: &str, records: u64) {
         want.len()
     );
 }
+
+/// Runs `slayerfs-fs-workload ARGS…` to its end (`fill`, `check`, …):
+/// whether it succeeded.
+pub fn run_workload(args: &[&str]) -> bool {
+    Command::new(bin("slayerfs-fs-workload"))
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -6,15 +6,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use containerd_snapshots::api::snapshots::v1::{CleanupRequest, PrepareSnapshotRequest};
-use slayerfs_integration::bins::bin;
 use slayerfs_integration::snapshots_api::{commit, prepare, remove, Client, Daemon, NAME};
-use slayerfs_integration::workload::Workload;
+use slayerfs_integration::workload::{run_workload, Workload};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -35,14 +33,6 @@ async fn prepare_times(c: &mut Client, tag: &str, parent: &str, n: usize) -> Vec
     times
 }
 
-fn workload(args: &[&str]) -> bool {
-    Command::new(bin("slayerfs-fs-workload"))
-        .args(args)
-        .status()
-        .unwrap()
-        .success()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a benchmark: scripts/bench.sh hardening"]
 async fn bench_prepare_latency_idle_and_loaded() {
@@ -50,7 +40,7 @@ async fn bench_prepare_latency_idle_and_loaded() {
     let daemon = Daemon::start(tmp.path());
     let mut c = daemon.client().await;
     let base = prepare(&mut c, "image-work", "").await.unwrap();
-    assert!(workload(&[
+    assert!(run_workload(&[
         "fill",
         &format!("{base}/lower"),
         &(12u64 << 20).to_string()
@@ -61,7 +51,7 @@ async fn bench_prepare_latency_idle_and_loaded() {
 
     let big = prepare(&mut c, "big-work", "image").await.unwrap();
     let f = format!("{big}/big");
-    assert!(tokio::task::spawn_blocking(move || workload(&[
+    assert!(tokio::task::spawn_blocking(move || run_workload(&[
         "fill",
         &f,
         &(1u64 << 30).to_string()

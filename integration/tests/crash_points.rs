@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use slayerfs_integration::bins::bin;
-use slayerfs_integration::snapshots_api::{mounts, prepare, Daemon};
+use slayerfs_integration::snapshots_api::{holder_pids, mounts, prepare, Daemon};
 
 /// Crashes per run (more by hand: `SLAYERFS_CRASH_POINTS=200`).
 fn crash_points() -> u64 {
@@ -20,28 +20,6 @@ fn crash_points() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(12)
-}
-
-fn holder_pids(root: &Path) -> Vec<i32> {
-    let sock = root.join("fdholder.sock");
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with(b"slayerfs-fdholder"))
-            && args.contains(&sock.as_os_str().as_encoded_bytes())
-        {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 fn verify(mp: &str, log: &Path) -> (bool, String) {
@@ -88,7 +66,7 @@ async fn kill_9_at_random_points_breaks_no_invariant() {
         daemon.stop_with(libc::SIGKILL);
         for pid in holder_pids(&daemon.paths.root) {
             // SAFETY: a holder this test's daemon started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         // The connection is gone: the storm's next operation fails.
         let _ = tokio::task::spawn_blocking(move || storm.wait()).await;

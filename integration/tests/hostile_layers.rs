@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::text;
 use slayerfs_integration::bins::bin;
-use slayerfs_integration::fixtures::{raw_tar, write_image_blobs, Compression};
+use slayerfs_integration::fixtures::{pax_record, raw_tar, write_image_blobs, Compression};
 
 /// The converter's peak resident memory may not pass this, whatever the
 /// layer (a few times what a plain conversion takes; the bombs below
@@ -64,18 +64,6 @@ fn zstd_bomb(head: &[u8], zeros: u64, tail: &[u8]) -> Vec<u8> {
 
 fn end() -> Vec<u8> {
     vec![0u8; 1024]
-}
-
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + body.to_string().len();
-    if len.to_string().len() != body.to_string().len() {
-        len += 1;
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
 }
 
 fn cases() -> Vec<(&'static str, Vec<u8>, Compression, Outcome)> {

@@ -9,15 +9,13 @@
 //! (`scripts/bench.sh load`), not this test's.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_snapshots::api::snapshots::v1::CleanupRequest;
-use slayerfs_integration::bins::bin;
 use slayerfs_integration::snapshots_api::{commit, prepare, remove, Daemon, NAME};
-use slayerfs_integration::workload::{assert_journal, Workload};
+use slayerfs_integration::workload::{assert_journal, run_workload, Workload};
 
 const LOWER_BYTES: u64 = 12 << 20;
 const CONTAINERS: usize = 16;
@@ -31,14 +29,6 @@ fn unpack_mib() -> u64 {
         .unwrap_or(1024)
 }
 
-fn workload(args: &[&str]) -> bool {
-    Command::new(bin("slayerfs-fs-workload"))
-        .args(args)
-        .status()
-        .unwrap()
-        .success()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prepares_go_on_while_a_big_commit_collections_and_containers_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -47,7 +37,7 @@ async fn prepares_go_on_while_a_big_commit_collections_and_containers_run() {
 
     // The image every container stands on.
     let base = prepare(&mut c, "image-work", "").await.unwrap();
-    assert!(workload(&[
+    assert!(run_workload(&[
         "fill",
         &format!("{base}/lower"),
         &LOWER_BYTES.to_string()
@@ -60,7 +50,7 @@ async fn prepares_go_on_while_a_big_commit_collections_and_containers_run() {
     let big_file = format!("{big}/big");
     let filled = {
         let (f, n) = (big_file.clone(), big_bytes.clone());
-        tokio::task::spawn_blocking(move || workload(&["fill", &f, &n]))
+        tokio::task::spawn_blocking(move || run_workload(&["fill", &f, &n]))
     };
     assert!(filled.await.unwrap(), "filling the big upper");
 
@@ -184,7 +174,7 @@ async fn prepares_go_on_while_a_big_commit_collections_and_containers_run() {
     let check = prepare(&mut c, "big-check", "big").await.unwrap();
     let ok = {
         let f = format!("{check}/big");
-        tokio::task::spawn_blocking(move || workload(&["check", &f, &big_bytes]))
+        tokio::task::spawn_blocking(move || run_workload(&["check", &f, &big_bytes]))
     };
     assert!(ok.await.unwrap(), "the big layer reads back wrong");
     assert!(!daemon.paths.log_text().contains("panicked"));

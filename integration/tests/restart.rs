@@ -8,12 +8,14 @@
 //! copy of its binary at another path; then containerd's calls still work
 //! and nothing is left behind once it is stopped for good.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use slayerfs_integration::bins::bin;
-use slayerfs_integration::snapshots_api::{commit, mounts_under, prepare, remove, Client, Daemon};
+use slayerfs_integration::snapshots_api::{
+    commit, holder_pids, mounts_under, prepare, remove, Client, Daemon,
+};
 use slayerfs_integration::workload::{assert_journal, Workload};
 
 const LOWER_BYTES: u64 = 12 << 20;
@@ -38,28 +40,6 @@ fn gap_ms() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300)
-}
-
-fn holder_pids(root: &Path) -> Vec<u32> {
-    let sock = root.join("fdholder.sock");
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with(b"slayerfs-fdholder"))
-            && args.get(2) == Some(&sock.as_os_str().as_encoded_bytes())
-        {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 fn open_fds(pid: u32) -> usize {

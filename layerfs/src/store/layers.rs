@@ -145,10 +145,7 @@ impl LayerDb {
         let (inodes, dentries, slices) = (&self.inodes, &self.dentries, &self.slices);
         for (i, inode) in index.inodes.iter().enumerate() {
             let ino = Ino(i as u64 + 1);
-            inodes.insert(
-                key2(id, ino),
-                inode_record(inode, nlink[i]).encode_to_vec(),
-            )?;
+            inodes.insert(key2(id, ino), inode_record(inode, nlink[i]).encode_to_vec())?;
             for d in &inode.children {
                 let rec = DentryRecord {
                     ino: d.ino,

@@ -18,7 +18,7 @@
 //! containerd calls Cleanup after its own garbage collection removed
 //! snapshots; a Remove of a committed snapshot also schedules a collection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -31,6 +31,7 @@ use slayerfs_proto::store::SnapshotKind;
 use super::barrier::Swept;
 use super::error::{internal, Result};
 use super::SlayerSnapshotter;
+use crate::daemon::records::Snapshot;
 use crate::fusemount::{detach, mounted_device};
 
 /// What one collection freed.
@@ -79,7 +80,12 @@ impl SlayerSnapshotter {
 
     fn collect_now(&self) -> anyhow::Result<GcReport> {
         let mut report = GcReport::default();
+        // The records as they are now; requests go on changing them, so
+        // everything below works from this one reading (see the barrier for
+        // what they make meanwhile).
         let snaps = self.records.all()?;
+        let by_key: HashMap<&str, &Snapshot> = snaps.iter().map(|s| (s.key.as_str(), s)).collect();
+        let parents: HashSet<&str> = snaps.iter().map(|s| s.parent.as_str()).collect();
 
         let mut live_layers: HashSet<String> = HashSet::new();
         live_layers.insert(self.base.record.index_digest.clone());
@@ -92,7 +98,7 @@ impl SlayerSnapshotter {
             let stands_on = match s.kind {
                 SnapshotKind::Committed => {
                     live_layers.insert(s.layer.clone());
-                    if !self.records.children(&s.key)?.is_empty() {
+                    if parents.contains(s.key.as_str()) {
                         continue;
                     }
                     &s.key
@@ -105,9 +111,13 @@ impl SlayerSnapshotter {
             // A chain that cannot be worked out stops the collection: what
             // is live must be known before anything is deleted.
             let chain = self
-                .chain(stands_on)
+                .chain_in(&by_key, stands_on)
                 .with_context(|| format!("the layers under snapshot {}", s.key))?;
-            live_views.insert(chain_key(&chain));
+            // (None: a parent removed while the records were read, so the
+            // snapshot standing on it was removed before it: nothing to keep.)
+            if let Some(chain) = chain {
+                live_views.insert(chain_key(&chain));
+            }
         }
 
         let barrier = &self.barrier;
@@ -169,6 +179,27 @@ impl SlayerSnapshotter {
         }
         self.db.flush()?;
         Ok(report)
+    }
+
+    /// The layers under a snapshot standing on `parent`, bottom first, from
+    /// one reading of the records; `None` if a parent is not in it.
+    fn chain_in(
+        &self,
+        records: &HashMap<&str, &Snapshot>,
+        parent: &str,
+    ) -> Result<Option<Vec<slayerfs_layerfs::store::layers::Layer>>> {
+        let mut layers = Vec::new();
+        let mut key = parent;
+        while !key.is_empty() {
+            let Some(snap) = records.get(key) else {
+                return Ok(None);
+            };
+            layers.push(self.layer_of(snap)?);
+            key = &snap.parent;
+        }
+        layers.push(self.base.clone());
+        layers.reverse();
+        Ok(Some(layers))
     }
 
     /// Removes `snapshots/<id>` directories of no active or view snapshot.
