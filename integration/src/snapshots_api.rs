@@ -57,13 +57,19 @@ pub fn clear_leftovers(root: &Path) {
     if left.is_empty() {
         return;
     }
-    eprintln!("the stopped daemon left {} mounts under {}", left.len(), root.display());
+    eprintln!(
+        "the stopped daemon left {} mounts under {}",
+        left.len(),
+        root.display()
+    );
     for pid in holder_pids(root) {
         // SAFETY: a holder this test's daemon started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
     for mp in left {
-        let _ = std::process::Command::new("umount").args(["-l", mp]).status();
+        let _ = std::process::Command::new("umount")
+            .args(["-l", mp])
+            .status();
     }
 }
 

@@ -294,3 +294,48 @@ async fn a_kill_during_a_commit_leaves_the_snapshot_active_or_committed_whole() 
         "kills during commit: {active} left the snapshot active, {committed} after it committed"
     );
 }
+
+/// SIGTERM while a long Commit runs (a large unpack) stops the daemon in
+/// bounded time: the Commit is abandoned like a crash would abandon it
+/// (nothing recorded), everything is unmounted (with `--unmount-on-exit`),
+/// and the next start commits the snapshot whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_commit_stops_in_bounded_time() {
+    use slayerfs_integration::snapshots_api::state;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(tmp.path());
+    let mut c = daemon.client().await;
+    let mp = prepare(&mut c, "big-work", "").await.unwrap();
+    let bytes = (768u64 << 20).to_string();
+    let file = format!("{mp}/big");
+    let filled = Command::new(bin("slayerfs-fs-workload"))
+        .args(["fill", &file, &bytes])
+        .status()
+        .unwrap();
+    assert!(filled.success());
+    let mut c2 = daemon.client().await;
+    let committing = tokio::spawn(async move { commit(&mut c2, "big", "big-work").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = std::time::Instant::now();
+    daemon.stop_with(libc::SIGTERM);
+    let stopped = t0.elapsed();
+    let _ = committing.await;
+    assert!(
+        stopped < Duration::from_secs(15),
+        "the daemon took {stopped:?} to stop\n{}",
+        daemon.paths.log_text()
+    );
+    assert_eq!(mounts_under(&daemon.paths.root), 0, "left mounted");
+    daemon.restart(libc::SIGTERM, &bin("slayerfs-snapshotter"));
+    c = daemon.client().await;
+    let names: Vec<String> = state(&mut c).await.into_iter().map(|s| s.0).collect();
+    if names.contains(&"big-work".to_string()) {
+        commit(&mut c, "big", "big-work").await.unwrap();
+    }
+    let v = prepare(&mut c, "check", "big").await.unwrap();
+    let ok = Command::new(bin("slayerfs-fs-workload"))
+        .args(["check", &format!("{v}/big"), &bytes])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "the committed layer reads back wrong");
+}

@@ -123,7 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("publishing the socket {}", cli.address.display()))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tracing::info!(address = %cli.address.display(), root = %root.display(), "serving");
-    let shutdown = async {
+    let signalled = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
@@ -131,10 +131,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    let served = Server::builder()
-        .add_service(containerd_snapshots::server(Arc::new(Service(sn.clone()))))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        Server::builder()
+            .add_service(containerd_snapshots::server(Arc::new(Service(sn.clone()))))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    let served = tokio::select! {
+        r = &mut server => r,
+        _ = signalled => {
+            let _ = stop.send(());
+            // Requests in flight get a moment to finish; a long one (a
+            // Commit of a large unpack) does not hold the stop up: it is
+            // abandoned as a crash would abandon it (nothing is recorded
+            // until it completes), and containerd retries it.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(
+                        "requests still running after {SHUTDOWN_GRACE:?}; stopping without them"
+                    );
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    let served = served.context("the snapshots API server task")?;
     let _ = std::fs::remove_file(&cli.address);
     let sn2 = sn.clone();
     let unmount = config.snapshotter.unmount_on_exit;
@@ -142,20 +166,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("leaving every snapshot mounted for the next start");
     }
     let code = i32::from(served.is_err());
+    if let Err(e) = &served {
+        tracing::error!(error = %e, "serving the snapshots API");
+    }
     tokio::task::spawn_blocking(move || {
         sn2.shutdown(unmount);
-        if !unmount {
-            // The FUSE sessions serve until the process is gone, and their
-            // reads run on this runtime: ending the process now, with the
-            // runtime still up, leaves a request either answered or
-            // unanswered (sent again to the next start), never failed by a
-            // runtime shutting down.
-            std::process::exit(code);
-        }
+        // Ending the process now, with the runtime still up: the FUSE
+        // sessions left for the next start serve until the process is gone
+        // and their reads run on this runtime (a request is answered or
+        // sent again to the next start, never failed by a runtime shutting
+        // down), and work abandoned above must not hold the exit up.
+        std::process::exit(code);
     })
     .await?;
-    served.context("serving the snapshots API")
+    Ok(())
 }
+
+/// How long requests in flight at SIGTERM may still run.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
