@@ -11,7 +11,7 @@
 //! window was open (or before it opened), so the name was kept.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_snapshots::tonic::async_trait;
 use slayerfs_chunkstore::{BlockStore, ObjectKey, StoreError};
@@ -34,11 +34,15 @@ struct State {
     windows: usize,
     collecting: bool,
     named: HashSet<Swept>,
+    /// What a collection is removing right now (outside the lock).
+    sweeping: Option<Swept>,
 }
 
 #[derive(Default)]
 pub(crate) struct Barrier {
     state: Mutex<State>,
+    /// Signalled when a sweep ends.
+    swept: Condvar,
 }
 
 /// An open window; closes when dropped.
@@ -60,9 +64,13 @@ impl Barrier {
         }
     }
 
-    /// Names something made or reused (before it is made).
+    /// Names something made or reused (before it is made); waits while a
+    /// collection is removing that very thing (it is then made again).
     pub(crate) fn name(&self, what: Swept) {
         let mut s = self.state();
+        while s.sweeping.as_ref() == Some(&what) {
+            s = self.swept.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
         if s.windows > 0 || s.collecting {
             s.named.insert(what);
         }
@@ -81,15 +89,19 @@ impl Barrier {
     }
 
     /// Runs `sweep` unless `what` was named since the collection began;
-    /// a request naming it meanwhile waits for the sweep to end (it then
-    /// makes the thing again).
+    /// a request naming that thing meanwhile waits for the sweep to end
+    /// (it then makes it again), requests naming anything else do not.
     pub(crate) fn sweep<R>(&self, what: &Swept, sweep: impl FnOnce() -> R) -> Option<R> {
-        let s = self.state();
-        if s.named.contains(what) {
-            return None;
+        {
+            let mut s = self.state();
+            if s.named.contains(what) {
+                return None;
+            }
+            s.sweeping = Some(what.clone());
         }
         let r = sweep();
-        drop(s);
+        self.state().sweeping = None;
+        self.swept.notify_all();
         Some(r)
     }
 }
@@ -182,6 +194,33 @@ mod tests {
         drop(w);
         assert_eq!(b.sweep(&x, || 1), None);
         assert_eq!(b.sweep(&Swept::State(3), || 2), Some(2));
+        b.end_collection();
+
+        // During a sweep, naming something else goes on; naming the thing
+        // swept waits for the sweep.
+        b.begin_collection();
+        let y = Swept::View("y".into());
+        let started = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            let b2 = &b;
+            let started = &started;
+            let waiter = scope.spawn(move || {
+                started.wait();
+                let t0 = std::time::Instant::now();
+                b2.name(Swept::View("y".into()));
+                t0.elapsed()
+            });
+            b.sweep(&y, || {
+                started.wait();
+                b.name(Swept::View("other".into()));
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            });
+            let waited = waiter.join().unwrap();
+            assert!(
+                waited >= std::time::Duration::from_millis(150),
+                "{waited:?}"
+            );
+        });
         b.end_collection();
 
         // Quiet again: forgotten.
