@@ -119,7 +119,15 @@ impl HolderClient {
         req: &Request,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(String, Vec<(String, OwnedFd)>), Error> {
-        let conn = self.connect()?;
+        // A holder that just died may still have answered the last connect
+        // (a kill -9 takes a moment): start another and ask it.
+        let conn = match self.connect() {
+            Ok(conn) => conn,
+            Err(_) => {
+                self.ensure_running()?;
+                self.connect()?
+            }
+        };
         scm::send(conn.as_fd(), req.encode().as_bytes(), fd, None)?;
         let mut buf = [0u8; MAX_MESSAGE];
         let mut fds = Vec::new();
