@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::bins::bin;
-use crate::snapshots_api::Daemon;
+use crate::snapshots_api::{commit, prepare, Client, Daemon};
 
 /// The stand-in container, working in `dir` until `stop` appears.
 pub struct Workload {
@@ -102,4 +102,16 @@ pub fn run_workload(args: &[&str]) -> bool {
         .args(args)
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Commits `name`, an image of one `lower` file of `bytes` of the workload's
+/// pattern, for stand-in containers to stand on.
+pub async fn commit_lower_image(c: &mut Client, name: &str, bytes: u64) {
+    let work = format!("{name}-work");
+    let mp = prepare(c, &work, "").await.expect("preparing the image");
+    let lower = format!("{mp}/lower");
+    let filled =
+        tokio::task::spawn_blocking(move || run_workload(&["fill", &lower, &bytes.to_string()]));
+    assert!(filled.await.expect("the fill task"), "filling the image");
+    commit(c, name, &work).await.expect("committing the image");
 }

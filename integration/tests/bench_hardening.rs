@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use containerd_snapshots::api::snapshots::v1::{CleanupRequest, PrepareSnapshotRequest};
 use slayerfs_integration::snapshots_api::{commit, prepare, remove, Client, Daemon, NAME};
-use slayerfs_integration::workload::{run_workload, Workload};
+use slayerfs_integration::workload::{commit_lower_image, run_workload, Workload};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -39,13 +39,7 @@ async fn bench_prepare_latency_idle_and_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(tmp.path());
     let mut c = daemon.client().await;
-    let base = prepare(&mut c, "image-work", "").await.unwrap();
-    assert!(run_workload(&[
-        "fill",
-        &format!("{base}/lower"),
-        &(12u64 << 20).to_string()
-    ]));
-    commit(&mut c, "image", "image-work").await.unwrap();
+    commit_lower_image(&mut c, "image", 12 << 20).await;
     let samples = 60;
     let idle = prepare_times(&mut c, "idle", "image", samples).await;
 

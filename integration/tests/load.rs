@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use containerd_snapshots::api::snapshots::v1::CleanupRequest;
 use slayerfs_integration::snapshots_api::{commit, prepare, remove, Daemon, NAME};
-use slayerfs_integration::workload::{assert_journal, run_workload, Workload};
+use slayerfs_integration::workload::{assert_journal, commit_lower_image, run_workload, Workload};
 
 const LOWER_BYTES: u64 = 12 << 20;
 const CONTAINERS: usize = 16;
@@ -36,13 +36,7 @@ async fn prepares_go_on_while_a_big_commit_collections_and_containers_run() {
     let mut c = daemon.client().await;
 
     // The image every container stands on.
-    let base = prepare(&mut c, "image-work", "").await.unwrap();
-    assert!(run_workload(&[
-        "fill",
-        &format!("{base}/lower"),
-        &LOWER_BYTES.to_string()
-    ]));
-    commit(&mut c, "image", "image-work").await.unwrap();
+    commit_lower_image(&mut c, "image", LOWER_BYTES).await;
 
     // The big upper, written before the load starts.
     let big = prepare(&mut c, "big-work", "image").await.unwrap();
