@@ -1,4 +1,4 @@
-//! Errors as one line of text: an error and its causes, `: `-separated,
+//! Errors (and caught panics) as one line of text: an error and its causes, `: `-separated,
 //! each once. The one formatter of the workspace, for messages and logs
 //! (some libraries' own `Display` stops at the first cause, others end in a
 //! Debug dump that helps nobody reading a log).
@@ -16,6 +16,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = cause.source();
     }
     msg
+}
+
+/// The message a caught panic carries (`panic!` gives a `&str` or a
+/// `String`), for the log line of whoever caught it.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]

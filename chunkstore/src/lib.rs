@@ -18,7 +18,7 @@ mod writer;
 
 pub use cache::{BlockCache, CacheOptions, CacheStats};
 pub use codec::{decode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
-pub use error_text::error_chain;
+pub use error_text::{error_chain, panic_text};
 pub use id::{BlockId, IndexDigest, ParseDigestError};
 pub use store::{
     fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey, PutOutcome, S3Store,

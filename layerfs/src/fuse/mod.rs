@@ -138,11 +138,7 @@ pub struct SlayerFuse {
 /// worker thread down. Each would be a defect; none is known.
 fn guarded(op: &'static str, f: impl FnOnce()) {
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
+        let what = slayerfs_chunkstore::panic_text(panic.as_ref());
         tracing::error!(op, panic = %what, "a filesystem operation panicked; the mount goes on");
     }
 }

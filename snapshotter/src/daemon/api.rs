@@ -220,11 +220,7 @@ async fn guarded<T>(request: impl std::future::Future<Output = Result<T>>) -> Re
     match std::panic::AssertUnwindSafe(request).catch_unwind().await {
         Ok(answer) => answer,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
+            let what = slayerfs_chunkstore::panic_text(panic.as_ref());
             tracing::error!(panic = %what, "a request panicked; the daemon goes on");
             Err(internal(anyhow::anyhow!("the request panicked: {what}")))
         }
