@@ -278,6 +278,15 @@ async fn a_kill_during_a_commit_leaves_the_snapshot_active_or_committed_whole() 
         "{active} active, {committed} committed"
     );
     // Whatever the killed commits left half made is garbage: collected.
+    // (A kill lands inside a block's write only sometimes: one such write
+    // of a process that is gone is planted, so that its removal is tested
+    // every time.)
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let fan = daemon.paths.root.join("blocks/blocks/00");
+    std::fs::create_dir_all(&fan).unwrap();
+    std::fs::write(fan.join(format!(".tmp-{gone_pid}-planted")), [0u8; 4096]).unwrap();
     c.cleanup(CleanupRequest {
         snapshotter: NAME.into(),
     })

@@ -71,6 +71,48 @@ impl LocalStore {
         Ok(keys)
     }
 
+    /// Removes the temporary files of writes whose process is gone (a
+    /// writer killed mid-write leaves one, and nothing else would ever
+    /// remove it); writes of live processes are left alone. Files of a
+    /// build that did not name the writer go once they are an hour old.
+    /// Returns how many files went and the bytes they took.
+    pub fn remove_abandoned_writes(&self) -> Result<(usize, u64), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let listing = |e: std::io::Error| StoreError::Open {
+            store: self.location(),
+            message: format!("listing temporary files: {e}"),
+        };
+        let mut dirs = vec![self.root.join("indexes")];
+        for fan in names_in(&self.root.join("blocks")).map_err(listing)? {
+            dirs.push(self.root.join("blocks").join(fan));
+        }
+        let (mut files, mut bytes) = (0, 0);
+        for dir in dirs {
+            for name in names_in(&dir).map_err(listing)? {
+                let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+                    continue;
+                };
+                let path = dir.join(&name);
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                let abandoned = match writer_pid(rest) {
+                    Some(pid) => !process_exists(pid),
+                    None => meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|age| age > LEGACY_TEMP_AGE),
+                };
+                if abandoned && std::fs::remove_file(&path).is_ok() {
+                    files += 1;
+                    bytes += meta.blocks() * 512;
+                }
+            }
+        }
+        Ok((files, bytes))
+    }
+
     /// Deletes an object; returns the bytes it took (0 if it was not there).
     pub fn remove(&self, key: &ObjectKey) -> Result<u64, StoreError> {
         use std::os::unix::fs::MetadataExt;
@@ -95,6 +137,27 @@ impl LocalStore {
             source,
         }
     }
+}
+
+/// Temporary files are `.tmp-<writer pid>-<random>`: a sweep tells a
+/// write in flight from one a dead process left.
+const TEMP_PREFIX: &str = ".tmp-";
+const LEGACY_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn temp_prefix() -> String {
+    format!("{TEMP_PREFIX}{}-", std::process::id())
+}
+
+/// The writer named by a temporary file's name after the prefix.
+fn writer_pid(rest: &str) -> Option<libc::pid_t> {
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok().filter(|p| *p > 0)
+}
+
+fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The UTF-8 names in `dir` (none if it does not exist yet).
@@ -128,13 +191,15 @@ const STAGING_KEEP: usize = 4;
 /// support O_DIRECT (tmpfs, some overlay setups).
 fn write_direct(dir: &Path, data: &[u8]) -> std::io::Result<Option<tempfile::NamedTempFile>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let opened = tempfile::Builder::new().prefix(".tmp-").make_in(dir, |p| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(p)
-    });
+    let opened = tempfile::Builder::new()
+        .prefix(&temp_prefix())
+        .make_in(dir, |p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(p)
+        });
     let mut tmp = match opened {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
@@ -179,7 +244,9 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = match write_direct(dir, data)? {
         Some(t) => t,
         None => {
-            let mut t = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+            let mut t = tempfile::Builder::new()
+                .prefix(&temp_prefix())
+                .tempfile_in(dir)?;
             t.write_all(data)?;
             t
         }
@@ -248,5 +315,41 @@ impl BlockStore for LocalStore {
 
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_writes_of_dead_processes_are_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let fan = dir.path().join("blocks").join("ab");
+        std::fs::create_dir_all(&fan).unwrap();
+        std::fs::create_dir_all(dir.path().join("indexes")).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let files = [
+            (fan.join(format!(".tmp-{dead}-x1")), false),
+            (
+                dir.path().join("indexes").join(format!(".tmp-{dead}-x2")),
+                false,
+            ),
+            (fan.join(format!("{}x3", temp_prefix())), true),
+            (fan.join(".tmp-legacy"), true),
+            (fan.join("ab00"), true),
+        ];
+        for (f, _) in &files {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        let (n, bytes) = store.remove_abandoned_writes().unwrap();
+        assert_eq!(n, 2);
+        assert!(bytes > 0);
+        for (f, stays) in &files {
+            assert_eq!(f.exists(), *stays, "{}", f.display());
+        }
     }
 }

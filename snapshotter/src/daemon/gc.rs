@@ -43,7 +43,9 @@ pub struct GcReport {
     pub state_dirs: usize,
     pub blocks: usize,
     pub indexes: usize,
-    /// Disk space of the removed blocks and index blobs.
+    /// Temporary files of writes a dead process abandoned.
+    pub abandoned_writes: usize,
+    /// Disk space of the removed blocks, index blobs and abandoned writes.
     pub bytes: u64,
 }
 
@@ -177,6 +179,9 @@ impl SlayerSnapshotter {
                 ObjectKey::Index(_) => report.indexes += 1,
             }
         }
+        let (abandoned, bytes) = self.local.remove_abandoned_writes()?;
+        report.abandoned_writes = abandoned;
+        report.bytes += bytes;
         self.db.flush()?;
         Ok(report)
     }
