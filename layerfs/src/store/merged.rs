@@ -44,6 +44,8 @@ pub struct MergedView {
     inode_count: u64,
     inodes: sled::Tree,
     dentries: sled::Tree,
+    /// Built by the `open` that made this value (not found ready).
+    built_now: bool,
 }
 
 /// The key of a chain: the layers' index digests, bottom first, hashed.
@@ -81,6 +83,7 @@ impl MergedView {
             inode_count: rec.inode_count,
             inodes: db.tree("merged_inodes")?,
             dentries: db.tree("merged_dentries")?,
+            built_now: false,
         })
     }
 
@@ -109,7 +112,15 @@ impl MergedView {
         db.flush()?;
         chains.insert(&key, rec.encode_to_vec())?;
         db.flush()?;
-        Self::with(db, &rec)
+        let mut view = Self::with(db, &rec)?;
+        view.built_now = true;
+        Ok(view)
+    }
+
+    /// Whether the `open` that made this view built it (large transient
+    /// work) rather than finding it ready.
+    pub fn built_now(&self) -> bool {
+        self.built_now
     }
 
     fn is_opaque_dir(db: &LayerDb, s: Source) -> Result<(bool, bool), StoreError> {

@@ -38,6 +38,7 @@ use slayerfs_layerfs::rootfs::{ReadOptions, Rootfs, Served};
 use slayerfs_layerfs::store::layers::{Layer, LayerDb};
 use slayerfs_layerfs::store::merged::{chain_key, MergedView};
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
+use slayerfs_layerfs::store::StoreError;
 use slayerfs_proto::store::SnapshotKind;
 
 use crate::daemon::records::{Records, Snapshot};
@@ -51,6 +52,7 @@ mod connections;
 mod error;
 pub mod filters;
 mod gc;
+mod heap;
 mod locks;
 pub mod records;
 pub mod remote;
@@ -317,10 +319,16 @@ impl SlayerSnapshotter {
         let view = {
             let _building = self.locks.lock(vec![LockName::View(view_key)]).await;
             let (layers, chain) = (self.layers.clone(), chain.clone());
-            tokio::task::spawn_blocking(move || MergedView::open(&layers, &chain))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?
+            tokio::task::spawn_blocking(move || {
+                let view = MergedView::open(&layers, &chain)?;
+                if view.built_now() {
+                    heap::give_back_freed();
+                }
+                Ok::<_, StoreError>(view)
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?
         };
         let this = self.clone();
         let snap = snap.clone();
@@ -524,8 +532,13 @@ pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
         .put_if_absent(&ObjectKey::Index(conv.digest), conv.blob.clone())
         .await?;
     let layers = layers.clone();
-    let layer =
-        tokio::task::spawn_blocking(move || layers.load_index(&conv.digest, &conv.index)).await??;
+    let layer = tokio::task::spawn_blocking(move || {
+        let layer = layers.load_index(&conv.digest, &conv.index);
+        drop(conv);
+        heap::give_back_freed();
+        layer
+    })
+    .await??;
     Ok(layer)
 }
 

@@ -108,10 +108,15 @@ impl SlayerSnapshotter {
             .map_err(internal)?;
         let layers = self.layers.clone();
         let digest = layer.index;
-        let loaded = tokio::task::spawn_blocking(move || layers.load_index(&digest, &index))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = layers.load_index(&digest, &index);
+            drop(index);
+            super::heap::give_back_freed();
+            loaded
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         self.records.create_committed(
             &layer.target,
             parent,
