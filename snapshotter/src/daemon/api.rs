@@ -11,6 +11,7 @@ use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
 use tracing::Instrument;
 
+use super::barrier::Swept;
 use super::error::{internal, Result, ServiceError};
 use super::remote::LazyLayer;
 use super::{import_reader, info_of, SlayerSnapshotter};
@@ -155,8 +156,13 @@ impl SlayerSnapshotter {
         let (reader, writer) = std::io::pipe().map_err(internal)?;
         let started = std::time::Instant::now();
         let diff = tokio::task::spawn_blocking(move || rootfs.write_diff(writer));
-        // The blocks and the layer are made before the record names them.
+        // The blocks and the layer are made before the record names them;
+        // the active snapshot's state goes only after its record, and no
+        // collection may take it in between (a collection that read the
+        // records just after the commit removed the upper under the mount,
+        // and the Commit failed unmounting it).
         let window = self.barrier.open();
+        window.name(Swept::State(snap.id));
         let layer = import_reader(reader, &self.blocks, &self.layers, Some(&window)).await;
         let stats = diff.await.map_err(internal)?.map_err(internal)?;
         let layer = layer?;
@@ -173,9 +179,9 @@ impl SlayerSnapshotter {
             &layer.record.index_digest,
             labels.into_iter().collect(),
         )?;
+        let dropped = self.drop_state_blocking(snap.id).await;
         drop(window);
-        self.drop_state_blocking(snap.id).await?;
-        Ok(())
+        dropped
     }
 
     async fn do_remove(self: &Arc<Self>, key: String) -> Result<()> {
