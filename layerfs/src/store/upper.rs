@@ -15,7 +15,8 @@
 //!
 //! Every write is part of a [`Change`]: changes are serialised, see their
 //! own writes before they commit, and commit whole (journal record, then
-//! one transaction over the trees) or, dropped, not at all. A committed
+//! then applied to the trees as a whole to readers) or, dropped, not at
+//! all. A committed
 //! change survives the process ([`super::journal`]); [`Upper::sync`]
 //! (fsync) makes it survive power loss too, and [`Upper::flush`] (unmount,
 //! or every MiB of journal) writes it into the database.
@@ -25,7 +26,7 @@ mod change;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use slayerfs_chunkstore::BlockId;
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, StoredSlice, UpperInode, UpperRecord};
@@ -68,6 +69,13 @@ pub struct Upper {
     journal: Journal,
     /// Held for the length of a change.
     changing: Mutex<()>,
+    /// Written while a committed change is applied to the trees, read by
+    /// every read of them: a read sees a change whole or not at all. (Not
+    /// a sled transaction: those take a lock over every database of the
+    /// process, so each write of one container stalled every request of
+    /// the node; the journal record already makes the change whole
+    /// across a crash.)
+    applying: RwLock<()>,
     /// The writes of the change in progress, seen by its own thread only.
     pending: Mutex<Option<Pending>>,
 }
@@ -182,8 +190,11 @@ impl Upper {
                     lower_inodes,
                     next_ino: lower_inodes + 1,
                 };
+                // Not flushed here (Prepare would wait on it): until the
+                // next flush, a process that dies leaves no record, and the
+                // next open makes this same one again; any change since was
+                // journaled with the record it changed (`allocate_ino`).
                 meta.insert(id.0.to_be_bytes(), rec.encode_to_vec())?;
-                db.flush()?;
                 rec
             }
         };
@@ -195,6 +206,7 @@ impl Upper {
             record: Mutex::new(record),
             journal,
             changing: Mutex::new(()),
+            applying: RwLock::new(()),
             pending: Mutex::new(None),
         })
     }
@@ -291,16 +303,25 @@ impl Upper {
         if let Some(v) = self.pending_get(t, key) {
             return Ok(v);
         }
+        let _whole = self.reading();
         Ok(self.tree(t).get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Keeps a change from being applied while the trees are read.
+    fn reading(&self) -> RwLockReadGuard<'_, ()> {
+        self.applying.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every key of tree `t` starting with `prefix`, in order, as the
     /// caller sees them.
     fn scan(&self, t: u8, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for item in self.tree(t).scan_prefix(prefix) {
-            let (k, v) = item?;
-            out.insert(k.to_vec(), v.to_vec());
+        {
+            let _whole = self.reading();
+            for item in self.tree(t).scan_prefix(prefix) {
+                let (k, v) = item?;
+                out.insert(k.to_vec(), v.to_vec());
+            }
         }
         self.pending_overlay(t, prefix, &mut out);
         Ok(out.into_iter().collect())
@@ -356,6 +377,7 @@ impl Upper {
     /// What an earlier change answering request `id` did (see
     /// [`Change::commit`]), if one did.
     pub fn reply_of(&self, id: u64) -> Result<Option<u64>, StoreError> {
+        let _whole = self.reading();
         match self.tree(REPLIES).get(key_of(self.id, id))? {
             Some(v) => Ok(Some(be_u64("upper_replies", &v)?)),
             None => Ok(None),

@@ -1,6 +1,7 @@
 //! A change to an upper layer: its writes, seen by its own thread before
-//! they commit, then committed whole — one journal record, then one
-//! transaction over the upper's trees — or, dropped, not at all.
+//! they commit, then committed whole — one journal record, then applied
+//! to the upper's trees while no read of them runs — or, dropped, not at
+//! all.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -9,7 +10,6 @@ use std::thread::ThreadId;
 
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, UpperInode};
 use slayerfs_proto::Message;
-use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::{
     flush_through, key_of, remove_data_file, slice_record, Upper, DENTRIES, INODES, META, REPLIES,
@@ -18,7 +18,7 @@ use super::{
 use crate::geometry::Ino;
 use crate::slice::SliceView;
 use crate::store::journal::{Effect, CHECKPOINT_BYTES};
-use crate::store::{finish_tx, StoreError};
+use crate::store::StoreError;
 
 /// How many request ids back replies are kept: only requests in flight
 /// when a process died are sent again, and far fewer are in flight.
@@ -263,20 +263,18 @@ impl Change<'_> {
                 .map(|ino| Effect::RemoveDataFile { ino: ino.0 }),
         );
         let journal_len = self.up.journal.append(&effects)?;
-        let trees: Vec<&sled::Tree> = self.up.trees.iter().collect();
-        finish_tx(Transactional::<StoreError>::transaction(
-            trees.as_slice(),
-            |tx| {
-                for ((t, k), v) in &p.writes {
-                    let tree = &tx[usize::from(*t)];
-                    match v {
-                        Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
-                        None => tree.remove(k.as_slice())?,
-                    };
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
-            },
-        ))?;
+        {
+            // A failure part way is a fault of the database: the journal
+            // record is whole, and the next open replays it.
+            let _applying = self.up.applying.write().unwrap_or_else(|p| p.into_inner());
+            for ((t, k), v) in &p.writes {
+                let tree = self.up.tree(*t);
+                match v {
+                    Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+                    None => tree.remove(k.as_slice())?,
+                };
+            }
+        }
         for ino in p.files {
             remove_data_file(&self.up.data_dir, ino);
         }
