@@ -67,6 +67,8 @@ struct Current {
     n: u64,
     file: File,
     len: u64,
+    /// The file's name has been made durable (its directory synced).
+    named_durably: bool,
 }
 
 /// The journal of one upper layer.
@@ -138,19 +140,31 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        // The new name itself must survive power loss for a later sync of
-        // the file to mean anything.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-        Ok(Current { n, file, len: 0 })
+        // Its name is made durable by the first sync, not here: a new
+        // snapshot's Prepare would otherwise wait on a directory sync
+        // behind every other writer of the disk, for a file no one may
+        // ever sync.
+        Ok(Current {
+            n,
+            file,
+            len: 0,
+            named_durably: false,
+        })
     }
 
-    /// Makes every record appended so far durable against power loss.
+    /// Makes every record appended so far durable against power loss
+    /// (and the current file's name, the first time).
     pub fn sync(&self) -> Result<(), JournalError> {
-        let cur = self.current();
+        let mut cur = self.current();
         let path = self.dir.join(file_name(cur.n));
-        cur.file.sync_data().map_err(io_err(&path))
+        cur.file.sync_data().map_err(io_err(&path))?;
+        if !cur.named_durably {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+            cur.named_durably = true;
+        }
+        Ok(())
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {

@@ -149,7 +149,9 @@ pub fn listing_seed(root: &Path) -> anyhow::Result<ListingSeed> {
 }
 
 /// Writes `path` whole or not at all (a temporary file renamed over it),
-/// readable by its owner only.
+/// readable by its owner only. Not synced: what is kept here matters only
+/// while the kernel holds the connections, which power loss ends, and a
+/// process that dies leaves its writes to the kernel.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -160,6 +162,5 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
