@@ -2,7 +2,8 @@
 # 13's table, with release binaries:
 # - Prepare latency idle, then while 16 stand-in containers work, garbage
 #   collections run back to back and a 1 GiB upper is committed (the
-#   baseline is the idle run of the same daemon, in the same run);
+#   baseline is the idle run of the same daemon, in the same run); and
+#   again with the Commit and the collections alone;
 # - the daemon's resident memory with 10 mounted images of 50,000 entries
 #   each, every entry looked up (beside its memory at start);
 # - the longest stall of a metadata operation while the store black-holes,
@@ -17,13 +18,22 @@ bench_hardening() {
   for _ in $(seq "$repeat"); do
     cargo nextest run --release --locked -p slayerfs-integration --test bench_hardening \
       --run-ignored only --no-capture 2>&1 | grep '^bench:' | tee -a "$log"
+    # The same load without the working containers: the Commit and the
+    # collections alone.
+    BENCH_CONTAINERS=0 cargo nextest run --release --locked -p slayerfs-integration \
+      --test bench_hardening --run-ignored only --no-capture bench_prepare 2>&1 |
+      grep '^bench:' | tee -a "$log"
   done
   for _ in $(seq "$repeat"); do
     cargo nextest run --release --locked -p slayerfs-integration --test faults \
       --no-capture 2>&1 | grep -E 'slowest metadata operation|fell back after' | tee -a "$log"
   done
   echo "== medians and maxima"
-  awk '/loaded\/idle/ { print "loaded/idle p50 " $5 ", p99 " $7 }' "$log" | sort | sed -n "$(( (repeat + 1) / 2 ))p"
+  for n in 16 0; do
+    grep "loaded/idle.*($n containers)" "$log" |
+      awk -v n="$n" '{ print "loaded/idle (" n " containers) p50 " $5 ", p99 " $7 }' |
+      sort | sed -n "$(( (repeat + 1) / 2 ))p"
+  done
   grep 'daemon RSS' "$log" | sort -t' ' -k7 -n | tail -n 1
   for f in black-hole slow 5xx-burst 5xx reset wrong-bytes; do
     grep "^$f: slowest" "$log" | awk -v f="$f" '

@@ -1,6 +1,7 @@
 //! Measurements for `scripts/bench.sh hardening`, not tests (ignored unless
 //! run by it): Prepare latency idle beside under load (16 working
-//! containers, collections back to back, a Commit of a 1 GiB upper), and
+//! containers, or `BENCH_CONTAINERS`; collections back to back; a Commit
+//! of a 1 GiB upper), and
 //! the daemon's memory with 10 mounted images of 50,000 entries each.
 //! Each prints `bench: …` lines the script collects.
 
@@ -53,7 +54,13 @@ async fn bench_prepare_latency_idle_and_loaded() {
     .await
     .unwrap());
     let mut containers = Vec::new();
-    for i in 0..16 {
+    // `BENCH_CONTAINERS` (default 16) working containers: with none, the
+    // load is the big Commit and the collections alone.
+    let working: usize = std::env::var("BENCH_CONTAINERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    for i in 0..working {
         let mp = prepare(&mut c, &format!("c{i}"), "image").await.unwrap();
         let stop = tmp.path().join(format!("stop-{i}"));
         containers.push(Workload::start(&mp, &format!("{mp}/lower"), &stop, 0));
@@ -106,14 +113,14 @@ async fn bench_prepare_latency_idle_and_loaded() {
         idle.len()
     );
     println!(
-        "bench: prepare loaded p50 {:.1} ms p99 {:.1} ms ({} samples, during a {:.1} s commit of 1 GiB)",
+        "bench: prepare loaded p50 {:.1} ms p99 {:.1} ms ({} samples, during a {:.1} s commit of 1 GiB, {working} containers)",
         ms(percentile(&loaded, 0.5)),
         ms(percentile(&loaded, 0.99)),
         loaded.len(),
         commit_took.as_secs_f64()
     );
     println!(
-        "bench: prepare loaded/idle p50 {:.2} p99 {:.2}",
+        "bench: prepare loaded/idle p50 {:.2} p99 {:.2} ({working} containers)",
         ms(percentile(&loaded, 0.5)) / ms(percentile(&idle, 0.5)),
         ms(percentile(&loaded, 0.99)) / ms(percentile(&idle, 0.99))
     );

@@ -28,6 +28,7 @@ use slayerfs_layerfs::store::merged::{chain_key, chains, remove_chain};
 use slayerfs_layerfs::store::upper::Upper;
 use slayerfs_proto::store::SnapshotKind;
 
+use super::background;
 use super::barrier::Swept;
 use super::error::{internal, Result};
 use super::SlayerSnapshotter;
@@ -55,7 +56,8 @@ impl SlayerSnapshotter {
         let _one = self.collecting.lock().await;
         let this = self.clone();
         self.barrier.begin_collection();
-        let report = tokio::task::spawn_blocking(move || this.collect_now()).await;
+        // At background priority: a collection is never what a node waits for.
+        let report = background::run_alone("collecting", move || this.collect_now()).await;
         self.barrier.end_collection();
         let report = report.map_err(internal)?.map_err(internal)?;
         if report != GcReport::default() {

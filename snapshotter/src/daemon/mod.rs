@@ -47,6 +47,7 @@ use barrier::{Barrier, NamingStore, Swept};
 use locks::{LockName, Locks};
 
 pub mod api;
+mod background;
 mod barrier;
 mod connections;
 mod error;
