@@ -516,6 +516,8 @@ fn an_upper_remounts_at_once_and_one_in_use_is_refused() {
             .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
     };
     let mnt = img.path("loop");
+    // A failing round must not leave its mount (and its process) behind.
+    let _unmount = slayerfs_integration::tree::Unmount(mnt.clone());
     let mut pids = Vec::new();
     // The thread that resumes a stopped process, joined before anything
     // is asserted, so that a failing round never leaves a process stopped.
