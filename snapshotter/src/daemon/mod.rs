@@ -34,6 +34,7 @@ use slayerfs_fdstore::FdStore;
 use slayerfs_layerfs::build::{convert_layer, Expected};
 use slayerfs_layerfs::fuse::connection::{Connection, SavedInit};
 use slayerfs_layerfs::fuse::{ListingSeed, MountOptions};
+use slayerfs_layerfs::index::ValidIndex;
 use slayerfs_layerfs::rootfs::{ReadOptions, Rootfs, Served};
 use slayerfs_layerfs::store::layers::{Layer, LayerDb};
 use slayerfs_layerfs::store::merged::{chain_key, MergedView};
@@ -532,15 +533,24 @@ pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
     blocks
         .put_if_absent(&ObjectKey::Index(conv.digest), conv.blob.clone())
         .await?;
-    let layers = layers.clone();
-    let layer = tokio::task::spawn_blocking(move || {
-        let layer = layers.load_index(&conv.digest, &conv.index);
-        drop(conv);
+    let layer = load_layer(layers.clone(), conv.digest, conv.index).await??;
+    Ok(layer)
+}
+
+/// Loads a layer's records from its index off the async threads, then
+/// gives back the memory the decoded index and the load took.
+pub(crate) async fn load_layer(
+    layers: Arc<LayerDb>,
+    digest: IndexDigest,
+    index: ValidIndex,
+) -> std::result::Result<std::result::Result<Layer, StoreError>, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let layer = layers.load_index(&digest, &index);
+        drop(index);
         heap::give_back_freed();
         layer
     })
-    .await??;
-    Ok(layer)
+    .await
 }
 
 /// What the mount table shows as the source of a snapshot's mount: the

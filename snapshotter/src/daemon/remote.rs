@@ -106,17 +106,10 @@ impl SlayerSnapshotter {
             .put_if_absent(&ObjectKey::Index(layer.index), blob)
             .await
             .map_err(internal)?;
-        let layers = self.layers.clone();
-        let digest = layer.index;
-        let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = layers.load_index(&digest, &index);
-            drop(index);
-            super::heap::give_back_freed();
-            loaded
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        let loaded = super::load_layer(self.layers.clone(), layer.index, index)
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
         self.records.create_committed(
             &layer.target,
             parent,
