@@ -88,6 +88,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::TooLarge => libc::EFBIG,
             FsError::Data { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Store(StoreError::NoRoom { .. }) => libc::ENOSPC,
             FsError::Store(_) | FsError::Read(_) | FsError::ReadTimeout(_) => libc::EIO,
         }
     }

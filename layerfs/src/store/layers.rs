@@ -1,32 +1,34 @@
-//! The sled layer store: the inodes, names and slices of every imported
+//! The layer store: the inodes, names and slices of every imported
 //! layer, which the read path works from.
 //!
-//! Trees and keys (all integers big-endian, so keys sort numerically):
-//! - `layers`:   index digest string        → `LayerRecord`
-//! - `inodes`:   layer id ‖ ino             → `InodeRecord`
-//! - `dentries`: layer id ‖ parent ino ‖ name → `DentryRecord`
-//! - `slices`:   layer id ‖ ino ‖ chunk     → `ChunkSlices`
+//! A layer's record (tree `layers`: index digest string → `LayerRecord`)
+//! is in sled; its inodes (`InodeRecord`), names (`DentryRecord`'s fields)
+//! and slices (`ChunkSlices` per chunk) are in a record file of its own,
+//! `layer-ID` ([`super::table`]): they never change once loaded.
 //!
 //! Loading is crash-safe: a layer's record is written first as not ready,
-//! then its data, then the record as ready, with a flush between; a layer
-//! found not ready is wiped and loaded again.
+//! then its record file (synced, renamed, directory synced), then the
+//! record as ready, with a flush between; a layer found not ready is wiped
+//! and loaded again. Layers loaded by builds that kept these records in
+//! sled move into record files at [`LayerDb::recover`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use slayerfs_chunkstore::{BlockId, IndexDigest};
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, InodeRecord, LayerRecord, StoredSlice};
 use slayerfs_proto::Message;
 
-use super::{decode, remove_prefix, StoreError};
+use super::table::{Entry, Table, TableWriter};
+use super::{corrupt, decode, legacy, StoreError};
 use crate::geometry::Ino;
 use crate::index::ValidIndex;
 use crate::slice::{Backing, SliceView};
 
-/// Short id of an imported layer, the key prefix of its records.
+/// Short id of an imported layer, the name of its record file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LayerId(pub u64);
 
@@ -43,38 +45,37 @@ pub struct Layer {
     pub record: LayerRecord,
 }
 
-/// Layers in sled.
+/// Layers: their records in sled, their contents in record files.
 pub struct LayerDb {
     db: sled::Db,
     layers: sled::Tree,
-    inodes: sled::Tree,
-    dentries: sled::Tree,
-    slices: sled::Tree,
+    /// Where record files are (layers' and merged views').
+    tables_dir: PathBuf,
+    /// Record files opened so far, by name.
+    open_tables: RwLock<HashMap<String, Arc<Table>>>,
     load_lock: Mutex<()>,
 }
 
-fn key2(layer: LayerId, ino: Ino) -> [u8; 16] {
-    super::key2(layer.0, ino.0)
-}
-
-fn key3(layer: LayerId, ino: Ino, tail: &[u8]) -> Vec<u8> {
-    super::key3(layer.0, ino.0, tail)
+/// The record file name of a layer.
+fn layer_table(id: LayerId) -> String {
+    format!("layer-{}", id.0)
 }
 
 impl LayerDb {
-    /// Opens (creating) the database in `dir`.
+    /// Opens (creating) the database in `dir`, record files in
+    /// `dir/tables`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::from_db(sled::open(dir)?)
+        Self::from_db(sled::open(dir)?, &dir.join("tables"))
     }
 
-    /// Uses an already open database (shared with other owners of trees).
-    pub fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+    /// Uses an already open database (shared with other owners of trees),
+    /// record files in `tables_dir`.
+    pub fn from_db(db: sled::Db, tables_dir: &Path) -> Result<Self, StoreError> {
         Ok(LayerDb {
             layers: db.open_tree("layers")?,
-            inodes: db.open_tree("inodes")?,
-            dentries: db.open_tree("dentries")?,
-            slices: db.open_tree("slices")?,
             db,
+            tables_dir: tables_dir.to_path_buf(),
+            open_tables: RwLock::new(HashMap::new()),
             load_lock: Mutex::new(()),
         })
     }
@@ -84,6 +85,11 @@ impl LayerDb {
         Ok(self.db.open_tree(name)?)
     }
 
+    /// The database itself (for moving records of earlier builds).
+    pub(crate) fn sled(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub(crate) fn generate_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)
     }
@@ -91,6 +97,49 @@ impl LayerDb {
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Where the record file `name` is (or is to be written).
+    pub(crate) fn table_path(&self, name: &str) -> PathBuf {
+        self.tables_dir.join(name)
+    }
+
+    /// The record file `name`, opened and checked once per process.
+    pub(crate) fn table(&self, name: &str) -> Result<Arc<Table>, StoreError> {
+        let cached = self
+            .open_tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(t) = cached {
+            return Ok(t);
+        }
+        let t = Arc::new(Table::open(&self.table_path(name))?);
+        self.open_tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Removes the record file `name` (a missing one is fine); views of it
+    /// still open keep their mapping.
+    pub(crate) fn remove_table(&self, name: &str) -> Result<(), StoreError> {
+        self.open_tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let path = self.table_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Table { path, source }),
+        }
+    }
+
+    fn layer_records(&self, id: LayerId) -> Result<Arc<Table>, StoreError> {
+        self.table(&layer_table(id))
     }
 
     /// The layer loaded from index `digest`, if it is loaded completely.
@@ -136,24 +185,37 @@ impl LayerDb {
         };
         self.layers.insert(&key, record.encode_to_vec())?;
         self.db.flush()?;
+        self.write_table(id, index)?;
+        record.ready = true;
+        self.layers.insert(&key, record.encode_to_vec())?;
+        self.db.flush()?;
+        Ok(Layer { id, record })
+    }
 
+    /// Writes layer `id`'s record file from its index.
+    fn write_table(&self, id: LayerId, index: &ValidIndex) -> Result<(), StoreError> {
         let nlink = link_counts(index);
-        // Written one by one: a batch of a large layer made sled hold
-        // hundreds of MiB at once (300 MiB for 50,000 entries), as fast.
-        // Until `ready` is set, a crash leaves a partial layer that the next
-        // load or recovery wipes.
-        let (inodes, dentries, slices) = (&self.inodes, &self.dentries, &self.slices);
+        let mut w = TableWriter::create(
+            &self.table_path(&layer_table(id)),
+            index.inodes.len() as u64,
+        )?;
         for (i, inode) in index.inodes.iter().enumerate() {
             let ino = Ino(i as u64 + 1);
-            inodes.insert(key2(id, ino), inode_record(inode, nlink[i]).encode_to_vec())?;
-            for d in &inode.children {
-                let rec = DentryRecord {
-                    ino: d.ino,
-                    whiteout: d.whiteout,
-                };
-                dentries.insert(key3(id, ino, &d.name), rec.encode_to_vec())?;
+            w.put_attr(ino, &inode_record(inode, nlink[i]).encode_to_vec())?;
+            if !inode.children.is_empty() {
+                let mut entries: Vec<Entry<'_>> = inode
+                    .children
+                    .iter()
+                    .map(|d| Entry {
+                        name: &d.name,
+                        ino: d.ino,
+                        whiteout: d.whiteout,
+                    })
+                    .collect();
+                entries.sort_by(|a, b| a.name.cmp(b.name));
+                w.put_entries(ino, &entries)?;
             }
-            let mut by_chunk: HashMap<u64, Vec<StoredSlice>> = HashMap::new();
+            let mut by_chunk: BTreeMap<u64, Vec<StoredSlice>> = BTreeMap::new();
             for s in &inode.slices {
                 by_chunk
                     .entry(s.chunk_index)
@@ -165,38 +227,42 @@ impl LayerDb {
                         offset_in_block: s.offset_in_block,
                     });
             }
-            for (chunk, list) in by_chunk {
-                let value = ChunkSlices { slices: list }.encode_to_vec();
-                slices.insert(key3(id, ino, &chunk.to_be_bytes()), value)?;
+            if !by_chunk.is_empty() {
+                let chunks: Vec<(u64, Vec<u8>)> = by_chunk
+                    .into_iter()
+                    .map(|(c, slices)| (c, ChunkSlices { slices }.encode_to_vec()))
+                    .collect();
+                w.put_chunks(ino, &chunks)?;
             }
         }
-        self.db.flush()?;
-        record.ready = true;
-        self.layers.insert(&key, record.encode_to_vec())?;
-        self.db.flush()?;
-        Ok(Layer { id, record })
+        w.finish()
     }
 
     /// Removes every record of a layer but its `layers` entry.
     fn wipe(&self, id: LayerId) -> Result<(), StoreError> {
-        for tree in [&self.inodes, &self.dentries, &self.slices] {
-            remove_prefix(tree, id.0.to_be_bytes())?;
-        }
-        Ok(())
+        self.remove_table(&layer_table(id))?;
+        legacy::wipe_layer(&self.db, id.0)
     }
 
     /// Every completely loaded layer.
     pub fn layers(&self) -> Result<Vec<Layer>, StoreError> {
+        Ok(self
+            .all_layers()?
+            .into_iter()
+            .filter(|l| l.record.ready)
+            .collect())
+    }
+
+    /// Every layer with a record, loaded or not.
+    fn all_layers(&self) -> Result<Vec<Layer>, StoreError> {
         let mut out = Vec::new();
         for item in self.layers.iter() {
             let (_, bytes) = item?;
             let record: LayerRecord = decode("layers", &bytes)?;
-            if record.ready {
-                out.push(Layer {
-                    id: LayerId(record.id),
-                    record,
-                });
-            }
+            out.push(Layer {
+                id: LayerId(record.id),
+                record,
+            });
         }
         Ok(out)
     }
@@ -225,10 +291,13 @@ impl LayerDb {
     /// How many inodes a layer has and the bytes of its files' contents
     /// (a file with several names counted once).
     pub fn usage(&self, layer: LayerId) -> Result<(u64, u64), StoreError> {
+        let table = self.layer_records(layer)?;
         let (mut inodes, mut bytes) = (0, 0);
-        for item in self.inodes.scan_prefix(layer.0.to_be_bytes()) {
-            let (_, v) = item?;
-            let rec: InodeRecord = decode("inodes", &v)?;
+        for n in 1..=table.inode_count() {
+            let Some(v) = table.attr(Ino(n))? else {
+                continue;
+            };
+            let rec: InodeRecord = decode("inodes", v)?;
             inodes += 1;
             if let Some(i) = rec.inode.filter(|i| i.kind == InodeKind::Regular as i32) {
                 bytes += i.size;
@@ -237,42 +306,84 @@ impl LayerDb {
         Ok((inodes, bytes))
     }
 
-    /// Adds the id of every block a slice of a loaded layer points at.
+    /// Adds the id of every block a slice of a layer points at, layers
+    /// still loading included.
     pub fn blocks_in_use(&self, into: &mut HashSet<BlockId>) -> Result<(), StoreError> {
-        for item in self.slices.iter() {
-            let (_, bytes) = item?;
-            let list: ChunkSlices = decode("slices", &bytes)?;
-            for s in list.slices {
-                into.insert(slice_block("slices", &s.block_id)?);
+        for layer in self.all_layers()? {
+            let table = match self.layer_records(layer.id) {
+                Ok(t) => t,
+                // Not written yet (a load in progress): nothing to mark.
+                Err(StoreError::Table { source, .. })
+                    if !layer.record.ready && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            for n in 1..=table.inode_count() {
+                for (_, v) in table.chunks(Ino(n))? {
+                    let list: ChunkSlices = decode("slices", v)?;
+                    for s in list.slices {
+                        into.insert(slice_block("slices", &s.block_id)?);
+                    }
+                }
             }
         }
         Ok(())
     }
 
     /// Finishes or undoes loads a crash interrupted: their partial records
-    /// are removed (the next load starts afresh). Returns how many.
+    /// are removed (the next load starts afresh). Returns how many. Also
+    /// moves layers an earlier build kept in sled into record files, and
+    /// removes record files no layer or view owns (an interrupted write).
     pub fn recover(&self) -> Result<usize, StoreError> {
         let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
+        let mut owned = HashSet::new();
         for item in self.layers.iter() {
             let (key, bytes) = item?;
             let record: LayerRecord = decode("layers", &bytes)?;
+            let id = LayerId(record.id);
             if !record.ready {
-                self.wipe(LayerId(record.id))?;
+                self.wipe(id)?;
                 self.layers.remove(key)?;
                 n += 1;
+                continue;
             }
+            let name = layer_table(id);
+            if !self.table_path(&name).exists() {
+                let path = self.table_path(&name);
+                if !legacy::copy_layer(&self.db, id.0, record.inode_count, &path)? {
+                    return Err(corrupt(
+                        "layers",
+                        format!("{id} has neither a record file nor records"),
+                    ));
+                }
+                legacy::wipe_layer(&self.db, id.0)?;
+            }
+            owned.insert(name);
         }
         self.db.flush()?;
+        if let Ok(dir) = std::fs::read_dir(&self.tables_dir) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-")
+                    || (name.starts_with("layer-") && !owned.contains(&name))
+                {
+                    self.remove_table(&name)?;
+                }
+            }
+        }
         Ok(n)
     }
 
     /// An inode's attributes (no slices, no children) and link count.
     pub fn inode(&self, layer: LayerId, ino: Ino) -> Result<Option<(Inode, u32)>, StoreError> {
-        let Some(bytes) = self.inodes.get(key2(layer, ino))? else {
+        let table = self.layer_records(layer)?;
+        let Some(bytes) = table.attr(ino)? else {
             return Ok(None);
         };
-        let rec: InodeRecord = decode("inodes", &bytes)?;
+        let rec: InodeRecord = decode("inodes", bytes)?;
         let inode = rec.inode.ok_or(StoreError::Corrupt {
             tree: "inodes",
             reason: format!("{layer} {ino} has no attributes"),
@@ -286,10 +397,13 @@ impl LayerDb {
         dir: Ino,
         name: &[u8],
     ) -> Result<Option<DentryRecord>, StoreError> {
-        self.dentries
-            .get(key3(layer, dir, name))?
-            .map(|b| decode("dentries", &b))
-            .transpose()
+        Ok(self
+            .layer_records(layer)?
+            .lookup(dir, name)?
+            .map(|e| DentryRecord {
+                ino: e.ino,
+                whiteout: e.whiteout,
+            }))
     }
 
     /// The entries of a directory in name order, whiteouts included.
@@ -298,14 +412,18 @@ impl LayerDb {
         layer: LayerId,
         dir: Ino,
     ) -> Result<Vec<(Vec<u8>, DentryRecord)>, StoreError> {
-        let prefix = key2(layer, dir);
-        self.dentries
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((k[16..].to_vec(), decode("dentries", &v)?))
+        Ok(self
+            .layer_records(layer)?
+            .entries(dir)?
+            .into_iter()
+            .map(|e| {
+                let rec = DentryRecord {
+                    ino: e.ino,
+                    whiteout: e.whiteout,
+                };
+                (e.name.to_vec(), rec)
             })
-            .collect()
+            .collect())
     }
 
     /// The slices of one chunk of a file, oldest first.
@@ -315,10 +433,11 @@ impl LayerDb {
         ino: Ino,
         chunk: u64,
     ) -> Result<Vec<SliceView>, StoreError> {
-        let Some(bytes) = self.slices.get(key3(layer, ino, &chunk.to_be_bytes()))? else {
+        let table = self.layer_records(layer)?;
+        let Some(bytes) = table.chunk(ino, chunk)? else {
             return Ok(Vec::new());
         };
-        let list: ChunkSlices = decode("slices", &bytes)?;
+        let list: ChunkSlices = decode("slices", bytes)?;
         list.slices
             .into_iter()
             .map(|s| {
@@ -339,7 +458,6 @@ impl LayerDb {
     /// Rebuilds the index a layer was loaded from, from sled alone (used to
     /// check that loading loses nothing).
     pub fn export_index(&self, layer: &Layer) -> Result<LayerIndex, StoreError> {
-        use super::be_u64;
         use slayerfs_proto::index::{Dentry, Slice};
 
         let id = layer.id;
@@ -362,11 +480,12 @@ impl LayerDb {
                 })
                 .collect();
             let mut slices = Vec::new();
-            let mut chunk_keys: Vec<u64> = Vec::new();
-            for k in self.slices.scan_prefix(key2(id, ino)).keys() {
-                let k = k?;
-                chunk_keys.push(be_u64("slices", &k[16..])?);
-            }
+            let chunk_keys: Vec<u64> = self
+                .layer_records(id)?
+                .chunks(ino)?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
             for chunk in chunk_keys {
                 for s in self.chunk_slices(id, ino, chunk)? {
                     let Backing::Block {

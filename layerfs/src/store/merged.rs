@@ -1,6 +1,6 @@
-//! The overlay merge of a layer chain, materialized once per chain in sled
-//! so that lookup and getattr cost one or two point reads however many
-//! layers the chain has.
+//! The overlay merge of a layer chain, materialized once per chain in a
+//! record file ([`super::table`]) so that lookup and getattr cost one or
+//! two point reads however many layers the chain has.
 //!
 //! OCI layer semantics, top layer first: a name in an upper layer hides the
 //! same name below; a whiteout hides it in every lower layer; a directory
@@ -8,12 +8,11 @@
 //! directory is opaque, whited out, or not a directory. Hardlinks of one
 //! layer stay one merged inode.
 //!
-//! Trees (integers big-endian):
-//! - `chains`:         chain key → `ChainRecord`
-//! - `merged_inodes`:  chain id ‖ merged ino → `MergedInode`
-//! - `merged_dentries`: chain id ‖ parent merged ino ‖ name → merged ino
+//! The chain's record is in sled (tree `chains`: chain key →
+//! `ChainRecord`); its merged inodes (`MergedInode`) and names are in the
+//! record file `view-ID`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -22,7 +21,8 @@ use slayerfs_proto::store::{ChainRecord, MergedInode, MergedSource};
 use slayerfs_proto::Message;
 
 use super::layers::{Layer, LayerDb, LayerId};
-use super::{be_u64, corrupt, decode, remove_prefix, StoreError};
+use super::table::{Entry, Table, TableWriter};
+use super::{corrupt, decode, legacy, StoreError};
 use crate::geometry::Ino;
 
 /// A built merged view.
@@ -42,8 +42,7 @@ pub struct MergedView {
     db: Arc<LayerDb>,
     chain: ChainId,
     inode_count: u64,
-    inodes: sled::Tree,
-    dentries: sled::Tree,
+    table: Arc<Table>,
     /// Built by the `open` that made this value (not found ready).
     built_now: bool,
 }
@@ -58,8 +57,9 @@ pub fn chain_key(layers: &[Layer]) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-fn key2(chain: ChainId, ino: u64) -> [u8; 16] {
-    super::key2(chain.0, ino)
+/// The record file name of a merged view.
+fn view_table(chain: ChainId) -> String {
+    format!("view-{}", chain.0)
 }
 
 /// A name being decided while merging one directory.
@@ -77,12 +77,24 @@ enum Pending {
 
 impl MergedView {
     fn with(db: &Arc<LayerDb>, rec: &ChainRecord) -> Result<Self, StoreError> {
+        let chain = ChainId(rec.id);
+        let name = view_table(chain);
+        if !db.table_path(&name).exists() {
+            // Built by an earlier build, in sled: moved, same inodes.
+            let path = db.table_path(&name);
+            if !legacy::copy_view(db.sled(), chain.0, rec.inode_count, &path)? {
+                return Err(corrupt(
+                    "chains",
+                    format!("chain {} has neither a record file nor records", chain.0),
+                ));
+            }
+            legacy::wipe_view(db.sled(), chain.0)?;
+        }
         Ok(MergedView {
             db: db.clone(),
-            chain: ChainId(rec.id),
+            chain,
             inode_count: rec.inode_count,
-            inodes: db.tree("merged_inodes")?,
-            dentries: db.tree("merged_dentries")?,
+            table: db.table(&name)?,
             built_now: false,
         })
     }
@@ -131,12 +143,9 @@ impl MergedView {
     }
 
     fn build(db: &LayerDb, chain: ChainId, layers: &[Layer]) -> Result<u64, StoreError> {
-        let inodes_tree = db.tree("merged_inodes")?;
-        let dentries_tree = db.tree("merged_dentries")?;
-        // Written one by one: a batch of a large view made sled hold
-        // hundreds of MiB at once (until `ready` is set, a crash leaves a
-        // partial view that the next open wipes).
-        let (inodes, dentries) = (&inodes_tree, &dentries_tree);
+        // Until `ready` is set, a crash leaves a partial view that the next
+        // open wipes.
+        let mut out = TableWriter::create(&db.table_path(&view_table(chain)), 0)?;
         // Root: every layer's root, top first, down to an opaque one.
         let mut root = Vec::new();
         for l in layers.iter().rev() {
@@ -151,6 +160,8 @@ impl MergedView {
         }
         let mut next = 2u64;
         let mut links: HashMap<Source, u64> = HashMap::new();
+        // Files with several names get their record once.
+        let mut written: HashSet<u64> = HashSet::new();
         let mut stack = vec![(1u64, root)];
         while let Some((mino, sources)) = stack.pop() {
             let mut names: BTreeMap<Vec<u8>, Pending> = BTreeMap::new();
@@ -197,6 +208,7 @@ impl MergedView {
                 }
             }
             let mut subdirs = 0u32;
+            let mut entries = Vec::new();
             for (name, p) in names {
                 let Pending::Entry {
                     sources: found,
@@ -220,10 +232,9 @@ impl MergedView {
                         n
                     })
                 };
-                let mut k = key2(chain, mino).to_vec();
-                k.extend_from_slice(&name);
-                dentries.insert(k, &child_ino.to_be_bytes())?;
-                if !is_dir {
+                entries.push((name, child_ino));
+                if !is_dir && !written.contains(&child_ino) {
+                    written.insert(child_ino);
                     let rec = MergedInode {
                         sources: vec![MergedSource {
                             layer: top.layer.0,
@@ -232,8 +243,19 @@ impl MergedView {
                         nlink: 0,
                         attr_source: 0,
                     };
-                    inodes.insert(key2(chain, child_ino), rec.encode_to_vec())?;
+                    out.put_attr(Ino(child_ino), &rec.encode_to_vec())?;
                 }
+            }
+            if !entries.is_empty() {
+                let entries: Vec<Entry<'_>> = entries
+                    .iter()
+                    .map(|(name, ino)| Entry {
+                        name,
+                        ino: *ino,
+                        whiteout: false,
+                    })
+                    .collect();
+                out.put_entries(Ino(mino), &entries)?;
             }
             // Decided here, once, so that attrs() reads one or two inodes
             // however many layers imply the directory.
@@ -258,8 +280,9 @@ impl MergedView {
                 nlink: 2 + subdirs,
                 attr_source,
             };
-            inodes.insert(key2(chain, mino), rec.encode_to_vec())?;
+            out.put_attr(Ino(mino), &rec.encode_to_vec())?;
         }
+        out.finish()?;
         Ok(next - 1)
     }
 
@@ -279,12 +302,7 @@ impl MergedView {
 
     /// The merged inode `name` in directory `dir`, if visible.
     pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>, StoreError> {
-        let mut k = key2(self.chain, dir.0).to_vec();
-        k.extend_from_slice(name);
-        let Some(v) = self.dentries.get(k)? else {
-            return Ok(None);
-        };
-        Ok(Some(Ino(be_u64("merged_dentries", &v)?)))
+        Ok(self.table.lookup(dir, name)?.map(|e| Ino(e.ino)))
     }
 
     /// The layers holding a merged inode, topmost first.
@@ -301,13 +319,13 @@ impl MergedView {
     }
 
     fn record(&self, ino: Ino) -> Result<MergedInode, StoreError> {
-        let bytes = self.inodes.get(key2(self.chain, ino.0))?.ok_or_else(|| {
+        let bytes = self.table.attr(ino)?.ok_or_else(|| {
             corrupt(
                 "merged_inodes",
                 format!("chain {} has no {ino}", self.chain.0),
             )
         })?;
-        decode("merged_inodes", &bytes)
+        decode("merged_inodes", bytes)
     }
 
     /// Attributes as the merged view shows them: the topmost copy's, as the
@@ -354,22 +372,19 @@ impl MergedView {
 
     /// The entries of a merged directory, in name order.
     pub fn children(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino)>, StoreError> {
-        self.dentries
-            .scan_prefix(key2(self.chain, dir.0))
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((k[16..].to_vec(), Ino(be_u64("merged_dentries", &v)?)))
-            })
-            .collect()
+        Ok(self
+            .table
+            .entries(dir)?
+            .into_iter()
+            .map(|e| (e.name.to_vec(), Ino(e.ino)))
+            .collect())
     }
 }
 
 /// Removes the merged records of a chain id (not its `chains` entry).
 fn wipe_chain(db: &LayerDb, chain: ChainId) -> Result<(), StoreError> {
-    for name in ["merged_inodes", "merged_dentries"] {
-        remove_prefix(&db.tree(name)?, chain.0.to_be_bytes())?;
-    }
-    Ok(())
+    db.remove_table(&view_table(chain))?;
+    legacy::wipe_view(db.sled(), chain.0)
 }
 
 /// A built (or half-built) merged view, as listed by [`chains`].

@@ -1,6 +1,8 @@
-//! The sled schema, in one place. Imported layers ([`layers`]), the merged
+//! The store schema, in one place. Imported layers ([`layers`]), the merged
 //! views of layer chains ([`merged`]) and upper layers ([`upper`]) live in
-//! one database and share one error type and the helpers here: big-endian
+//! one sled database — the first two with their immutable records in
+//! record files beside it ([`table`]) — and share one error type and the
+//! helpers here: big-endian
 //! keys (so keys sort numerically), record decoding, removing a key range
 //! in one batch, listing what follows a key prefix, and the two ends of a
 //! transaction (aborting with an error of one's own, and taking it back
@@ -9,7 +11,9 @@
 
 pub mod journal;
 pub mod layers;
+mod legacy;
 pub mod merged;
+mod table;
 pub mod upper;
 
 use std::path::PathBuf;
@@ -30,12 +34,24 @@ pub enum StoreError {
     OtherChain { found: String, expected: String },
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    #[error("record file {path}: {source}")]
+    Table {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the upper's disk is full ({free_kib} KiB free, {} MiB kept for the database)", ROOM_KEPT >> 20)]
+    NoRoom { free_kib: u64 },
     #[error("upper data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
     },
 }
+
+/// Free space below which an upper's changes are refused (ENOSPC): sled
+/// marks its whole database failed, until it is opened again, after one
+/// failed write of its log.
+pub const ROOM_KEPT: u64 = 2 << 20;
 
 pub(crate) fn corrupt(tree: &'static str, reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
@@ -57,14 +73,6 @@ pub(crate) fn key2(a: u64, b: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&a.to_be_bytes());
     k[8..].copy_from_slice(&b.to_be_bytes());
-    k
-}
-
-/// The key `a ‖ b ‖ tail`.
-pub(crate) fn key3(a: u64, b: u64, tail: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + tail.len());
-    k.extend_from_slice(&key2(a, b));
-    k.extend_from_slice(tail);
     k
 }
 

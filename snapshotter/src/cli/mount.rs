@@ -27,23 +27,27 @@ pub fn image_rootfs(
     upper_dir: Option<&Path>,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<Rootfs> {
-    let db = match upper_dir {
-        Some(dir) => super::upper_dir::open_db(dir, config.snapshotter.db_cache_bytes)?,
+    let (db, tables) = match upper_dir {
+        Some(dir) => (
+            super::upper_dir::open_db(dir, config.snapshotter.db_cache_bytes)?,
+            dir.join("tables"),
+        ),
         // A read-only mount keeps its layer records only while it runs.
         None => {
             let mounts = config.mounts_dir();
             remove_stale_mount_dbs(&mounts);
             let dir = mounts.join(std::process::id().to_string());
             let _ = std::fs::remove_dir_all(&dir);
-            sled::Config::new()
+            let db = sled::Config::new()
                 .path(&dir)
                 .temporary(true)
                 .cache_capacity(config.snapshotter.db_cache_bytes)
                 .open()
-                .with_context(|| format!("creating a layer database in {}", dir.display()))?
+                .with_context(|| format!("creating a layer database in {}", dir.display()))?;
+            (db, dir.join("tables"))
         }
     };
-    let layer_db = Arc::new(LayerDb::from_db(db.clone())?);
+    let layer_db = Arc::new(LayerDb::from_db(db.clone(), &tables)?);
     layer_db.recover()?;
     let mut layers = Vec::new();
     for desc in image.manifest.layers() {

@@ -29,6 +29,10 @@ impl From<ServiceError> for Status {
             | ServiceError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ServiceError::Record(RecordError::InvalidArgument(_))
             | ServiceError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ServiceError::Record(RecordError::NoRoom { .. }) => {
+                tracing::warn!(error = %msg, "snapshot request refused");
+                Status::resource_exhausted(msg)
+            }
             _ => {
                 tracing::error!(error = %msg, "snapshot request failed");
                 Status::internal(msg)

@@ -141,8 +141,8 @@ impl SlayerSnapshotter {
             .cache_capacity(config.snapshotter.db_cache_bytes)
             .open()
             .context("opening the database")?;
-        let records = Records::open(&db)?;
-        let layers = Arc::new(LayerDb::from_db(db.clone())?);
+        let records = Records::open(&db)?.keeping_room_in(&root.join("db"));
+        let layers = Arc::new(LayerDb::from_db(db.clone(), &root.join("tables"))?);
         layers.recover()?;
         let local = LocalStore::open(&root.join("blocks"))?;
         let barrier = Arc::new(Barrier::default());

@@ -41,7 +41,17 @@ pub enum RecordError {
     Store(#[from] sled::Error),
     #[error("corrupt snapshot record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "the state disk is full ({free_kib} KiB free, {} MiB kept for the database): No space left on device",
+        ROOM_KEPT >> 20
+    )]
+    NoRoom { free_kib: u64 },
 }
+
+/// Free space below which new records are refused. sled marks its whole
+/// database failed, until it is opened again, after one write of its log
+/// fails; refusing first keeps the daemon working once space comes back.
+pub const ROOM_KEPT: u64 = 8 << 20;
 
 /// A snapshot as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +230,8 @@ pub struct Records {
     snapshots: sled::Tree,
     children: sled::Tree,
     record_writes: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Where the database is, for its free space ([`ROOM_KEPT`]).
+    room_at: Option<std::path::PathBuf>,
 }
 
 impl Records {
@@ -229,7 +241,32 @@ impl Records {
             children: db.open_tree("snapshot_children")?,
             db: db.clone(),
             record_writes: Default::default(),
+            room_at: None,
         })
+    }
+
+    /// Refuses new records while the filesystem of `dir` has less than
+    /// [`ROOM_KEPT`] free.
+    pub fn keeping_room_in(mut self, dir: &std::path::Path) -> Self {
+        self.room_at = Some(dir.to_path_buf());
+        self
+    }
+
+    fn ensure_room(&self) -> Result<(), RecordError> {
+        let Some(dir) = &self.room_at else {
+            return Ok(());
+        };
+        // A filesystem that cannot say leaves the check to the write.
+        let Ok((_, _, avail, _, _, frsize)) = slayerfs_layerfs::store::upper::statvfs(dir) else {
+            return Ok(());
+        };
+        let free = avail.saturating_mul(u64::from(frsize));
+        if free < ROOM_KEPT {
+            return Err(RecordError::NoRoom {
+                free_kib: free >> 10,
+            });
+        }
+        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Result<Snapshot, RecordError> {
@@ -288,6 +325,7 @@ impl Records {
     ) -> Result<Snapshot, RecordError> {
         check_key(key)?;
         validate_labels(&labels)?;
+        self.ensure_room()?;
         let id = self.db.generate_id()? + 1;
         let now = SystemTime::now();
         let snap = Snapshot {
@@ -326,7 +364,19 @@ impl Records {
             Ok(())
         });
         finish_tx(r)?;
-        self.db.flush()?;
+        if let Err(e) = self.db.flush() {
+            // Not durable (a full disk): taken back, so that the caller's
+            // error leaves no snapshot behind and a retry can succeed.
+            let undo = (&self.snapshots, &self.children).transaction(|(s, c)| {
+                s.remove(key.as_bytes())?;
+                tx_add_child(c, parent, key, -1)?;
+                Ok(())
+            });
+            if let Err(u) = finish_tx::<_, RecordError>(undo) {
+                tracing::error!(key, error = %u, "cannot take back a snapshot record that was not flushed");
+            }
+            return Err(e.into());
+        }
         Ok(snap)
     }
 
@@ -341,6 +391,7 @@ impl Records {
     ) -> Result<Snapshot, RecordError> {
         check_key(name)?;
         validate_labels(&labels)?;
+        self.ensure_room()?;
         let _changes = self.record_writes.lock().unwrap_or_else(|p| p.into_inner());
         let r = (&self.snapshots, &self.children).transaction(|(s, c)| {
             let Some(active) = tx_get(s, key)? else {
@@ -406,6 +457,7 @@ impl Records {
         labels: &BTreeMap<String, String>,
         fieldpaths: &[String],
     ) -> Result<Snapshot, RecordError> {
+        self.ensure_room()?;
         for p in fieldpaths {
             if p != "labels" && !p.starts_with("labels.") {
                 return Err(RecordError::InvalidArgument(format!(

@@ -19,6 +19,7 @@ use crate::geometry::Ino;
 use crate::slice::SliceView;
 use crate::store::journal::{Effect, CHECKPOINT_BYTES};
 use crate::store::StoreError;
+use crate::store::ROOM_KEPT;
 
 /// How many request ids back replies are kept: only requests in flight
 /// when a process died are sent again, and far fewer are in flight.
@@ -262,6 +263,14 @@ impl Change<'_> {
                 .iter()
                 .map(|ino| Effect::RemoveDataFile { ino: ino.0 }),
         );
+        // Refused before sled's log could fail (see ROOM_KEPT).
+        if let Ok(free) = self.up.available_bytes() {
+            if free < ROOM_KEPT {
+                return Err(StoreError::NoRoom {
+                    free_kib: free >> 10,
+                });
+            }
+        }
         let journal_len = self.up.journal.append(&effects)?;
         {
             // A failure part way is a fault of the database: the journal
