@@ -173,6 +173,16 @@ fn validate_inode(index: &LayerIndex, ino: u64, inode: &Inode) -> Result<(), Ind
             "only a directory has children or is opaque or implicit".into(),
         ));
     }
+    if inode.children.len() > 1 {
+        let mut names: Vec<&[u8]> = inode.children.iter().map(|d| d.name.as_slice()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(format!(
+                "the name {:?} appears twice",
+                String::from_utf8_lossy(w[0])
+            )));
+        }
+    }
     if kind != InodeKind::Regular && (!inode.slices.is_empty() || inode.size != 0) {
         return Err(bad("only a regular file has a size and slices".into()));
     }

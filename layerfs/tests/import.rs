@@ -514,6 +514,20 @@ fn fuzzed_indexes_are_errors_not_panics() {
         zstd::encode_all(slayerfs_proto::Message::encode_to_vec(&index).as_slice(), 1).unwrap();
     let err = decode_index(&blob).unwrap_err().to_string();
     assert!(err.contains("socket"), "{err}");
+
+    // One name twice in a directory (the store could keep only one).
+    let mut index = decode_index(&conv.blob).unwrap().into_inner();
+    let dir = index
+        .inodes
+        .iter()
+        .position(|i| i.children.len() >= 2)
+        .unwrap();
+    let first = index.inodes[dir].children[0].name.clone();
+    index.inodes[dir].children[1].name = first;
+    let blob =
+        zstd::encode_all(slayerfs_proto::Message::encode_to_vec(&index).as_slice(), 1).unwrap();
+    let err = decode_index(&blob).unwrap_err().to_string();
+    assert!(err.contains("appears twice"), "{err}");
 }
 
 /// An old-style entry (type NUL) whose name ends in `/` is a directory, as
