@@ -13,7 +13,8 @@
 //! a restart, a crash or an upgrade ends no container's filesystem.
 //!
 //! Layout under the root: `db` (sled: snapshot records, layers, merged
-//! views, upper layers), `blocks` (blocks of committed layers),
+//! views, upper layers), `tables` (the record files of layers and merged
+//! views), `blocks` (blocks of committed layers),
 //! `snapshots/<id>/{fs,upper,fuse-init}`, `cache` (disk block cache),
 //! `fdholder.*` (the fd holder's socket, lock and log), `listing-seed`.
 
