@@ -23,7 +23,7 @@ use slayerfs_proto::store::{ChunkSlices, DentryRecord, InodeRecord, LayerRecord,
 use slayerfs_proto::Message;
 
 use super::table::{Entry, Table, TableWriter};
-use super::{corrupt, decode, legacy, StoreError};
+use super::{decode, legacy, StoreError};
 use crate::geometry::Ino;
 use crate::index::ValidIndex;
 use crate::slice::{Backing, SliceView};
@@ -85,9 +85,25 @@ impl LayerDb {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// The database itself (for moving records of earlier builds).
-    pub(crate) fn sled(&self) -> &sled::Db {
-        &self.db
+    /// Moves the records of `id` an earlier build kept in sled into the
+    /// record file `name`, unless that file is there.
+    pub(crate) fn move_from_sled(
+        &self,
+        name: &str,
+        trees: &legacy::Trees,
+        id: u64,
+        count: u64,
+    ) -> Result<(), StoreError> {
+        let path = self.table_path(name);
+        if path.exists() {
+            return Ok(());
+        }
+        legacy::move_to_file(&self.db, trees, id, count, &path)
+    }
+
+    /// Removes whatever records of `id` an earlier build kept in sled.
+    pub(crate) fn wipe_from_sled(&self, trees: &legacy::Trees, id: u64) -> Result<(), StoreError> {
+        legacy::wipe(&self.db, trees, id)
     }
 
     pub(crate) fn generate_id(&self) -> Result<u64, StoreError> {
@@ -241,7 +257,7 @@ impl LayerDb {
     /// Removes every record of a layer but its `layers` entry.
     fn wipe(&self, id: LayerId) -> Result<(), StoreError> {
         self.remove_table(&layer_table(id))?;
-        legacy::wipe_layer(&self.db, id.0)
+        self.wipe_from_sled(&legacy::LAYER, id.0)
     }
 
     /// Every completely loaded layer.
@@ -351,16 +367,7 @@ impl LayerDb {
                 continue;
             }
             let name = layer_table(id);
-            if !self.table_path(&name).exists() {
-                let path = self.table_path(&name);
-                if !legacy::copy_layer(&self.db, id.0, record.inode_count, &path)? {
-                    return Err(corrupt(
-                        "layers",
-                        format!("{id} has neither a record file nor records"),
-                    ));
-                }
-                legacy::wipe_layer(&self.db, id.0)?;
-            }
+            self.move_from_sled(&name, &legacy::LAYER, id.0, record.inode_count)?;
             owned.insert(name);
         }
         self.db.flush()?;

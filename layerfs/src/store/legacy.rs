@@ -13,19 +13,21 @@ use super::{be_u64, decode, key2, remove_prefix, StoreError};
 use crate::geometry::Ino;
 
 /// The trees of one kind of record: attributes, names, chunks.
-struct Trees {
+pub(crate) struct Trees {
     attrs: &'static str,
     names: &'static str,
     chunks: Option<&'static str>,
 }
 
-const LAYER: Trees = Trees {
+/// A layer's trees.
+pub(crate) const LAYER: Trees = Trees {
     attrs: "inodes",
     names: "dentries",
     chunks: Some("slices"),
 };
 
-const VIEW: Trees = Trees {
+/// A merged view's trees.
+pub(crate) const VIEW: Trees = Trees {
     attrs: "merged_inodes",
     names: "merged_dentries",
     chunks: None,
@@ -90,29 +92,26 @@ fn copy(
     Ok(true)
 }
 
-/// Copies layer `id`'s sled records into a record file at `path`; false
-/// if it has none there.
-pub(crate) fn copy_layer(
+/// Moves `id`'s records of `trees` into a record file at `path`, then
+/// out of sled; an error if sled has none either.
+pub(crate) fn move_to_file(
     db: &sled::Db,
+    trees: &Trees,
     id: u64,
     count: u64,
     path: &Path,
-) -> Result<bool, StoreError> {
-    copy(db, &LAYER, id, count, path)
+) -> Result<(), StoreError> {
+    if !copy(db, trees, id, count, path)? {
+        return Err(super::corrupt(
+            trees.attrs,
+            format!("{id} has neither a record file nor records"),
+        ));
+    }
+    wipe(db, trees, id)
 }
 
-/// Copies merged view `id`'s sled records into a record file at `path`;
-/// false if it has none there.
-pub(crate) fn copy_view(
-    db: &sled::Db,
-    id: u64,
-    count: u64,
-    path: &Path,
-) -> Result<bool, StoreError> {
-    copy(db, &VIEW, id, count, path)
-}
-
-fn wipe(db: &sled::Db, trees: &Trees, id: u64) -> Result<(), StoreError> {
+/// Removes whatever sled records of `trees` `id` has.
+pub(crate) fn wipe(db: &sled::Db, trees: &Trees, id: u64) -> Result<(), StoreError> {
     for t in [Some(trees.attrs), Some(trees.names), trees.chunks]
         .into_iter()
         .flatten()
@@ -120,14 +119,4 @@ fn wipe(db: &sled::Db, trees: &Trees, id: u64) -> Result<(), StoreError> {
         remove_prefix(&db.open_tree(t)?, id.to_be_bytes())?;
     }
     Ok(())
-}
-
-/// Removes whatever sled records layer `id` has.
-pub(crate) fn wipe_layer(db: &sled::Db, id: u64) -> Result<(), StoreError> {
-    wipe(db, &LAYER, id)
-}
-
-/// Removes whatever sled records merged view `id` has.
-pub(crate) fn wipe_view(db: &sled::Db, id: u64) -> Result<(), StoreError> {
-    wipe(db, &VIEW, id)
 }

@@ -12,7 +12,8 @@
 //! `ChainRecord`); its merged inodes (`MergedInode`) and names are in the
 //! record file `view-ID`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry::{Occupied, Vacant};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -79,17 +80,8 @@ impl MergedView {
     fn with(db: &Arc<LayerDb>, rec: &ChainRecord) -> Result<Self, StoreError> {
         let chain = ChainId(rec.id);
         let name = view_table(chain);
-        if !db.table_path(&name).exists() {
-            // Built by an earlier build, in sled: moved, same inodes.
-            let path = db.table_path(&name);
-            if !legacy::copy_view(db.sled(), chain.0, rec.inode_count, &path)? {
-                return Err(corrupt(
-                    "chains",
-                    format!("chain {} has neither a record file nor records", chain.0),
-                ));
-            }
-            legacy::wipe_view(db.sled(), chain.0)?;
-        }
+        // Built by an earlier build, in sled: moved, same inodes.
+        db.move_from_sled(&name, &legacy::VIEW, chain.0, rec.inode_count)?;
         Ok(MergedView {
             db: db.clone(),
             chain,
@@ -160,8 +152,6 @@ impl MergedView {
         }
         let mut next = 2u64;
         let mut links: HashMap<Source, u64> = HashMap::new();
-        // Files with several names get their record once.
-        let mut written: HashSet<u64> = HashSet::new();
         let mut stack = vec![(1u64, root)];
         while let Some((mino, sources)) = stack.pop() {
             let mut names: BTreeMap<Vec<u8>, Pending> = BTreeMap::new();
@@ -219,22 +209,25 @@ impl MergedView {
                     continue;
                 };
                 let top = found[0];
-                let child_ino = if is_dir {
+                // A file with several names gets its record at the first.
+                let (child_ino, first_name) = if is_dir {
                     subdirs += 1;
                     let n = next;
                     next += 1;
                     stack.push((n, found));
-                    n
+                    (n, true)
                 } else {
-                    *links.entry(top).or_insert_with(|| {
-                        let n = next;
-                        next += 1;
-                        n
-                    })
+                    match links.entry(top) {
+                        Occupied(e) => (*e.get(), false),
+                        Vacant(e) => {
+                            let n = next;
+                            next += 1;
+                            (*e.insert(n), true)
+                        }
+                    }
                 };
                 entries.push((name, child_ino));
-                if !is_dir && !written.contains(&child_ino) {
-                    written.insert(child_ino);
+                if !is_dir && first_name {
                     let rec = MergedInode {
                         sources: vec![MergedSource {
                             layer: top.layer.0,
@@ -384,7 +377,7 @@ impl MergedView {
 /// Removes the merged records of a chain id (not its `chains` entry).
 fn wipe_chain(db: &LayerDb, chain: ChainId) -> Result<(), StoreError> {
     db.remove_table(&view_table(chain))?;
-    legacy::wipe_view(db.sled(), chain.0)
+    db.wipe_from_sled(&legacy::VIEW, chain.0)
 }
 
 /// A built (or half-built) merged view, as listed by [`chains`].

@@ -2,11 +2,10 @@
 //! views of layer chains ([`merged`]) and upper layers ([`upper`]) live in
 //! one sled database — the first two with their immutable records in
 //! record files beside it ([`table`]) — and share one error type and the
-//! helpers here: big-endian
-//! keys (so keys sort numerically), record decoding, removing a key range
-//! in one batch, listing what follows a key prefix, and the two ends of a
-//! transaction (aborting with an error of one's own, and taking it back
-//! out). Each module lists its trees and keys; the snapshotter's snapshot
+//! helpers here: big-endian keys (so keys sort numerically), record
+//! decoding, removing a key range in one batch, listing what follows a key
+//! prefix, and the two ends of a transaction (aborting with an error of
+//! one's own, and taking it back out). Each module lists its trees and keys; the snapshotter's snapshot
 //! records use the same helpers.
 
 pub mod journal;

@@ -359,6 +359,10 @@ impl Table {
         self.bytes(s.dents_off, u64::from(s.dents) * DENT as u64)
     }
 
+    fn chunks_of(&self, s: &Slot) -> Result<&[u8], StoreError> {
+        self.bytes(s.chunks_off, u64::from(s.chunks) * CHUNK as u64)
+    }
+
     fn entry<'a>(&'a self, packed: &[u8], i: usize) -> Result<Entry<'a>, StoreError> {
         let e = &packed[i * DENT..(i + 1) * DENT];
         Ok(Entry {
@@ -403,7 +407,7 @@ impl Table {
         let Some(s) = self.slot(ino) else {
             return Ok(Vec::new());
         };
-        let packed = self.bytes(s.chunks_off, u64::from(s.chunks) * CHUNK as u64)?;
+        let packed = self.chunks_of(&s)?;
         Ok(packed
             .chunks_exact(CHUNK)
             .map(|c| (le_u64(c, 0), le_u64(c, 8), u64::from(le_u32(c, 16))))
@@ -415,7 +419,7 @@ impl Table {
         let Some(s) = self.slot(ino) else {
             return Ok(None);
         };
-        let packed = self.bytes(s.chunks_off, u64::from(s.chunks) * CHUNK as u64)?;
+        let packed = self.chunks_of(&s)?;
         let (mut lo, mut hi) = (0usize, s.chunks as usize);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;

@@ -415,8 +415,7 @@ impl Upper {
 
     /// Bytes an unprivileged writer may still use where the data lives.
     pub fn available_bytes(&self) -> std::io::Result<u64> {
-        let (_, _, avail, _, _, frsize) = statvfs(&self.data_dir)?;
-        Ok(avail.saturating_mul(u64::from(frsize)))
+        free_bytes(&self.data_dir)
     }
 
     /// Makes every change committed so far durable against power loss:
@@ -498,6 +497,12 @@ fn slice_from_record(s: StoredSlice) -> Result<SliceView, StoreError> {
 
 /// Blocks, free, available, files, free files and fragment size of the
 /// filesystem holding `path`.
+/// Bytes an unprivileged writer may still use on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let (_, _, avail, _, _, frsize) = statvfs(path)?;
+    Ok(avail.saturating_mul(u64::from(frsize)))
+}
+
 pub fn statvfs(path: &Path) -> std::io::Result<(u64, u64, u64, u64, u64, u32)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;

@@ -257,10 +257,9 @@ impl Records {
             return Ok(());
         };
         // A filesystem that cannot say leaves the check to the write.
-        let Ok((_, _, avail, _, _, frsize)) = slayerfs_layerfs::store::upper::statvfs(dir) else {
+        let Ok(free) = slayerfs_layerfs::store::upper::free_bytes(dir) else {
             return Ok(());
         };
-        let free = avail.saturating_mul(u64::from(frsize));
         if free < ROOM_KEPT {
             return Err(RecordError::NoRoom {
                 free_kib: free >> 10,
