@@ -14,7 +14,12 @@ use moka::notification::RemovalCause;
 
 use crate::codec::{decode_block, CodecError};
 use crate::id::BlockId;
+use crate::seekable::Layout;
 use crate::store::{decode_off_thread, BlockStore, FetchError, ObjectKey, StoreError};
+
+mod partial;
+
+pub use partial::Piece;
 
 /// Capacities of the caches.
 #[derive(Debug, Clone)]
@@ -40,9 +45,13 @@ pub struct CacheStats {
     /// Blocks read from the node's own store.
     pub own_block_hits: AtomicU64,
     pub disk_hits: AtomicU64,
-    /// Blocks fetched from the store.
+    /// Whole blocks fetched from the store.
     pub fetches: AtomicU64,
-    /// Stored bytes fetched from the store.
+    /// Ranged GETs of parts of blocks, and of their seek tables.
+    pub part_fetches: AtomicU64,
+    /// Parts of blocks whose bytes failed their digest (read whole instead).
+    pub part_corrupt: AtomicU64,
+    /// Stored bytes fetched from the store, whole blocks and parts.
     pub fetched_bytes: AtomicU64,
     /// Disk copies that failed verification and were dropped.
     pub disk_corrupt: AtomicU64,
@@ -52,7 +61,10 @@ pub struct CacheStats {
 pub struct BlockCache {
     store: Arc<dyn BlockStore>,
     own_blocks: Option<Arc<dyn BlockStore>>,
-    memory: moka::future::Cache<BlockId, Arc<Vec<u8>>>,
+    /// Whole blocks and parts of blocks, in one budget.
+    memory: moka::future::Cache<Key, Arc<Vec<u8>>>,
+    /// What the end of each stored object said about its frames.
+    layouts: moka::future::Cache<BlockId, Arc<Layout>>,
     disk: Option<DiskCache>,
     stats: Arc<CacheStats>,
 }
@@ -65,6 +77,10 @@ impl BlockCache {
             .max_capacity(opts.memory_bytes)
             .weigher(|_, v: &Arc<Vec<u8>>| v.len().try_into().unwrap_or(u32::MAX))
             .build();
+        let layouts = moka::future::Cache::builder()
+            .max_capacity(LAYOUT_BYTES)
+            .weigher(|_, l: &Arc<Layout>| partial::layout_weight(l))
+            .build();
         let disk = match &opts.disk {
             Some((dir, bytes)) if *bytes > 0 => {
                 Some(DiskCache::open(dir, *bytes, opts.pinned_bytes)?)
@@ -75,6 +91,7 @@ impl BlockCache {
             store,
             own_blocks: opts.own_blocks.clone(),
             memory,
+            layouts,
             disk,
             stats: Arc::default(),
         })
@@ -110,17 +127,30 @@ impl BlockCache {
 
     /// Whether block `id` is in memory now.
     pub fn contains(&self, id: &BlockId) -> bool {
-        self.memory.contains_key(id)
+        self.memory.contains_key(&Key::Block(*id))
     }
 
     /// The plain bytes of block `id`, verified.
     pub async fn get(&self, id: &BlockId) -> Result<Arc<Vec<u8>>, Arc<FetchError>> {
-        if let Some(hit) = self.memory.get(id).await {
+        let key = Key::Block(*id);
+        if let Some(hit) = self.memory.get(&key).await {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
         // One load per block: concurrent callers wait for the first.
-        self.memory.try_get_with(*id, self.load(*id)).await
+        self.memory.try_get_with(key, self.load(*id)).await
+    }
+
+    /// Whether block `id` is on this node (disk cache or own blocks), so
+    /// that reading it whole costs no fetch.
+    async fn is_local(&self, id: &BlockId) -> bool {
+        if self.disk.as_ref().is_some_and(|d| d.has(id)) {
+            return true;
+        }
+        match &self.own_blocks {
+            Some(own) => own.exists(&ObjectKey::Block(*id)).await.unwrap_or(false),
+            None => false,
+        }
     }
 
     async fn load(&self, id: BlockId) -> Result<Arc<Vec<u8>>, FetchError> {
@@ -177,6 +207,18 @@ impl BlockCache {
         Ok(Arc::new(plain))
     }
 }
+
+/// What the memory cache holds: whole blocks, and parts of blocks read
+/// alone ([`crate::parts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Block(BlockId),
+    /// Part number, part size.
+    Part(BlockId, u32, u32),
+}
+
+/// Memory for the layouts of stored objects (a few hundred bytes each).
+const LAYOUT_BYTES: u64 = 8 << 20;
 
 /// Stored blocks in a directory, evicted past capacity by moka's policy
 /// (TinyLFU admission, least recently used evicted first) — except blocks
@@ -294,6 +336,11 @@ impl DiskCache {
             .map
             .get(id)
             .is_some_and(|p| p.on_disk.is_some())
+    }
+
+    /// Whether a copy of `id` is here (not checked until read).
+    fn has(&self, id: &BlockId) -> bool {
+        self.index.contains_key(id) || self.pinned_on_disk(id)
     }
 
     fn lock_pins(&self) -> std::sync::MutexGuard<'_, Pins> {

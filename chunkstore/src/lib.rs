@@ -13,16 +13,19 @@ mod cache;
 mod codec;
 mod error_text;
 mod id;
+pub mod parts;
+pub mod seekable;
 mod store;
 mod writer;
 
-pub use cache::{BlockCache, CacheOptions, CacheStats};
+pub use cache::{BlockCache, CacheOptions, CacheStats, Piece};
 pub use codec::{decode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
 pub use error_text::{error_chain, panic_text};
 pub use id::{BlockId, IndexDigest, ParseDigestError};
+pub use parts::{PartDigests, PartSize};
 pub use store::{
-    fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey, PutOutcome, S3Store,
-    StoreError,
+    fetch_index, open_store, BlockStore, ByteRange, FetchError, LocalStore, ObjectKey, PutOutcome,
+    RangeRead, S3Store, StoreError,
 };
 pub use writer::{BlockSeq, BlockWriter, WriteError, WriteReport, WriterOptions};
 /// What only tests use: one block encoded, or fetched and checked, alone,

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::{Compressor, MAX_BLOCK_SIZE};
 use crate::id::BlockId;
+use crate::parts::{part_digests, PartSize};
 use crate::store::{BlockStore, ObjectKey, StoreError};
 
 /// How blocks are written.
@@ -21,6 +22,9 @@ pub struct WriterOptions {
     /// Blocks hashed and compressed at the same time (CPU threads).
     pub workers: usize,
     pub zstd_level: i32,
+    /// Blocks are stored as one zstd frame per part, so that a reader can
+    /// fetch a part alone; the report lists each block's part digests.
+    pub part_size: PartSize,
 }
 
 /// The position of a submitted block; resolved to its id by [`WriteReport`].
@@ -32,6 +36,9 @@ pub struct BlockSeq(pub u32);
 pub struct WriteReport {
     /// Block id of each submitted block, by [`BlockSeq`].
     pub ids: Vec<BlockId>,
+    /// Part digests of each submitted block, by [`BlockSeq`] (see
+    /// [`crate::parts`]).
+    pub parts: Vec<Vec<u8>>,
     /// Blocks uploaded by this writer.
     pub written: u64,
     /// Blocks that were in the store already, or submitted twice.
@@ -106,7 +113,7 @@ impl BlockWriter {
         let workers = opts.workers.max(1);
         let (tx, rx) = mpsc::channel(workers);
         let pool = BufferPool::default();
-        let task = tokio::spawn(dispatch(store, opts.zstd_level, workers, rx, pool.clone()));
+        let task = tokio::spawn(dispatch(store, opts, workers, rx, pool.clone()));
         BlockWriter {
             pool,
             tx,
@@ -196,7 +203,7 @@ impl BlockWriter {
 
 async fn dispatch(
     store: Arc<dyn BlockStore>,
-    level: i32,
+    opts: WriterOptions,
     workers: usize,
     mut rx: mpsc::Receiver<(BlockSeq, Vec<u8>)>,
     pool: BufferPool,
@@ -204,30 +211,37 @@ async fn dispatch(
     let cpu = Arc::new(Semaphore::new(workers));
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let mut ids: Vec<Option<BlockId>> = Vec::new();
+    let mut parts: Vec<Vec<u8>> = Vec::new();
     let mut report = WriteReport::default();
     let mut jobs = JoinSet::new();
-    let mut record =
-        |res: Result<Result<(BlockSeq, BlockId, Outcome), WriteError>, tokio::task::JoinError>,
-         report: &mut WriteReport|
-         -> Result<(), WriteError> {
-            let (seq, id, outcome) = res.map_err(|e| WriteError::Block {
-                seq: 0,
-                message: e.to_string(),
-            })??;
-            let slot = seq.0 as usize;
-            if ids.len() <= slot {
-                ids.resize(slot + 1, None);
+    let mut record = |res: Result<Result<Written, WriteError>, tokio::task::JoinError>,
+                      report: &mut WriteReport|
+     -> Result<(), WriteError> {
+        let Written {
+            seq,
+            id,
+            parts: digests,
+            outcome,
+        } = res.map_err(|e| WriteError::Block {
+            seq: 0,
+            message: e.to_string(),
+        })??;
+        let slot = seq.0 as usize;
+        if ids.len() <= slot {
+            ids.resize(slot + 1, None);
+            parts.resize(slot + 1, Vec::new());
+        }
+        ids[slot] = Some(id);
+        parts[slot] = digests;
+        match outcome {
+            Outcome::Written { stored } => {
+                report.written += 1;
+                report.stored_bytes += stored;
             }
-            ids[slot] = Some(id);
-            match outcome {
-                Outcome::Written { stored } => {
-                    report.written += 1;
-                    report.stored_bytes += stored;
-                }
-                Outcome::Present => report.present += 1,
-            }
-            Ok(())
-        };
+            Outcome::Present => report.present += 1,
+        }
+        Ok(())
+    };
     // CPU work is limited by `cpu`; more blocks than that may be in flight
     // so that uploads and syncs overlap with hashing and compressing.
     loop {
@@ -244,7 +258,7 @@ async fn dispatch(
             cpu: cpu.clone(),
             seen: seen.clone(),
             pool: pool.clone(),
-            level,
+            opts,
         };
         jobs.spawn(job.write(seq, data));
     }
@@ -261,6 +275,7 @@ async fn dispatch(
             })
         })
         .collect::<Result<_, _>>()?;
+    report.parts = parts;
     Ok(report)
 }
 
@@ -270,23 +285,30 @@ struct Job {
     cpu: Arc<Semaphore>,
     seen: Arc<Mutex<HashSet<BlockId>>>,
     pool: BufferPool,
-    level: i32,
+    opts: WriterOptions,
+}
+
+/// One block done.
+struct Written {
+    seq: BlockSeq,
+    id: BlockId,
+    parts: Vec<u8>,
+    outcome: Outcome,
 }
 
 impl Job {
-    async fn write(
-        self,
-        seq: BlockSeq,
-        data: Vec<u8>,
-    ) -> Result<(BlockSeq, BlockId, Outcome), WriteError> {
+    async fn write(self, seq: BlockSeq, data: Vec<u8>) -> Result<Written, WriteError> {
         let fail = |message: String| WriteError::Block {
             seq: seq.0,
             message,
         };
         let permit = self.cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
-        let (id, data) = tokio::task::spawn_blocking(move || (BlockId::of(&data), data))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let part_size = self.opts.part_size;
+        let (id, parts, data) = tokio::task::spawn_blocking(move || {
+            (BlockId::of(&data), part_digests(&data, part_size), data)
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         drop(permit);
         let first = self
             .seen
@@ -296,13 +318,19 @@ impl Job {
         let key = ObjectKey::Block(id);
         if !first || self.store.exists(&key).await? {
             self.pool.give(data);
-            return Ok((seq, id, Outcome::Present));
+            return Ok(Written {
+                seq,
+                id,
+                parts,
+                outcome: Outcome::Present,
+            });
         }
         let permit = self.cpu.acquire().await.map_err(|e| fail(e.to_string()))?;
-        let level = self.level;
-        let (stored, data) = tokio::task::spawn_blocking(move || (compress(&data, level), data))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let (level, part) = (self.opts.zstd_level, part_size.get() as usize);
+        let (stored, data) =
+            tokio::task::spawn_blocking(move || (compress(&data, level, part), data))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
         drop(permit);
         self.pool.give(data);
         let stored = stored.map_err(|e| fail(e.to_string()))?;
@@ -310,7 +338,12 @@ impl Job {
         // Existence was checked above, before compressing; asking again
         // would be a second HEAD per new block.
         self.store.put_replacing(&key, stored).await?;
-        Ok((seq, id, Outcome::Written { stored: len }))
+        Ok(Written {
+            seq,
+            id,
+            parts,
+            outcome: Outcome::Written { stored: len },
+        })
     }
 }
 
@@ -319,14 +352,15 @@ thread_local! {
     static COMPRESSOR: std::cell::RefCell<Option<Compressor>> = const { std::cell::RefCell::new(None) };
 }
 
-fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// The stored form of a block: a frame per part, then the seek table.
+fn compress(plain: &[u8], level: i32, part: usize) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|c| c.level() != level) {
             *slot = Some(Compressor::new(level)?);
         }
         match slot.as_mut() {
-            Some(c) => c.compress(plain),
+            Some(c) => crate::seekable::encode(c, plain, part),
             None => Err(std::io::Error::other("no compressor")),
         }
     })
@@ -345,6 +379,7 @@ mod tests {
         let opts = WriterOptions {
             workers: 2,
             zstd_level: 3,
+            part_size: PartSize::DEFAULT,
         };
         let blocks: Vec<Vec<u8>> = (0..20u8)
             .map(|i| vec![i % 7; 100_000 + i as usize])
@@ -396,6 +431,7 @@ mod tests {
             WriterOptions {
                 workers: 1,
                 zstd_level: 1,
+                part_size: PartSize::DEFAULT,
             },
         );
         let _ = w.submit(vec![1; 10]).await;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{BlockStore, ObjectKey, StoreError};
+use super::{BlockStore, ByteRange, ObjectKey, RangeRead, StoreError};
 use crate::id::{BlockId, IndexDigest};
 
 /// Objects as files under a root directory, written to a temporary file,
@@ -291,6 +291,34 @@ impl BlockStore for LocalStore {
                 bytes.len() as u64,
             )),
             Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
+                store: self.location(),
+                key: *key,
+            }),
+            Err(e) => Err(self.io_err("read", key, e)),
+        }
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: ByteRange) -> Result<RangeRead, StoreError> {
+        let path = self.path_of(key);
+        let limit = key.max_stored_bytes();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<RangeRead> {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path)?;
+            let object_len = file.metadata()?.len();
+            let at = range.within(object_len);
+            let mut bytes = vec![0u8; (at.end - at.start).min(limit) as usize];
+            file.read_exact_at(&mut bytes, at.start)?;
+            Ok(RangeRead {
+                bytes,
+                start: at.start,
+                object_len,
+            })
+        })
+        .await
+        .map_err(|e| self.io_err("read", key, std::io::Error::other(e)))?;
+        match read {
+            Ok(r) => Ok(r),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
                 store: self.location(),
                 key: *key,

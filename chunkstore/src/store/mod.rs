@@ -60,6 +60,69 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// Part of a stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `len` bytes from `start`.
+    Span { start: u64, len: u64 },
+    /// The last `len` bytes (all of an object shorter than that).
+    Tail(u64),
+}
+
+impl ByteRange {
+    /// The HTTP `Range` header value.
+    pub fn header(&self) -> String {
+        match *self {
+            ByteRange::Span { start, len } => {
+                format!("bytes={start}-{}", start + len.max(1) - 1)
+            }
+            ByteRange::Tail(len) => format!("bytes=-{}", len.max(1)),
+        }
+    }
+
+    /// Where this range lies in an object of `object_len` bytes.
+    pub fn within(&self, object_len: u64) -> std::ops::Range<u64> {
+        match *self {
+            ByteRange::Span { start, len } => {
+                start.min(object_len)..start.saturating_add(len).min(object_len)
+            }
+            ByteRange::Tail(len) => object_len.saturating_sub(len)..object_len,
+        }
+    }
+}
+
+/// Bytes read from an object, where they start, and the object's length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRead {
+    pub bytes: Vec<u8>,
+    pub start: u64,
+    pub object_len: u64,
+}
+
+impl RangeRead {
+    /// `range` of a whole object.
+    pub fn cut(all: Vec<u8>, range: ByteRange) -> Self {
+        let object_len = all.len() as u64;
+        let at = range.within(object_len);
+        let bytes = if at == (0..object_len) {
+            all
+        } else {
+            all[at.start as usize..at.end as usize].to_vec()
+        };
+        RangeRead {
+            bytes,
+            start: at.start,
+            object_len,
+        }
+    }
+
+    /// Whether this read is what `range` asked of the object.
+    pub fn answers(&self, range: ByteRange) -> bool {
+        let at = range.within(self.object_len);
+        at.start == self.start && at.end - at.start == self.bytes.len() as u64
+    }
+}
+
 /// What `put` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -104,6 +167,12 @@ pub enum StoreError {
 pub trait BlockStore: Send + Sync + fmt::Debug {
     /// The stored bytes of `key`, unverified (see [`fetch_block`]).
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError>;
+    /// `len` stored bytes of `key` from `start` (fewer past the object's
+    /// end), unverified. Stores that cannot read a range read it all.
+    async fn get_range(&self, key: &ObjectKey, range: ByteRange) -> Result<RangeRead, StoreError> {
+        let all = self.get(key).await?;
+        Ok(RangeRead::cut(all, range))
+    }
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError>;
     /// Stores `data` under `key`, replacing what is there (the same bytes,
     /// as keys name their content). A reader never sees a partly written
@@ -148,6 +217,12 @@ pub enum FetchError {
     Store(#[from] StoreError),
     #[error("{store}: {source}")]
     Block { store: String, source: CodecError },
+    #[error("block {id} holds {len} plain bytes; a read wants {wanted}")]
+    Short {
+        id: BlockId,
+        len: usize,
+        wanted: usize,
+    },
     #[error("{store}: index {expected} hashes to sha256:{actual}")]
     IndexDigest {
         store: String,

@@ -13,7 +13,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use slayerfs_config::S3Config;
 
-use super::{BlockStore, ObjectKey, StoreError};
+use super::{BlockStore, ByteRange, ObjectKey, RangeRead, StoreError};
 
 /// Objects under `s3://bucket/prefix/`. Retries with exponential backoff and
 /// per-attempt timeouts come from the SDK, bounded by the config; a body
@@ -50,6 +50,17 @@ struct Stalled(Duration);
 struct Short {
     announced: u64,
     got: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the answer to a ranged GET does not match it: {0}")]
+struct BadRange(String);
+
+/// `bytes START-END/TOTAL`: the start and the object's length.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let (span, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _) = span.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()?))
 }
 
 /// Credentials from the config, else the standard AWS environment variables;
@@ -129,12 +140,17 @@ impl S3Store {
     /// One GET: the SDK's attempts at a response, then the body, read as
     /// it comes (a stall longer than one attempt's timeout fails it) and
     /// refused as soon as it outgrows what `key` may be.
-    async fn get_once(&self, key: &ObjectKey) -> Result<Vec<u8>, Failure> {
+    async fn get_once(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<RangeRead, Failure> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.object_key(key))
+            .set_range(range.map(|r| r.header()))
             .send()
             .await;
         let mut out = match out {
@@ -185,7 +201,62 @@ impl S3Store {
             );
             return Err(Failure::Body(e));
         }
-        Ok(bytes)
+        let whole = |bytes: Vec<u8>| RangeRead {
+            start: 0,
+            object_len: bytes.len() as u64,
+            bytes,
+        };
+        let Some(range) = range else {
+            return Ok(whole(bytes));
+        };
+        // A server that ignores ranges answers with the whole object.
+        let read = match out.content_range().map(parse_content_range) {
+            None => RangeRead::cut(bytes, range),
+            Some(Some((start, object_len))) => RangeRead {
+                bytes,
+                start,
+                object_len,
+            },
+            Some(None) => {
+                let why = BadRange(out.content_range().unwrap_or_default().to_string());
+                return Err(Failure::Final(self.err("GET", key, why)));
+            }
+        };
+        if !read.answers(range) {
+            let why = BadRange(format!(
+                "{} bytes from {} of {} for {}",
+                read.bytes.len(),
+                read.start,
+                read.object_len,
+                range.header()
+            ));
+            return Err(Failure::Final(self.err("GET", key, why)));
+        }
+        Ok(read)
+    }
+
+    /// A GET, with bodies that failed half-way retried.
+    async fn get_retrying(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<RangeRead, StoreError> {
+        // The SDK retries until a response starts; a body cut or stalled
+        // half-way is retried here, as many times.
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.get_once(key, range).await {
+                Err(Failure::Body(e)) if attempt < self.retry.max_attempts => {
+                    tracing::debug!(key = %key, attempt, error = %e, "retrying a GET whose body failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(Failure::Body(e) | Failure::Final(e)) => return Err(e),
+                Ok(read) => return Ok(read),
+            }
+        }
     }
 
     fn object_key(&self, key: &ObjectKey) -> String {
@@ -209,22 +280,11 @@ impl S3Store {
 #[async_trait]
 impl BlockStore for S3Store {
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
-        // The SDK retries until a response starts; a body cut or stalled
-        // half-way is retried here, as many times.
-        let mut backoff = self.retry.initial_backoff;
-        let mut attempt = 1;
-        loop {
-            match self.get_once(key).await {
-                Err(Failure::Body(e)) if attempt < self.retry.max_attempts => {
-                    tracing::debug!(key = %key, attempt, error = %e, "retrying a GET whose body failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
-                    attempt += 1;
-                }
-                Err(Failure::Body(e) | Failure::Final(e)) => return Err(e),
-                Ok(bytes) => return Ok(bytes),
-            }
-        }
+        Ok(self.get_retrying(key, None).await?.bytes)
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: ByteRange) -> Result<RangeRead, StoreError> {
+        self.get_retrying(key, Some(range)).await
     }
 
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
