@@ -71,7 +71,7 @@ impl<'a> PartDigests<'a> {
     pub fn new(size: PartSize, first: u32, digests: &'a [u8]) -> Option<Self> {
         let count = digests.len() / PART_DIGEST_LEN;
         let fits = u64::from(first) + count as u64 <= size.count(MAX_BLOCK_SIZE) as u64;
-        (digests.len() % PART_DIGEST_LEN == 0 && fits).then_some(PartDigests {
+        (digests.len().is_multiple_of(PART_DIGEST_LEN) && fits).then_some(PartDigests {
             size,
             first,
             digests,

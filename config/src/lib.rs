@@ -29,6 +29,7 @@
 //! [convert]
 //! zstd_level = 3   # 1..=19
 //! workers = 0      # threads hashing and compressing blocks; 0 = one per core
+//! part_kib = 128   # blocks are stored in parts a read can fetch alone: 16..=4096, a power of two
 //!
 //! [cache]
 //! memory_bytes = 268435456       # plain block bytes kept in memory (256 MiB)
@@ -311,6 +312,10 @@ pub struct ConvertConfig {
     pub zstd_level: i32,
     /// Threads hashing and compressing blocks; 0 means one per core.
     pub workers: usize,
+    /// The plain KiB of a block a read can fetch (and verify) alone: each
+    /// is a zstd frame of its own. Smaller parts fetch less for a random
+    /// read and compress a little worse.
+    pub part_kib: u32,
 }
 
 impl Default for ConvertConfig {
@@ -318,6 +323,7 @@ impl Default for ConvertConfig {
         ConvertConfig {
             zstd_level: 3,
             workers: 0,
+            part_kib: 128,
         }
     }
 }
@@ -480,6 +486,16 @@ impl Config {
             return Err(invalid(
                 "convert.zstd_level",
                 format!("{} is outside 1..=19", self.convert.zstd_level),
+            ));
+        }
+        if !self.convert.part_kib.is_power_of_two() || !(16..=4096).contains(&self.convert.part_kib)
+        {
+            return Err(invalid(
+                "convert.part_kib",
+                format!(
+                    "{} is not a power of two in 16..=4096",
+                    self.convert.part_kib
+                ),
             ));
         }
         if self.convert.workers > 256 {

@@ -59,6 +59,7 @@ pub fn layer_blob(data: &[u8]) {
     let opts = WriterOptions {
         workers: 1,
         zstd_level: 1,
+        part_size: slayerfs_chunkstore::PartSize::DEFAULT,
     };
     let converted = runtime().block_on(convert_layer(
         Cursor::new(data.to_vec()),

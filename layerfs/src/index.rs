@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::ops::Deref;
 
-use slayerfs_chunkstore::IndexDigest;
+use slayerfs_chunkstore::{IndexDigest, PartDigests, PartSize};
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex, VERSION};
 use slayerfs_proto::Message;
 
@@ -31,6 +31,14 @@ impl ValidIndex {
 
     pub fn into_inner(self) -> LayerIndex {
         self.0
+    }
+
+    /// The part digests of block `block` (a position in the block table),
+    /// if the index has them.
+    pub fn parts_of(&self, block: u32) -> Option<PartDigests<'_>> {
+        let size = PartSize::new(self.0.part_size)?;
+        let digests = self.0.part_digests.get(block as usize)?;
+        PartDigests::new(size, 0, digests).filter(|_| !digests.is_empty())
     }
 }
 
@@ -105,6 +113,7 @@ pub fn validate(index: &LayerIndex) -> Result<(), IndexError> {
             "block table entry {i} is not a 32-byte sha256"
         )));
     }
+    validate_parts(index)?;
     let count = index.inodes.len() as u64;
     if index.inodes.first().map(|r| r.kind) != Some(InodeKind::Directory as i32) {
         return Err(invalid("inode 1 (the root) is not a directory"));
@@ -142,6 +151,40 @@ pub fn validate(index: &LayerIndex) -> Result<(), IndexError> {
         return Err(invalid(format!(
             "inode {} is not reachable from the root (of {count})",
             i + 1
+        )));
+    }
+    Ok(())
+}
+
+/// Part digests: a known part size, and per block whole digests, no more
+/// than a block has parts.
+fn validate_parts(index: &LayerIndex) -> Result<(), IndexError> {
+    if index.part_size == 0 && index.part_digests.is_empty() {
+        return Ok(());
+    }
+    let size = PartSize::new(index.part_size).ok_or_else(|| {
+        invalid(format!(
+            "part size {} is not a power of two from {} to {BLOCK_SIZE}",
+            index.part_size,
+            PartSize::MIN
+        ))
+    })?;
+    if !index.part_digests.is_empty() && index.part_digests.len() != index.blocks.len() {
+        return Err(invalid(format!(
+            "{} part digest lists for {} blocks",
+            index.part_digests.len(),
+            index.blocks.len()
+        )));
+    }
+    let most = size.count(BLOCK_SIZE) * slayerfs_chunkstore::parts::PART_DIGEST_LEN;
+    if let Some(i) = index
+        .part_digests
+        .iter()
+        .position(|d| !d.len().is_multiple_of(32) || d.len() > most)
+    {
+        return Err(invalid(format!(
+            "block {i}: {} bytes of part digests (whole 32-byte digests, at most {most})",
+            index.part_digests[i].len()
         )));
     }
     Ok(())

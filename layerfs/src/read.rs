@@ -6,11 +6,11 @@ use std::ops::Range;
 
 use std::sync::Arc;
 
-use slayerfs_chunkstore::{BlockCache, BlockId, FetchError};
+use slayerfs_chunkstore::{BlockCache, BlockId, FetchError, Piece};
 use slayerfs_proto::index::{Inode, LayerIndex};
 
 use crate::geometry::CHUNK_SIZE;
-use crate::slice::{resolve, Backing, Origin, Segment, SliceView};
+use crate::slice::{resolve, Backing, ChunkView, Origin, Segment, SliceView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -60,6 +60,16 @@ pub fn index_chunk_slices(
         .collect()
 }
 
+/// How a read fetches blocks that are not at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Whole blocks: a sequential reader will want the rest of them.
+    Whole,
+    /// Only the parts of blocks the read needs, where the slices know
+    /// their digests (else whole blocks).
+    Parts,
+}
+
 /// Bytes read from a file: a range of one cached block when the read falls
 /// inside one (no copy), or a buffer of their own.
 #[derive(Debug, Clone)]
@@ -94,28 +104,33 @@ impl ReadBytes {
 
 /// Reads up to `len` bytes at `offset` of a file of `size` bytes (fewer at
 /// the end of the file): `slices_of(chunk)` gives a chunk's slices, oldest
-/// first; blocks come through `cache`, local slices from the upper data file
-/// `local`; uncovered bytes are zeros. This is the read path's core, whatever
-/// keeps the slices (an index, sled, an upper layer); the bytes are shared
-/// with the cache when they lie in one block.
-pub async fn read_range_shared<F>(
+/// first (and the part digests of their blocks, if known); blocks come
+/// through `cache`, whole or in parts as `how` says, local slices from the
+/// upper data file `local`; uncovered bytes are zeros. This is the read
+/// path's core, whatever keeps the slices (an index, a layer's records, an
+/// upper layer); the bytes are shared with the cache when they lie in one
+/// block or part.
+pub async fn read_range_shared<F, C>(
     size: u64,
     offset: u64,
     len: u32,
+    how: Fetch,
     mut slices_of: F,
     cache: &BlockCache,
     local: Option<&std::fs::File>,
 ) -> Result<ReadBytes, ReadError>
 where
-    F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
+    F: FnMut(u64) -> Result<C, ReadError>,
+    C: Into<ChunkView>,
 {
+    let mut slices_of = |c| slices_of(c).map(Into::into);
     let end = size.min(offset.saturating_add(u64::from(len)));
     if offset >= end {
         return Ok(ReadBytes::Owned(Vec::new()));
     }
     let first_chunk = offset / CHUNK_SIZE;
     let chunk_start = first_chunk * CHUNK_SIZE;
-    let first_slices = slices_of(first_chunk)?;
+    let first_slices: ChunkView = slices_of(first_chunk)?;
     if end <= chunk_start + CHUNK_SIZE {
         let range = (offset - chunk_start) as u32..(end - chunk_start) as u32;
         if let [Segment {
@@ -126,10 +141,19 @@ where
                 }),
             length,
             ..
-        }] = resolve(&first_slices, range)[..]
+        }] = resolve(&first_slices.slices, range)[..]
         {
-            let (block, range) = block_range(cache, id, offset_in_block, length).await?;
-            return Ok(ReadBytes::Block(block, range));
+            let mut pieces =
+                block_range(cache, how, &first_slices, id, offset_in_block, length).await?;
+            if pieces.len() == 1 {
+                let Piece { bytes, range } = pieces.remove(0);
+                return Ok(ReadBytes::Block(bytes, range));
+            }
+            let mut out = Vec::with_capacity(length as usize);
+            for p in &pieces {
+                out.extend_from_slice(p.as_slice());
+            }
+            return Ok(ReadBytes::Owned(out));
         }
     }
     let mut out = Vec::with_capacity((end - offset) as usize);
@@ -140,11 +164,11 @@ where
         let chunk_start = chunk * CHUNK_SIZE;
         let chunk_end = end.min(chunk_start + CHUNK_SIZE);
         let range = (pos - chunk_start) as u32..(chunk_end - chunk_start) as u32;
-        let slices = match first.take() {
+        let view: ChunkView = match first.take() {
             Some(s) => s,
             None => slices_of(chunk)?,
         };
-        for seg in resolve(&slices, range) {
+        for seg in resolve(&view.slices, range) {
             match seg.origin {
                 Origin::Zeros => out.resize(out.len() + seg.length as usize, 0),
                 Origin::Slice(Backing::UpperData) => {
@@ -158,9 +182,11 @@ where
                     id,
                     offset_in_block,
                 }) => {
-                    let (block, range) =
-                        block_range(cache, id, offset_in_block, seg.length).await?;
-                    out.extend_from_slice(&block[range]);
+                    let pieces =
+                        block_range(cache, how, &view, id, offset_in_block, seg.length).await?;
+                    for p in &pieces {
+                        out.extend_from_slice(p.as_slice());
+                    }
                 }
             }
         }
@@ -169,21 +195,26 @@ where
     Ok(ReadBytes::Owned(out))
 }
 
-/// A block from the cache and the range of it a segment reads, checked
-/// against the block's length.
+/// The bytes of block `id` a segment reads, from the cache: the block
+/// whole, or the parts of it that hold them.
 async fn block_range(
     cache: &BlockCache,
+    how: Fetch,
+    view: &ChunkView,
     id: BlockId,
     offset_in_block: u32,
     length: u32,
-) -> Result<(Arc<Vec<u8>>, Range<usize>), ReadError> {
-    let block = cache.get(&id).await?;
-    let start = offset_in_block as usize;
-    let stop = start + length as usize;
-    if stop > block.len() {
-        return Err(ReadError::ShortBlock(id));
+) -> Result<Vec<Piece>, ReadError> {
+    let range = offset_in_block..offset_in_block.saturating_add(length);
+    let parts = match how {
+        Fetch::Parts => view.parts(&id, range.clone()),
+        Fetch::Whole => None,
+    };
+    match cache.get_range(&id, range, parts).await {
+        Ok(pieces) => Ok(pieces),
+        Err(e) if matches!(*e, FetchError::Short { .. }) => Err(ReadError::ShortBlock(id)),
+        Err(e) => Err(e.into()),
     }
-    Ok((block, start..stop))
 }
 
 /// Fills `buf` from `file` at `at`; bytes past the end of the file (a data

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use slayerfs_chunkstore::BlockId;
+use slayerfs_chunkstore::{BlockId, PartDigests, PartSize};
 
 use crate::geometry::CHUNK_SIZE;
 
@@ -126,6 +126,58 @@ pub fn resolve(slices: &[SliceView], range: Range<u32>) -> Vec<Segment> {
     }));
     out.sort_by_key(|s| s.offset_in_chunk);
     out
+}
+
+/// A chunk's slices, oldest first, with the part digests of the blocks
+/// they read where they are known (slices of a layer's index; an upper's
+/// own slices have none), so that a read can fetch parts of a block.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkView {
+    pub slices: Vec<SliceView>,
+    parts: Vec<KnownParts>,
+}
+
+/// The digests of parts `first..` of block `id`.
+#[derive(Debug, Clone)]
+struct KnownParts {
+    id: BlockId,
+    size: PartSize,
+    first: u32,
+    digests: Vec<u8>,
+}
+
+impl From<Vec<SliceView>> for ChunkView {
+    fn from(slices: Vec<SliceView>) -> Self {
+        ChunkView {
+            slices,
+            parts: Vec::new(),
+        }
+    }
+}
+
+impl ChunkView {
+    /// Records the digests of parts `first..` of block `id`; a list that
+    /// is not whole digests is dropped (the block is then read whole).
+    pub fn know_parts(&mut self, id: BlockId, size: PartSize, first: u32, digests: Vec<u8>) {
+        if PartDigests::new(size, first, &digests).is_some() && !digests.is_empty() {
+            self.parts.push(KnownParts {
+                id,
+                size,
+                first,
+                digests,
+            });
+        }
+    }
+
+    /// Digests of the parts of block `id` that hold its bytes `range`, if
+    /// one list has them all.
+    pub fn parts(&self, id: &BlockId, range: Range<u32>) -> Option<PartDigests<'_>> {
+        self.parts
+            .iter()
+            .filter(|k| k.id == *id)
+            .filter_map(|k| PartDigests::new(k.size, k.first, &k.digests))
+            .find(|p| p.covering(range.clone()).is_some())
+    }
 }
 
 /// The canonical form of a chunk's slices: what [`resolve`] shows over the

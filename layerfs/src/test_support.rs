@@ -11,7 +11,7 @@ use slayerfs_proto::index::{Inode, LayerIndex};
 
 use crate::build::{convert_layer, ConvertedLayer, Expected};
 use crate::geometry::BLOCK_SIZE;
-use crate::read::{index_chunk_slices, read_range_shared, ReadError};
+use crate::read::{index_chunk_slices, read_range_shared, Fetch, ReadError};
 use crate::slice::SliceView;
 use crate::store::layers::{Layer, LayerDb};
 
@@ -63,7 +63,7 @@ where
     F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
 {
     Ok(
-        read_range_shared(size, offset, len, slices_of, cache, local)
+        read_range_shared(size, offset, len, Fetch::Whole, slices_of, cache, local)
             .await?
             .into_vec(),
     )
@@ -91,6 +91,7 @@ pub async fn convert_for_test(blob: Vec<u8>, store: &Arc<dyn BlockStore>) -> Con
     let opts = WriterOptions {
         workers: 2,
         zstd_level: 1,
+        part_size: slayerfs_chunkstore::PartSize::DEFAULT,
     };
     convert_layer(
         std::io::Cursor::new(blob),

@@ -14,6 +14,7 @@ use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 const OPTS: WriterOptions = WriterOptions {
     workers: 2,
     zstd_level: 3,
+    part_size: slayerfs_chunkstore::PartSize::DEFAULT,
 };
 
 /// A tar entry written with a raw header, so that names a well-behaved

@@ -117,6 +117,23 @@ impl BlockCache {
         Ok(pieces)
     }
 
+    /// Whether [`Self::get_range`] of these would be answered from memory.
+    pub fn has_range(
+        &self,
+        id: &BlockId,
+        range: Range<u32>,
+        parts: Option<PartDigests<'_>>,
+    ) -> bool {
+        if self.memory.contains_key(&Key::Block(*id)) {
+            return true;
+        }
+        let Some((p, mut needed)) = parts.and_then(|p| Some((p, p.covering(range)?))) else {
+            return false;
+        };
+        let size = p.size().get();
+        needed.all(|part| self.memory.contains_key(&Key::Part(*id, part, size)))
+    }
+
     /// Part `part` of block `id`, fetched alone and verified.
     async fn load_part(
         &self,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use slayerfs_chunkstore::{BlockId, BlockSeq};
+use slayerfs_chunkstore::{BlockId, BlockSeq, PartSize, WriteReport};
 use slayerfs_proto::index::{Dentry, Inode, InodeKind, LayerIndex, Slice, Xattr, VERSION};
 
 use super::tree::{Child, LayerTree, NodeKind};
@@ -11,13 +11,15 @@ use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
 use crate::index::IndexError;
 
 /// Turns an imported tree into an index: reachable inodes renumbered in tree
-/// order (root = 1), block sequence numbers resolved to ids (`ids[seq]`) and
-/// listed once each.
+/// order (root = 1), block sequence numbers resolved to ids (`blocks.ids[seq]`)
+/// and listed once each, with their part digests (cut at `part_size`).
 pub fn build_index(
     tree: &LayerTree,
-    ids: &[BlockId],
+    blocks: &WriteReport,
+    part_size: PartSize,
     source_digest: &str,
 ) -> Result<LayerIndex, IndexError> {
+    let ids = &blocks.ids;
     let order = tree.walk_order();
     let number: HashMap<Ino, u64> = order
         .iter()
@@ -25,6 +27,7 @@ pub fn build_index(
         .map(|(i, ino)| (*ino, i as u64 + 1))
         .collect();
     let mut table: Vec<Vec<u8>> = Vec::new();
+    let mut part_digests: Vec<Vec<u8>> = Vec::new();
     let mut position: HashMap<BlockId, u32> = HashMap::new();
     let mut block_of = |seq: BlockSeq| -> Result<u32, IndexError> {
         let id = *ids
@@ -32,6 +35,8 @@ pub fn build_index(
             .ok_or(IndexError::MissingBlock(seq.0))?;
         Ok(*position.entry(id).or_insert_with(|| {
             table.push(id.as_bytes().to_vec());
+            let parts = blocks.parts.get(seq.0 as usize);
+            part_digests.push(parts.cloned().unwrap_or_default());
             (table.len() - 1) as u32
         }))
     };
@@ -112,5 +117,7 @@ pub fn build_index(
         source_digest: source_digest.to_string(),
         blocks: table,
         inodes,
+        part_size: part_size.get(),
+        part_digests,
     })
 }

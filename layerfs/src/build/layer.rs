@@ -96,7 +96,7 @@ pub async fn convert_layer<R: Read + Send + 'static>(
         expected.diff,
         imported.diff_sha256,
     )?;
-    let index = build_index(&imported.tree, &report.ids, source_digest)?;
+    let index = build_index(&imported.tree, &report, opts.part_size, source_digest)?;
     // What nodes will check on decode is checked before publishing, so a
     // gap between import and validation is an error here, not on a node.
     let index = ValidIndex::check(index)?;

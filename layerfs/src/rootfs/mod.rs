@@ -16,6 +16,7 @@ mod diff;
 mod mutate;
 mod pins;
 mod reading;
+mod streams;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -220,6 +221,7 @@ pub struct Rootfs {
     cache: Arc<BlockCache>,
     runtime: tokio::runtime::Handle,
     reading: ReadOptions,
+    streams: streams::Streams,
     open: Mutex<HashMap<Ino, OpenFile>>,
     /// Served on a connection taken over from an earlier process: the
     /// kernel may hold open files this process never saw opened, so an
@@ -263,6 +265,7 @@ impl Rootfs {
             upper,
             cache,
             runtime,
+            streams: streams::Streams::new(reading.ahead_blocks),
             reading,
             open: Mutex::new(HashMap::new()),
             taken_over,
@@ -416,6 +419,7 @@ impl Rootfs {
             if let Some(closed) = open.remove(&ino) {
                 self.cache.unpin(&closed.pinned);
             }
+            self.streams.forget(ino);
         }
         let Some(up) = &self.upper else {
             return Ok(());

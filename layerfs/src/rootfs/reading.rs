@@ -1,23 +1,26 @@
 //! Reading file bytes: what a read needs is looked up on the caller's
 //! thread (local state only); the blocks it needs are fetched on the
 //! runtime, under a deadline, so no FUSE worker ever waits on the network.
+//! A sequential reader ([`super::streams`]) gets whole blocks and blocks
+//! ahead; any other read fetches only the parts of blocks it touches.
 
 use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
-use slayerfs_chunkstore::{BlockCache, BlockId};
+use slayerfs_chunkstore::BlockCache;
 use slayerfs_proto::index::InodeKind;
 
 use super::{FsError, Rootfs};
 use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
-use crate::read::{read_range_shared, ReadBytes, ReadError};
-use crate::slice::{resolve, Backing, Origin, SliceView};
+use crate::read::{read_range_shared, Fetch, ReadBytes, ReadError};
+use crate::slice::{resolve, Backing, ChunkView, Origin, SliceView};
 
 /// How a mount reads (set from `[cache]`).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
-    /// Blocks fetched ahead of a read, within the same file.
+    /// The most blocks fetched ahead of a sequential reader, within the
+    /// same file (the window starts at one block and doubles).
     pub ahead_blocks: u32,
     /// The longest a read waits for blocks; then it fails with EIO (the
     /// fetch itself goes on, bounded by the store's own timeouts).
@@ -31,7 +34,7 @@ struct ReadPlan {
     offset: u64,
     len: u32,
     /// The slices of chunks `first_chunk..`, in order.
-    chunks: Vec<Vec<SliceView>>,
+    chunks: Vec<ChunkView>,
     first_chunk: u64,
     local: Option<Arc<File>>,
 }
@@ -43,23 +46,33 @@ impl ReadPlan {
             .min(self.offset.saturating_add(u64::from(self.len)))
     }
 
-    /// The blocks the read needs.
-    fn blocks(&self) -> impl Iterator<Item = BlockId> + '_ {
+    /// Whether every byte the read needs from blocks is in memory.
+    fn in_memory(&self, cache: &BlockCache, how: Fetch) -> bool {
         let (offset, end) = (self.offset, self.end());
-        self.chunks.iter().enumerate().flat_map(move |(i, slices)| {
+        self.chunks.iter().enumerate().all(|(i, view)| {
             let start = (self.first_chunk + i as u64) * CHUNK_SIZE;
             let from = offset.max(start) - start;
             let to = end.min(start + CHUNK_SIZE).saturating_sub(start);
-            resolve(slices, from as u32..to.max(from) as u32)
+            resolve(&view.slices, from as u32..to.max(from) as u32)
                 .into_iter()
-                .filter_map(|seg| match seg.origin {
-                    Origin::Slice(Backing::Block { id, .. }) => Some(id),
-                    _ => None,
+                .all(|seg| match seg.origin {
+                    Origin::Slice(Backing::Block {
+                        id,
+                        offset_in_block,
+                    }) => {
+                        let range = offset_in_block..offset_in_block + seg.length;
+                        let parts = match how {
+                            Fetch::Parts => view.parts(&id, range.clone()),
+                            Fetch::Whole => None,
+                        };
+                        cache.has_range(&id, range, parts)
+                    }
+                    _ => true,
                 })
         })
     }
 
-    async fn fetch(self, cache: &BlockCache) -> Result<ReadBytes, ReadError> {
+    async fn fetch(self, cache: &BlockCache, how: Fetch) -> Result<ReadBytes, ReadError> {
         let ReadPlan {
             size,
             offset,
@@ -78,7 +91,7 @@ impl ReadPlan {
                 .map(std::mem::take)
                 .unwrap_or_default())
         };
-        read_range_shared(size, offset, len, slices_of, cache, local.as_deref()).await
+        read_range_shared(size, offset, len, how, slices_of, cache, local.as_deref()).await
     }
 }
 
@@ -86,7 +99,7 @@ impl Rootfs {
     /// Up to `len` bytes at `offset`, handed to `reply`: on this thread if
     /// every block is in memory, else from the runtime once fetched (or
     /// after [`ReadOptions::timeout`], with [`FsError::ReadTimeout`]).
-    /// Blocks the file will read next are fetched ahead.
+    /// A sequential reader's next blocks are fetched ahead.
     pub fn read<R>(&self, ino: Ino, offset: u64, len: u32, reply: R)
     where
         R: FnOnce(Result<ReadBytes, FsError>) + Send + 'static,
@@ -95,9 +108,15 @@ impl Rootfs {
             Ok(plan) => plan,
             Err(e) => return reply(Err(e)),
         };
-        self.read_ahead(ino, plan.size, plan.end());
-        let in_memory = plan.blocks().all(|id| self.cache.contains(&id));
-        let answer = self.fetch(plan);
+        let access = self.streams.observe(ino, offset, plan.end());
+        let how = if access.sequential {
+            Fetch::Whole
+        } else {
+            Fetch::Parts
+        };
+        self.read_ahead(ino, plan.size, plan.end(), access.ahead_blocks);
+        let in_memory = plan.in_memory(&self.cache, how);
+        let answer = self.fetch(plan, how);
         if in_memory {
             // Nothing to wait for (a block evicted meanwhile is still
             // bounded by the deadline).
@@ -111,18 +130,19 @@ impl Rootfs {
     /// the bytes, or why not, within the same deadline.
     pub fn read_waiting(&self, ino: Ino, offset: u64, len: u32) -> Result<ReadBytes, FsError> {
         let plan = self.plan_read(ino, offset, len)?;
-        self.runtime.block_on(self.fetch(plan))
+        self.runtime.block_on(self.fetch(plan, Fetch::Whole))
     }
 
     /// The bytes of `plan`, or [`FsError::ReadTimeout`] past the deadline.
     fn fetch(
         &self,
         plan: ReadPlan,
+        how: Fetch,
     ) -> impl std::future::Future<Output = Result<ReadBytes, FsError>> + Send + 'static {
         let timeout = self.reading.timeout;
         let cache = self.cache.clone();
         async move {
-            match tokio::time::timeout(timeout, plan.fetch(&cache)).await {
+            match tokio::time::timeout(timeout, plan.fetch(&cache, how)).await {
                 Ok(read) => read.map_err(FsError::from),
                 Err(_) => Err(FsError::ReadTimeout(timeout)),
             }
@@ -134,7 +154,10 @@ impl Rootfs {
             if let Some(rec) = up.inode(ino)? {
                 let size = super::Attr::from_upper(ino, rec)?.inode.size;
                 let local = self.data_file(up, ino, false)?;
-                let slices = |c| up.chunk_slices(ino, c).map_err(ReadError::from);
+                let slices = |c| {
+                    let slices = up.chunk_slices(ino, c).map_err(ReadError::from)?;
+                    Ok(ChunkView::from(slices))
+                };
                 return plan(size, offset, len, slices, local);
             }
         }
@@ -146,7 +169,7 @@ impl Rootfs {
             return Err(FsError::IsDir);
         }
         let slices = |c| {
-            db.chunk_slices(src.layer, src.ino, c)
+            db.chunk_view(src.layer, src.ino, c)
                 .map_err(ReadError::from)
         };
         plan(inode.size, offset, len, slices, None)
@@ -164,10 +187,13 @@ impl Rootfs {
         Ok(self.lower.db().chunk_slices(src.layer, src.ino, chunk)?)
     }
 
-    /// Starts fetching the blocks behind bytes `[from, from + window)` of
-    /// `ino` that are not in memory yet.
-    fn read_ahead(&self, ino: Ino, size: u64, from: u64) {
-        let window = u64::from(self.reading.ahead_blocks) * BLOCK_SIZE as u64;
+    /// Starts fetching the blocks behind bytes `[from, from + blocks
+    /// blocks)` of `ino` that are not in memory yet.
+    fn read_ahead(&self, ino: Ino, size: u64, from: u64, blocks: u32) {
+        if blocks == 0 {
+            return;
+        }
+        let window = u64::from(blocks) * BLOCK_SIZE as u64;
         let end = size.min(from.saturating_add(window));
         let mut pos = from;
         let mut wanted = Vec::new();
@@ -213,7 +239,7 @@ fn plan<F>(
     local: Option<Arc<File>>,
 ) -> Result<ReadPlan, FsError>
 where
-    F: FnMut(u64) -> Result<Vec<SliceView>, ReadError>,
+    F: FnMut(u64) -> Result<ChunkView, ReadError>,
 {
     let first_chunk = offset / CHUNK_SIZE;
     let end = size.min(offset.saturating_add(u64::from(len)));

@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use slayerfs_chunkstore::{BlockId, IndexDigest};
+use slayerfs_chunkstore::{BlockId, IndexDigest, PartSize};
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 use slayerfs_proto::store::{ChunkSlices, DentryRecord, InodeRecord, LayerRecord, StoredSlice};
 use slayerfs_proto::Message;
@@ -26,7 +26,7 @@ use super::table::{Entry, Table, TableWriter};
 use super::{decode, legacy, StoreError};
 use crate::geometry::Ino;
 use crate::index::ValidIndex;
-use crate::slice::{Backing, SliceView};
+use crate::slice::{Backing, ChunkView, SliceView};
 
 /// Short id of an imported layer, the name of its record file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -236,12 +236,7 @@ impl LayerDb {
                 by_chunk
                     .entry(s.chunk_index)
                     .or_default()
-                    .push(StoredSlice {
-                        offset_in_chunk: s.offset_in_chunk,
-                        length: s.length,
-                        block_id: index.blocks[s.block as usize].clone(),
-                        offset_in_block: s.offset_in_block,
-                    });
+                    .push(stored_slice(index, s));
             }
             if !by_chunk.is_empty() {
                 let chunks: Vec<(u64, Vec<u8>)> = by_chunk
@@ -440,25 +435,38 @@ impl LayerDb {
         ino: Ino,
         chunk: u64,
     ) -> Result<Vec<SliceView>, StoreError> {
+        Ok(self.chunk_view(layer, ino, chunk)?.slices)
+    }
+
+    /// The slices of one chunk of a file, oldest first, with the part
+    /// digests of their blocks.
+    pub fn chunk_view(
+        &self,
+        layer: LayerId,
+        ino: Ino,
+        chunk: u64,
+    ) -> Result<ChunkView, StoreError> {
         let table = self.layer_records(layer)?;
         let Some(bytes) = table.chunk(ino, chunk)? else {
-            return Ok(Vec::new());
+            return Ok(ChunkView::default());
         };
         let list: ChunkSlices = decode("slices", bytes)?;
-        list.slices
-            .into_iter()
-            .map(|s| {
-                let block = slice_block("slices", &s.block_id)?;
-                Ok(SliceView {
-                    offset_in_chunk: s.offset_in_chunk,
-                    length: s.length,
-                    backing: Backing::Block {
-                        id: block,
-                        offset_in_block: s.offset_in_block,
-                    },
-                })
-            })
-            .collect()
+        let mut view = ChunkView::default();
+        for s in list.slices {
+            let block = slice_block("slices", &s.block_id)?;
+            if let Some(size) = PartSize::new(s.part_size) {
+                view.know_parts(block, size, s.first_part, s.part_digests);
+            }
+            view.slices.push(SliceView {
+                offset_in_chunk: s.offset_in_chunk,
+                length: s.length,
+                backing: Backing::Block {
+                    id: block,
+                    offset_in_block: s.offset_in_block,
+                },
+            });
+        }
+        Ok(view)
     }
 
     #[cfg(any(test, feature = "test-support"))]
@@ -470,6 +478,8 @@ impl LayerDb {
         let id = layer.id;
         let mut blocks: Vec<Vec<u8>> = Vec::new();
         let mut position: HashMap<BlockId, u32> = HashMap::new();
+        let mut parts: Vec<BTreeMap<u32, Vec<u8>>> = Vec::new();
+        let mut part_size = 0;
         let mut inodes = Vec::with_capacity(layer.record.inode_count as usize);
         for n in 1..=layer.record.inode_count {
             let ino = Ino(n);
@@ -494,7 +504,8 @@ impl LayerDb {
                 .map(|(c, _)| c)
                 .collect();
             for chunk in chunk_keys {
-                for s in self.chunk_slices(id, ino, chunk)? {
+                let view = self.chunk_view(id, ino, chunk)?;
+                for s in &view.slices {
                     let Backing::Block {
                         id: block_id,
                         offset_in_block,
@@ -504,8 +515,16 @@ impl LayerDb {
                     };
                     let block = *position.entry(block_id).or_insert_with(|| {
                         blocks.push(block_id.as_bytes().to_vec());
+                        parts.push(BTreeMap::new());
                         (blocks.len() - 1) as u32
                     });
+                    let within = offset_in_block..offset_in_block + s.length;
+                    if let Some(p) = view.parts(&block_id, within) {
+                        part_size = p.size().get();
+                        for (i, d) in p.bytes().chunks(32).enumerate() {
+                            parts[block as usize].insert(p.first() + i as u32, d.to_vec());
+                        }
+                    }
                     slices.push(Slice {
                         chunk_index: chunk,
                         offset_in_chunk: s.offset_in_chunk,
@@ -528,6 +547,14 @@ impl LayerDb {
             source_digest: layer.record.source_digest.clone(),
             blocks,
             inodes,
+            part_size,
+            part_digests: match part_size {
+                0 => Vec::new(),
+                _ => parts
+                    .into_iter()
+                    .map(|p| p.into_values().flatten().collect())
+                    .collect(),
+            },
         })
     }
 }
@@ -574,5 +601,22 @@ fn inode_record(inode: &Inode, nlink: u32) -> InodeRecord {
             ..inode.clone()
         }),
         nlink,
+    }
+}
+
+/// A slice as a layer's record file keeps it: its block's id, and the
+/// digests of the block's parts it overlaps (so a read of it can fetch
+/// only those).
+fn stored_slice(index: &ValidIndex, s: &slayerfs_proto::index::Slice) -> StoredSlice {
+    let within = s.offset_in_block..s.offset_in_block + s.length;
+    let parts = index.parts_of(s.block).and_then(|p| p.sub(within));
+    StoredSlice {
+        offset_in_chunk: s.offset_in_chunk,
+        length: s.length,
+        block_id: index.blocks[s.block as usize].clone(),
+        offset_in_block: s.offset_in_block,
+        part_size: parts.map_or(0, |p| p.size().get()),
+        first_part: parts.map_or(0, |p| p.first()),
+        part_digests: parts.map(|p| p.bytes().to_vec()).unwrap_or_default(),
     }
 }

@@ -471,6 +471,7 @@ fn slice_record(s: &SliceView) -> StoredSlice {
         length: s.length,
         block_id,
         offset_in_block,
+        ..Default::default()
     }
 }
 

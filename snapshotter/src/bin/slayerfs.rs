@@ -303,6 +303,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = WriterOptions {
                 workers: config.convert_workers(),
                 zstd_level: config.convert.zstd_level,
+                part_size: slayerfs_chunkstore::PartSize::new(config.convert.part_kib << 10)
+                    .context("convert.part_kib")?,
             };
             let progress = if quiet {
                 ProgressMode::Quiet

@@ -526,6 +526,7 @@ pub(crate) async fn import_reader<R: std::io::Read + Send + 'static>(
     let opts = WriterOptions {
         workers: 2,
         zstd_level: 3,
+        part_size: slayerfs_chunkstore::PartSize::DEFAULT,
     };
     let conv = convert_layer(tar, blocks.clone(), opts, "", Expected::default()).await?;
     if let Some(window) = window {
