@@ -187,6 +187,7 @@ impl BlockCache {
                 None => {}
             }
         }
+        tracing::debug!(block = %id, "fetching a block whole");
         let stored = self.store.get(&ObjectKey::Block(id)).await?;
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         self.stats

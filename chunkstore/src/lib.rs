@@ -24,8 +24,8 @@ pub use error_text::{error_chain, panic_text};
 pub use id::{BlockId, IndexDigest, ParseDigestError};
 pub use parts::{PartDigests, PartSize};
 pub use store::{
-    fetch_index, open_store, BlockStore, ByteRange, FetchError, LocalStore, ObjectKey, PutOutcome,
-    RangeRead, S3Store, StoreError,
+    fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey, PutOutcome, RangeRead,
+    S3Store, StoreError,
 };
 pub use writer::{BlockSeq, BlockWriter, WriteError, WriteReport, WriterOptions};
 /// What only tests use: one block encoded, or fetched and checked, alone,

@@ -1,7 +1,9 @@
-//! The stored form of a block that can be read in parts: one independent
-//! zstd frame per part, then zstd's seek table (the seekable format of
-//! zstd's contrib: a skippable frame listing each frame's stored and plain
-//! sizes, so a plain zstd decoder still reads the whole block). Blocks of
+//! The stored form of a block that can be read in parts: a seek table,
+//! then one independent zstd frame per part. The table is zstd's seekable
+//! format's (each frame's stored and plain sizes, in a skippable frame)
+//! placed first rather than last, so it is read with an ordinary range
+//! from the object's start, as every S3 implementation answers one; a
+//! plain zstd decoder skips it and reads the whole block. Blocks of
 //! earlier builds are one frame with no table; which form an object has is
 //! read from the object, never assumed.
 
@@ -15,11 +17,11 @@ const FOOTER: usize = 9;
 const HEADER: usize = 8;
 /// A table never lists more frames than a block has kilobytes.
 pub const MAX_FRAMES: usize = MAX_BLOCK_SIZE >> 10;
-/// Enough of an object's end to hold the table of a block cut into 128
-/// KiB parts (or larger) in one read.
-pub const TAIL_GUESS: u64 = 1024;
+/// Enough of an object's start to hold the table of a block cut into
+/// 128 KiB parts (or larger) in one read.
+pub const HEAD_GUESS: u64 = 1024;
 
-/// A seek table that does not describe the object it ends.
+/// A seek table that does not describe the object it starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("seek table: {0}")]
 pub struct TableError(String);
@@ -32,26 +34,40 @@ pub struct Frame {
     pub plain: Range<u32>,
 }
 
-/// What the end of an object says about its layout.
+/// What the start of an object says about its layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     /// Frames that can be read alone, checked against the object's size.
     Frames(Vec<Frame>),
     /// No seek table: the object is read whole.
     Whole,
-    /// The table is longer than the tail read; read this many bytes.
-    NeedTail(u64),
+    /// The table is longer than the bytes read; read this many.
+    NeedHead(u64),
 }
 
-/// Reads the layout from `tail`, the last bytes of an object of
+/// Reads the layout from `head`, the first bytes of an object of
 /// `object_len` bytes (all of it if shorter).
-pub fn layout(tail: &[u8], object_len: u64) -> Result<Layout, TableError> {
+pub fn layout(head: &[u8], object_len: u64) -> Result<Layout, TableError> {
     let bad = |why: String| Err(TableError(why));
-    if tail.len() < FOOTER || (tail.len() as u64) > object_len {
+    if head.len() < HEADER + FOOTER || le_u32(head, 0) != SKIPPABLE_MAGIC {
         return Ok(Layout::Whole);
     }
-    let foot = &tail[tail.len() - FOOTER..];
+    let table = HEADER as u64 + u64::from(le_u32(head, 4));
+    if table > object_len {
+        return bad(format!(
+            "a {table}-byte table in a {object_len}-byte object"
+        ));
+    }
+    if table > MAX_TABLE as u64 || table < (HEADER + FOOTER) as u64 {
+        return bad(format!("a {table}-byte table"));
+    }
+    let table = table as usize;
+    if head.len() < table {
+        return Ok(Layout::NeedHead(table as u64));
+    }
+    let foot = &head[table - FOOTER..table];
     if le_u32(foot, 5) != SEEKABLE_MAGIC {
+        // Another tool's skippable frame: not a table of ours.
         return Ok(Layout::Whole);
     }
     let frames = le_u32(foot, 0) as usize;
@@ -63,24 +79,14 @@ pub fn layout(tail: &[u8], object_len: u64) -> Result<Layout, TableError> {
         return bad(format!("{frames} frames"));
     }
     let entry = if descriptor & 0x80 != 0 { 12 } else { 8 };
-    let table = HEADER + frames * entry + FOOTER;
-    if table as u64 > object_len {
-        return bad(format!(
-            "a {table}-byte table in a {object_len}-byte object"
-        ));
-    }
-    if tail.len() < table {
-        return Ok(Layout::NeedTail(table as u64));
-    }
-    let t = &tail[tail.len() - table..];
-    if le_u32(t, 0) != SKIPPABLE_MAGIC || le_u32(t, 4) as usize != table - HEADER {
-        return bad("no skippable frame around the table".into());
+    if HEADER + frames * entry + FOOTER != table {
+        return bad(format!("{frames} frames in a {table}-byte table"));
     }
     let mut out = Vec::with_capacity(frames);
-    let (mut stored, mut plain) = (0u64, 0u64);
+    let (mut stored, mut plain) = (table as u64, 0u64);
     for i in 0..frames {
         let e = HEADER + i * entry;
-        let (s, p) = (u64::from(le_u32(t, e)), u64::from(le_u32(t, e + 4)));
+        let (s, p) = (u64::from(le_u32(head, e)), u64::from(le_u32(head, e + 4)));
         if s == 0 || p == 0 {
             return bad(format!("frame {i} is empty"));
         }
@@ -96,13 +102,16 @@ pub fn layout(tail: &[u8], object_len: u64) -> Result<Layout, TableError> {
         });
         (stored, plain) = next;
     }
-    if stored + table as u64 != object_len {
+    if stored != object_len {
         return bad(format!(
-            "frames of {stored} bytes and a {table}-byte table in a {object_len}-byte object"
+            "a table and frames of {stored} bytes in a {object_len}-byte object"
         ));
     }
     Ok(Layout::Frames(out))
 }
+
+/// The longest table: the most frames, with checksums.
+const MAX_TABLE: usize = HEADER + MAX_FRAMES * 12 + FOOTER;
 
 /// The frames that hold plain bytes `range` (`None` if the frames end
 /// first).
@@ -144,15 +153,16 @@ pub fn decode_frames(frames: &[Frame], stored: &[u8]) -> Result<Vec<u8>, String>
     Ok(plain)
 }
 
-/// The stored form of `plain`: a frame per `part` bytes and the table.
+/// The stored form of `plain`: the table, then a frame per `part` bytes.
 pub fn encode(c: &mut Compressor, plain: &[u8], part: usize) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(plain.len() / 2);
+    let mut frames = Vec::with_capacity(plain.len() / 2);
     let mut sizes = Vec::new();
     for piece in plain.chunks(part.max(1)) {
         let frame = c.compress(piece)?;
         sizes.push((frame.len() as u32, piece.len() as u32));
-        out.extend_from_slice(&frame);
+        frames.extend_from_slice(&frame);
     }
+    let mut out = Vec::with_capacity(HEADER + sizes.len() * 8 + FOOTER + frames.len());
     out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
     out.extend_from_slice(&((sizes.len() * 8 + FOOTER) as u32).to_le_bytes());
     for (s, p) in &sizes {
@@ -162,6 +172,7 @@ pub fn encode(c: &mut Compressor, plain: &[u8], part: usize) -> std::io::Result<
     out.extend_from_slice(&(sizes.len() as u32).to_le_bytes());
     out.push(0);
     out.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+    out.extend_from_slice(&frames);
     Ok(out)
 }
 
@@ -188,16 +199,18 @@ mod tests {
         let stored = encode(&mut c, &plain, 128 << 10).unwrap();
         // A plain zstd decoder reads the whole block, the table skipped.
         assert_eq!(decode_block(&BlockId::of(&plain), &stored).unwrap(), plain);
-        let Layout::Frames(frames) = layout(&stored, stored.len() as u64).unwrap() else {
+        let n = stored.len() as u64;
+        let head = &stored[..(HEAD_GUESS as usize).min(stored.len())];
+        let Layout::Frames(frames) = layout(head, n).unwrap() else {
             panic!("no table")
         };
         assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].stored.start, 8 + 3 * 8 + 9);
         assert_eq!(frames[2].plain, 262_144..300_000);
-        // The last 1 KiB suffices; a shorter tail asks for more.
-        let tail = &stored[stored.len() - 20..];
+        // A shorter head asks for more.
         assert_eq!(
-            layout(tail, stored.len() as u64).unwrap(),
-            Layout::NeedTail(8 + 3 * 8 + 9)
+            layout(&stored[..20], n).unwrap(),
+            Layout::NeedHead(8 + 3 * 8 + 9)
         );
         let want = covering(&frames, 200_000..270_000).unwrap();
         assert_eq!(want.len(), 2);
@@ -218,38 +231,39 @@ mod tests {
         let plain = sample(70_000);
         let mut c = Compressor::new(3).unwrap();
         let good = encode(&mut c, &plain, 16 << 10).unwrap();
-        let n = good.len();
+        let table = 8 + 5 * 8 + 9;
         let check = |bytes: &[u8]| layout(bytes, bytes.len() as u64);
         // Wrong object length for the frames.
-        assert!(layout(&good, n as u64 + 1).is_err());
-        // A frame count past the limit, reserved bits, a broken header.
+        assert!(layout(&good, good.len() as u64 + 1).is_err());
+        // A frame count past the limit or not matching the table's size,
+        // reserved bits, a table longer than the object.
         let mut b = good.clone();
-        b[n - 9..n - 5].copy_from_slice(&(MAX_FRAMES as u32 + 1).to_le_bytes());
+        b[table - 9..table - 5].copy_from_slice(&(MAX_FRAMES as u32 + 1).to_le_bytes());
         assert!(check(&b).is_err());
         let mut b = good.clone();
-        b[n - 5] = 0x01;
+        b[table - 9..table - 5].copy_from_slice(&4u32.to_le_bytes());
         assert!(check(&b).is_err());
-        let table = 8 + 5 * 8 + 9;
         let mut b = good.clone();
-        b[n - table] ^= 1;
+        b[table - 5] = 0x01;
+        assert!(check(&b).is_err());
+        let mut b = good.clone();
+        b[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(check(&b).is_err());
         // A frame claiming more plain bytes than a block holds.
         let mut b = good.clone();
-        b[n - table + 12..n - table + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(check(&b).is_err());
+        // Another tool's skippable frame is no table.
+        let mut b = good.clone();
+        b[table - 4] ^= 1;
+        assert_eq!(check(&b).unwrap(), Layout::Whole);
         // A frame whose size lies decodes to an error, not to other bytes.
         let Layout::Frames(mut frames) = check(&good).unwrap() else {
             panic!()
         };
         frames[0].plain.end -= 1;
         let first = &frames[..1];
-        let bytes = &good[..first[0].stored.end as usize];
+        let bytes = &good[first[0].stored.start as usize..first[0].stored.end as usize];
         assert!(decode_frames(first, bytes).is_err());
-        // A huge count in a short object.
-        let mut tiny = vec![0u8; 4];
-        tiny.extend_from_slice(&1000u32.to_le_bytes());
-        tiny.push(0);
-        tiny.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
-        assert!(check(&tiny).is_err());
     }
 }

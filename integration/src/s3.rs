@@ -91,6 +91,9 @@ pub async fn serve(
     let http = ConnBuilder::new(TokioExecutor::new());
     loop {
         let (socket, _) = listener.accept().await?;
+        // As S3 endpoints do: a response's head and body written apart must
+        // not wait for the client's delayed ACK (40 ms a GET otherwise).
+        socket.set_nodelay(true)?;
         let conn = http
             .serve_connection(TokioIo::new(socket), service.clone())
             .into_owned();

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use slayerfs_chunkstore::parts::part_digests;
+use slayerfs_chunkstore::seekable;
 use slayerfs_chunkstore::{
     encode_block, fetch_block, fetch_index, BlockCache, BlockId, BlockStore, CacheOptions,
-    FetchError, IndexDigest, ObjectKey, PutOutcome, S3Store, StoreError,
+    Compressor, FetchError, IndexDigest, ObjectKey, PartDigests, PartSize, PutOutcome, S3Store,
+    StoreError,
 };
 use slayerfs_config::S3Config;
 use slayerfs_integration::fixtures::{awkward_layers, write_image};
@@ -158,6 +161,88 @@ async fn cached_reads_fetch_each_block_once_from_s3() {
     assert_eq!(
         server.counters.gets.load(Ordering::Relaxed) - gets_before,
         1
+    );
+}
+
+/// Ranged GETs: a span, one longer than the object and one past its end,
+/// each answered with exactly those bytes and the object's length; then a
+/// part of a block read through the cache alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_gets_read_parts_of_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3"), &["blocks"]).unwrap();
+    let store = S3Store::open("blocks", "p", &s3_config(&server.endpoint()))
+        .await
+        .unwrap();
+    let object: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let key = ObjectKey::Block(BlockId::of(&object));
+    store.put_replacing(&key, object.clone()).await.unwrap();
+    let n = object.len() as u64;
+    for (range, want) in [
+        (1000..1500, 1000..1500),
+        (0..1 << 20, 0..n as usize),
+        (n - 10..n + 90, n as usize - 10..n as usize),
+    ] {
+        let bytes_before = server.counters.get_bytes.load(Ordering::Relaxed);
+        let got = store.get_range(&key, range.clone()).await.unwrap();
+        assert_eq!(got.object_len, n, "{range:?}");
+        assert_eq!(got.start as usize, want.start, "{range:?}");
+        assert_eq!(got.bytes, &object[want.clone()], "{range:?}");
+        let sent = server.counters.get_bytes.load(Ordering::Relaxed) - bytes_before;
+        assert_eq!(
+            sent,
+            want.len() as u64,
+            "{range:?}: the server sent {sent} bytes"
+        );
+    }
+
+    // A block stored in parts, one part read through the cache.
+    let plain: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let id = BlockId::of(&plain);
+    let size = PartSize::DEFAULT;
+    let stored = seekable::encode(
+        &mut Compressor::new(3).unwrap(),
+        &plain,
+        size.get() as usize,
+    )
+    .unwrap();
+    store
+        .put_replacing(&ObjectKey::Block(id), stored.clone())
+        .await
+        .unwrap();
+    let digests = part_digests(&plain, size);
+    let cache = BlockCache::new(
+        Arc::new(store),
+        &CacheOptions {
+            own_blocks: None,
+            memory_bytes: 64 << 20,
+            disk: None,
+            pinned_bytes: 0,
+        },
+    )
+    .unwrap();
+    let (gets, bytes) = (
+        server.counters.gets.load(Ordering::Relaxed),
+        server.counters.get_bytes.load(Ordering::Relaxed),
+    );
+    let got = cache
+        .get_range(&id, 500_000..504_096, PartDigests::new(size, 0, &digests))
+        .await
+        .unwrap();
+    let joined: Vec<u8> = got.iter().flat_map(|p| p.as_slice().to_vec()).collect();
+    assert_eq!(joined, &plain[500_000..504_096]);
+    let sent = server.counters.get_bytes.load(Ordering::Relaxed) - bytes;
+    assert_eq!(
+        server.counters.gets.load(Ordering::Relaxed) - gets,
+        2,
+        "the table, then the part"
+    );
+    assert!(
+        sent < size.get() as u64 + 2048,
+        "{sent} bytes for one part of {}",
+        stored.len()
     );
 }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::{BlockCache, Key};
 use crate::id::BlockId;
 use crate::parts::PartDigests;
-use crate::seekable::{self, Frame, Layout, TAIL_GUESS};
-use crate::store::{ByteRange, FetchError, ObjectKey};
+use crate::seekable::{self, Frame, Layout, HEAD_GUESS};
+use crate::store::{FetchError, ObjectKey};
 
 /// Verified plain bytes: a range of a cached block or part.
 #[derive(Debug, Clone)]
@@ -158,10 +158,8 @@ impl BlockCache {
             return Err(PartError::Whole);
         };
         let (first, last) = (&frames[0], &frames[frames.len() - 1]);
-        let stored_span = ByteRange::Span {
-            start: first.stored.start,
-            len: last.stored.end - first.stored.start,
-        };
+        let stored_span = first.stored.start..last.stored.end;
+        tracing::debug!(block = %id, part, ?stored_span, "fetching a part of a block");
         let read = self
             .store
             .get_range(&ObjectKey::Block(id), stored_span)
@@ -196,21 +194,21 @@ impl BlockCache {
         }
     }
 
-    /// What the end of block `id`'s object says about its frames; a table
-    /// that does not add up is treated as none (the block is then read
-    /// whole and checked against its id).
+    /// What the start of block `id`'s object says about its frames; a
+    /// table that does not add up is treated as none (the block is then
+    /// read whole and checked against its id).
     async fn load_layout(&self, id: BlockId) -> Result<Arc<Layout>, FetchError> {
         let key = ObjectKey::Block(id);
-        let mut want = TAIL_GUESS;
+        let mut want = HEAD_GUESS;
         loop {
-            let tail = self.store.get_range(&key, ByteRange::Tail(want)).await?;
+            let head = self.store.get_range(&key, 0..want).await?;
             self.stats.part_fetches.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .fetched_bytes
-                .fetch_add(tail.bytes.len() as u64, Ordering::Relaxed);
-            match seekable::layout(&tail.bytes, tail.object_len) {
-                Ok(Layout::NeedTail(n)) if n > want => want = n,
-                Ok(Layout::NeedTail(_)) => return Ok(Arc::new(Layout::Whole)),
+                .fetch_add(head.bytes.len() as u64, Ordering::Relaxed);
+            match seekable::layout(&head.bytes, head.object_len) {
+                Ok(Layout::NeedHead(n)) if n > want => want = n,
+                Ok(Layout::NeedHead(_)) => return Ok(Arc::new(Layout::Whole)),
                 Ok(layout) => return Ok(Arc::new(layout)),
                 Err(e) => {
                     tracing::warn!(block = %id, store = %self.store.location(), error = %e,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{BlockStore, ByteRange, ObjectKey, RangeRead, StoreError};
+use super::{BlockStore, ObjectKey, RangeRead, StoreError};
 use crate::id::{BlockId, IndexDigest};
 
 /// Objects as files under a root directory, written to a temporary file,
@@ -299,14 +299,18 @@ impl BlockStore for LocalStore {
         }
     }
 
-    async fn get_range(&self, key: &ObjectKey, range: ByteRange) -> Result<RangeRead, StoreError> {
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<RangeRead, StoreError> {
         let path = self.path_of(key);
         let limit = key.max_stored_bytes();
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<RangeRead> {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&path)?;
             let object_len = file.metadata()?.len();
-            let at = range.within(object_len);
+            let at = range.start.min(object_len)..range.end.min(object_len);
             let mut bytes = vec![0u8; (at.end - at.start).min(limit) as usize];
             file.read_exact_at(&mut bytes, at.start)?;
             Ok(RangeRead {

@@ -6,6 +6,7 @@ mod memory;
 mod s3;
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -60,35 +61,18 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// Part of a stored object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteRange {
-    /// `len` bytes from `start`.
-    Span { start: u64, len: u64 },
-    /// The last `len` bytes (all of an object shorter than that).
-    Tail(u64),
+/// The HTTP `Range` header value for bytes `range` of an object.
+pub fn range_header(range: &Range<u64>) -> String {
+    format!(
+        "bytes={}-{}",
+        range.start,
+        range.end.max(range.start + 1) - 1
+    )
 }
 
-impl ByteRange {
-    /// The HTTP `Range` header value.
-    pub fn header(&self) -> String {
-        match *self {
-            ByteRange::Span { start, len } => {
-                format!("bytes={start}-{}", start + len.max(1) - 1)
-            }
-            ByteRange::Tail(len) => format!("bytes=-{}", len.max(1)),
-        }
-    }
-
-    /// Where this range lies in an object of `object_len` bytes.
-    pub fn within(&self, object_len: u64) -> std::ops::Range<u64> {
-        match *self {
-            ByteRange::Span { start, len } => {
-                start.min(object_len)..start.saturating_add(len).min(object_len)
-            }
-            ByteRange::Tail(len) => object_len.saturating_sub(len)..object_len,
-        }
-    }
+/// `range` clipped to an object of `object_len` bytes.
+fn clip(range: &Range<u64>, object_len: u64) -> Range<u64> {
+    range.start.min(object_len)..range.end.min(object_len)
 }
 
 /// Bytes read from an object, where they start, and the object's length.
@@ -101,9 +85,9 @@ pub struct RangeRead {
 
 impl RangeRead {
     /// `range` of a whole object.
-    pub fn cut(all: Vec<u8>, range: ByteRange) -> Self {
+    pub fn cut(all: Vec<u8>, range: &Range<u64>) -> Self {
         let object_len = all.len() as u64;
-        let at = range.within(object_len);
+        let at = clip(range, object_len);
         let bytes = if at == (0..object_len) {
             all
         } else {
@@ -117,8 +101,8 @@ impl RangeRead {
     }
 
     /// Whether this read is what `range` asked of the object.
-    pub fn answers(&self, range: ByteRange) -> bool {
-        let at = range.within(self.object_len);
+    pub fn answers(&self, range: &Range<u64>) -> bool {
+        let at = clip(range, self.object_len);
         at.start == self.start && at.end - at.start == self.bytes.len() as u64
     }
 }
@@ -167,11 +151,11 @@ pub enum StoreError {
 pub trait BlockStore: Send + Sync + fmt::Debug {
     /// The stored bytes of `key`, unverified (see [`fetch_block`]).
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError>;
-    /// `len` stored bytes of `key` from `start` (fewer past the object's
-    /// end), unverified. Stores that cannot read a range read it all.
-    async fn get_range(&self, key: &ObjectKey, range: ByteRange) -> Result<RangeRead, StoreError> {
+    /// The stored bytes `range` of `key` (fewer past the object's end),
+    /// unverified. Stores that cannot read a range read it all.
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<RangeRead, StoreError> {
         let all = self.get(key).await?;
-        Ok(RangeRead::cut(all, range))
+        Ok(RangeRead::cut(all, &range))
     }
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError>;
     /// Stores `data` under `key`, replacing what is there (the same bytes,

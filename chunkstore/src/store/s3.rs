@@ -1,5 +1,6 @@
 //! A block store in an S3 bucket (any S3-compatible endpoint, path-style).
 
+use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +14,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use slayerfs_config::S3Config;
 
-use super::{BlockStore, ByteRange, ObjectKey, RangeRead, StoreError};
+use super::{range_header, BlockStore, ObjectKey, RangeRead, StoreError};
 
 /// Objects under `s3://bucket/prefix/`. Retries with exponential backoff and
 /// per-attempt timeouts come from the SDK, bounded by the config; a body
@@ -143,14 +144,14 @@ impl S3Store {
     async fn get_once(
         &self,
         key: &ObjectKey,
-        range: Option<ByteRange>,
+        range: Option<Range<u64>>,
     ) -> Result<RangeRead, Failure> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.object_key(key))
-            .set_range(range.map(|r| r.header()))
+            .set_range(range.as_ref().map(range_header))
             .send()
             .await;
         let mut out = match out {
@@ -211,7 +212,7 @@ impl S3Store {
         };
         // A server that ignores ranges answers with the whole object.
         let read = match out.content_range().map(parse_content_range) {
-            None => RangeRead::cut(bytes, range),
+            None => RangeRead::cut(bytes, &range),
             Some(Some((start, object_len))) => RangeRead {
                 bytes,
                 start,
@@ -222,13 +223,13 @@ impl S3Store {
                 return Err(Failure::Final(self.err("GET", key, why)));
             }
         };
-        if !read.answers(range) {
+        if !read.answers(&range) {
             let why = BadRange(format!(
                 "{} bytes from {} of {} for {}",
                 read.bytes.len(),
                 read.start,
                 read.object_len,
-                range.header()
+                range_header(&range)
             ));
             return Err(Failure::Final(self.err("GET", key, why)));
         }
@@ -239,14 +240,14 @@ impl S3Store {
     async fn get_retrying(
         &self,
         key: &ObjectKey,
-        range: Option<ByteRange>,
+        range: Option<Range<u64>>,
     ) -> Result<RangeRead, StoreError> {
         // The SDK retries until a response starts; a body cut or stalled
         // half-way is retried here, as many times.
         let mut backoff = self.retry.initial_backoff;
         let mut attempt = 1;
         loop {
-            match self.get_once(key, range).await {
+            match self.get_once(key, range.clone()).await {
                 Err(Failure::Body(e)) if attempt < self.retry.max_attempts => {
                     tracing::debug!(key = %key, attempt, error = %e, "retrying a GET whose body failed");
                     tokio::time::sleep(backoff).await;
@@ -283,7 +284,7 @@ impl BlockStore for S3Store {
         Ok(self.get_retrying(key, None).await?.bytes)
     }
 
-    async fn get_range(&self, key: &ObjectKey, range: ByteRange) -> Result<RangeRead, StoreError> {
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<RangeRead, StoreError> {
         self.get_retrying(key, Some(range)).await
     }
 

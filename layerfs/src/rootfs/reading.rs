@@ -109,6 +109,7 @@ impl Rootfs {
             Err(e) => return reply(Err(e)),
         };
         let access = self.streams.observe(ino, offset, plan.end());
+        tracing::trace!(ino = ino.0, offset, len, ?access, "read");
         let how = if access.sequential {
             Fetch::Whole
         } else {

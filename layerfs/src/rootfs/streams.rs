@@ -4,15 +4,19 @@
 //! doubles while it stays sequential; any other read gets only what it
 //! asked for, and resets the window.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::geometry::Ino;
 
-/// How far from where the last read ended a read still counts as
-/// following it: the kernel sends a reader's read-ahead as several
-/// requests at once, which FUSE threads may answer out of order.
-const SLACK: u64 = 2 << 20;
+/// How far before where the last read ended a read does not break a run
+/// (nor lengthens it): the kernel sends a reader's read-ahead as several
+/// requests at once, which FUSE threads may take out of order.
+const BEHIND: u64 = 2 << 20;
+/// How far past it a read still follows on (a request overtaken); kept
+/// small, since a random reader lands this close by chance.
+const AHEAD: u64 = 256 << 10;
 /// Inodes tracked at most; past it the oldest knowledge is dropped (a
 /// reader then starts again with a small window).
 const TRACKED: usize = 4096;
@@ -21,14 +25,18 @@ const TRACKED: usize = 4096;
 struct Stream {
     /// The furthest any read of this run reached.
     next: u64,
-    /// Reads in a row that followed on.
+    /// Reads in a row that followed on (the first read of a file at its
+    /// start counts as one).
     run: u32,
+    /// The run began at the start of the file.
+    from_start: bool,
 }
 
 /// What a read is, for the fetches it makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Access {
-    /// Part of a sequential run (or the first read at the start of a file).
+    /// Part of a sequential run: the second read in a row that followed
+    /// on, or any read of a run that began at the start of the file.
     pub sequential: bool,
     /// Blocks to fetch ahead of this read.
     pub ahead_blocks: u32,
@@ -54,30 +62,34 @@ impl Streams {
         if map.len() >= TRACKED && !map.contains_key(&ino) {
             map.clear();
         }
-        let stream = map.entry(ino).or_insert(Stream {
-            next: u64::MAX,
-            run: 0,
-        });
-        let follows = if stream.next == u64::MAX {
-            offset == 0
-        } else {
-            offset.abs_diff(stream.next) <= SLACK
+        let fresh = Stream {
+            next: end,
+            run: u32::from(offset == 0),
+            from_start: offset == 0,
         };
-        if follows {
-            stream.run = stream.run.saturating_add(1);
-            stream.next = match stream.next {
-                u64::MAX => end,
-                next => next.max(end),
-            };
-        } else {
-            *stream = Stream { next: end, run: 0 };
-        }
-        let ahead = match stream.run {
-            0 => 0,
-            run => 1u32.checked_shl(run - 1).unwrap_or(u32::MAX),
+        let stream = match map.entry(ino) {
+            Entry::Vacant(v) => v.insert(fresh),
+            Entry::Occupied(o) => {
+                let s = o.into_mut();
+                if offset >= s.next && offset <= s.next.saturating_add(AHEAD) {
+                    s.run = s.run.saturating_add(1);
+                    s.next = end;
+                } else if offset < s.next && offset.saturating_add(BEHIND) >= s.next {
+                    // Overtaken, or a re-read: the run goes on, no longer.
+                    s.next = s.next.max(end);
+                } else {
+                    *s = fresh;
+                }
+                s
+            }
+        };
+        let sequential = stream.run >= 2 || (stream.run == 1 && stream.from_start);
+        let ahead = match sequential {
+            true => 1u32.checked_shl(stream.run - 1).unwrap_or(u32::MAX),
+            false => 0,
         };
         Access {
-            sequential: follows,
+            sequential,
             ahead_blocks: ahead.min(self.max_ahead),
         }
     }
@@ -111,19 +123,37 @@ mod tests {
         }
         assert_eq!(windows, [1, 2, 4, 8, 8, 8]);
         // Out of order within the slack still follows on.
-        assert!(s.observe(ino, at + 256 * K, at + 384 * K).sequential);
+        assert!(s.observe(ino, at + 128 * K, at + 256 * K).sequential);
         assert!(s.observe(ino, at, at + 128 * K).sequential);
-        // A jump: no read-ahead, and the window starts again.
-        let a = s.observe(ino, 300 << 20, (300 << 20) + 4 * K);
-        assert_eq!(
-            a,
-            Access {
-                sequential: false,
-                ahead_blocks: 0
-            }
+        at += 256 * K;
+        // Random reads behind one another never make a run.
+        let far = 100 << 20;
+        assert!(!s.observe(ino, far, far + 4 * K).sequential);
+        assert!(
+            !s.observe(ino, far - (1 << 20), far - (1 << 20) + 4 * K)
+                .sequential
         );
-        let a = s.observe(ino, (300 << 20) + 4 * K, (300 << 20) + 8 * K);
-        assert_eq!(a.ahead_blocks, 1);
+        assert!(
+            !s.observe(ino, far - (2 << 20), far - (2 << 20) + 4 * K)
+                .sequential
+        );
+        assert!(s.observe(ino, at, at + 4 * K).ahead_blocks == 0);
+        // A jump: no read-ahead, and a run starts again: the first read
+        // that follows on is not yet sequential, the second is.
+        let jump = 300 << 20;
+        let random = Access {
+            sequential: false,
+            ahead_blocks: 0,
+        };
+        assert_eq!(s.observe(ino, jump, jump + 4 * K), random);
+        assert_eq!(s.observe(ino, jump + 4 * K, jump + 8 * K), random);
+        let a = s.observe(ino, jump + 8 * K, jump + 12 * K);
+        assert_eq!((a.sequential, a.ahead_blocks), (true, 2));
+        // Too far past the end of the last read is a jump.
+        assert!(
+            !s.observe(ino, jump + (1 << 20), jump + (1 << 20) + 4 * K)
+                .sequential
+        );
         // A first read in the middle of a file is random; at 0 it is not.
         assert!(!s.observe(Ino(6), 10 << 20, (10 << 20) + 4 * K).sequential);
         assert!(s.observe(Ino(7), 0, 4 * K).sequential);
