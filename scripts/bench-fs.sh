@@ -1,5 +1,6 @@
 # Sourced by bench.sh: `scripts/bench.sh fs`, the mounted filesystem beside
-# the kernel's overlayfs over the same layers, in the same run.
+# the kernel's overlayfs over the same layers, in the same run;
+# `scripts/bench.sh fs random` runs only the random-reads figures.
 #
 # Images (generated once under $work): img-fs, 50,000 small files plus one
 # 1 GiB file; img-l1 and img-l128, the same 20,000 small files in 1 and in
@@ -37,6 +38,18 @@ bench_fs() {
       "$bin/slayerfs-gen-image" --out "$dir" "$@" >&2
     fi
   }
+  if [ "${1:-}" = random ]; then
+    m=$fs/mnt
+    mkdir -p "$m"
+    unmount_all() { if mountpoint -q "$m"; then fusermount3 -u "$m"; fi; sleep 0.3; }
+    row() { echo "| $1 | $2 | $3 | $4 | $5 |"; }
+    ms() { awk -v t="$1" 'BEGIN { printf "%.1f ms", t * 1000 }'; }
+    trap unmount_all EXIT
+    echo "| figure | baseline | slayerfs | ratio | goal |"
+    echo "|---|---|---|---|---|"
+    bench_random_reads
+    return
+  fi
   gen img-fs --small-files 50000 --large-files 1 --large-mib 1024
   gen img-l1 --small-files 20000 --large-files 0 --spread 1
   gen img-l128 --small-files 20000 --large-files 0 --spread 128
@@ -220,4 +233,63 @@ print(f"{(time.perf_counter() - t) / len(paths) * 1e6:.2f}")
   rm -rf "$work/s3" "$fs/conv-s3"
   row "1 GiB cold read from the local S3 server ($stored MiB stored) vs raw GETs of its blocks, one at a time" "GETs $(ms "$g1")" "$(ms "$to")" "$(ratio "$g1" "$to")" "≥ 0.8"
   row "the same vs raw GETs four at a time (our read-ahead window)" "GETs $(ms "$g4")" "$(ms "$to")" "$(ratio "$g4" "$to")" "—"
+  bench_random_reads
+}
+
+# 100 random 4 KiB reads of a cold 512 MiB file in the local S3 server:
+# bytes the server sent per byte read, blocks in parts (the default) beside
+# the same image converted with one frame per block (part_kib = 4096, what
+# every read fetched before parts); then a cold sequential read of the
+# same file beside raw GETs of its blocks four at a time.
+bench_random_reads() {
+  gen img-512 --small-files 0 --large-files 1 --large-mib 512
+  local big=opt/models/large-0.bin stats=$work/s3.stats
+  start_s3 --stats "$stats"
+  local whole_cfg=$fs/whole.toml
+  printf '[convert]\npart_kib = 4096\n' > "$whole_cfg"
+  "$bin/slayerfs" convert -q "oci:$work/img-512:tar" "oci:$fs/conv-parts:tar" --store s3://bench/parts --s3-endpoint "$endpoint" >/dev/null
+  SLAYERFS_CONFIG=$whole_cfg "$bin/slayerfs" convert -q "oci:$work/img-512:tar" "oci:$fs/conv-whole:tar" --store s3://bench/whole --s3-endpoint "$endpoint" >/dev/null
+  sent() { sleep 0.3; awk '{print $4}' "$stats"; }
+  random_reads() { # random_reads FILE: 100 preads of 4 KiB at fixed random offsets
+    python3 -c '
+import os, random, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+rng = random.Random(14)
+for _ in range(100):
+    at = rng.randrange(1, size // 4096) * 4096
+    assert len(os.pread(fd, 4096, at)) == 4096
+' "$1"
+  }
+  s3_mount_of() { # s3_mount_of CONV PREFIX: a cold mount of CONV, blocks under s3://bench/PREFIX
+    unmount_all
+    drop_caches
+    "$bin/slayerfs" mount --daemon --log "$fs/mount.log" "oci:$fs/$1:tar" "$m" --store "s3://bench/$2" --s3-endpoint "$endpoint" >/dev/null
+  }
+  local per_whole per_parts before t0 t1 t_whole t_parts per t_read
+  per_read() { # per_read CONV PREFIX: bytes sent per byte read in $per, time in $t_read
+    s3_mount_of "$1" "$2"
+    before=$(sent)
+    t0=$(now)
+    random_reads "$m/$big"
+    t1=$(now)
+    t_read=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    per=$(awk -v a="$(sent)" -v b="$before" 'BEGIN { printf "%.1f", (a - b) / (100 * 4096) }')
+  }
+  per_read conv-whole whole
+  per_whole=$per t_whole=$t_read
+  per_read conv-parts parts
+  per_parts=$per t_parts=$t_read
+  row "100 random 4 KiB reads of a cold 512 MiB file: bytes fetched per byte read (baseline: one frame per block)" "$per_whole" "$per_parts" "$(ratio "$per_parts" "$per_whole")" "≤ 64"
+  row "the same 100 reads, time taken" "$(ms "$t_whole")" "$(ms "$t_parts")" "$(ratio "$t_parts" "$t_whole")" "—"
+  local g4
+  get_blocks() { "$bin/slayerfs-s3-get" --endpoint "$endpoint" --bucket bench --prefix parts --blocks "$work/s3/bench/parts/blocks" --parallel "$1"; }
+  g4=$(best_of get_blocks 4)
+  mount_parts() { s3_mount_of conv-parts parts; }
+  timed_call mount_parts cat "$m/$big"
+  row "512 MiB cold sequential read (blocks in parts) vs raw GETs of its blocks four at a time" "GETs $(ms "$g4")" "$(ms "$elapsed")" "$(ratio "$g4" "$elapsed")" "≥ 0.8"
+  unmount_all
+  kill "$s3_pid"
+  wait "$s3_pid" 2>/dev/null || true
+  rm -rf "$work/s3" "$fs/conv-parts" "$fs/conv-whole"
 }

@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh convert    conversion speed and peak memory
 #   scripts/bench.sh fs         the mounted filesystem beside kernel overlayfs
+#                               (`fs random`: only random reads in parts)
 #   scripts/bench.sh snapshotter  the containerd snapshotter beside overlayfs's
 #   scripts/bench.sh lazy       pull-to-first-output of a converted image beside
 #                               a full pull into overlayfs
@@ -153,7 +154,7 @@ source scripts/bench-hardening.sh
 
 case "$what" in
   convert) bench_convert ;;
-  fs) bench_fs ;;
+  fs) bench_fs "${2:-}" ;;
   snapshotter) bench_snapshotter ;;
   lazy) bench_lazy ;;
   restart) bench_restart ;;

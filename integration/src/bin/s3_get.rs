@@ -1,4 +1,4 @@
-//! `slayerfs-s3-get --endpoint URL --bucket B --blocks DIR [--parallel N]`:
+//! `slayerfs-s3-get --endpoint URL --bucket B [--prefix P] --blocks DIR [--parallel N]`:
 //! the raw-GET baseline of the filesystem benchmark. GETs every block whose
 //! file is under DIR (the S3 server's own directory of the bucket's
 //! `blocks/`) through the same S3 client the product uses, without decoding
@@ -19,6 +19,9 @@ struct Args {
     endpoint: String,
     #[arg(long)]
     bucket: String,
+    /// The store's key prefix in the bucket.
+    #[arg(long, default_value = "")]
+    prefix: String,
     #[arg(long)]
     blocks: PathBuf,
     #[arg(long, default_value_t = 1)]
@@ -46,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
         endpoint: Some(args.endpoint.clone()),
         ..S3Config::default()
     };
-    let store: Arc<dyn BlockStore> = Arc::new(S3Store::open(&args.bucket, "", &cfg).await?);
+    let store: Arc<dyn BlockStore> =
+        Arc::new(S3Store::open(&args.bucket, &args.prefix, &cfg).await?);
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
     let mut tasks = Vec::new();

@@ -110,6 +110,10 @@ pub fn build_index(
         }
         inodes.push(out);
     }
+    // An index without blocks says nothing of parts, so that it encodes
+    // (and is named) as before parts existed: the daemon's empty base
+    // layer is part of every chain key.
+    let part_size = if table.is_empty() { 0 } else { part_size.get() };
     Ok(LayerIndex {
         version: VERSION,
         chunk_size: CHUNK_SIZE,
@@ -117,7 +121,7 @@ pub fn build_index(
         source_digest: source_digest.to_string(),
         blocks: table,
         inodes,
-        part_size: part_size.get(),
+        part_size,
         part_digests,
     })
 }
