@@ -98,6 +98,7 @@ async fn awkward_image_round_trips_through_blocks_and_indexes() {
     );
     assert!(tree.contains("-> /usr/share/zoneinfo/UTC"), "{tree}");
     assert!(tree.contains("[opaque]"), "{tree}");
+    assert!(tree.contains("parts of 128 KiB, digests for"), "{tree}");
 
     // The same image again: nothing new is written, the manifest is the same.
     let blocks_before = count_files(&store_dir.join("blocks"));

@@ -364,11 +364,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     use std::io::Write;
                     writeln!(
                         out,
-                        "\nlayer {} {} ({} inodes, {} blocks)",
+                        "\nlayer {} {} ({} inodes, {} blocks, {})",
                         i + 1,
                         d.digest(),
                         index.inodes.len(),
-                        index.blocks.len()
+                        index.blocks.len(),
+                        parts_summary(&index)
                     )?;
                     print_tree(&index, &mut out)?;
                 }
@@ -526,5 +527,14 @@ fn main() -> ExitCode {
             eprintln!("slayerfs: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How a layer's blocks can be read in parts.
+fn parts_summary(index: &slayerfs_proto::index::LayerIndex) -> String {
+    let with = index.part_digests.iter().filter(|d| !d.is_empty()).count();
+    match index.part_size {
+        0 => "read in whole blocks: no part digests".to_string(),
+        size => format!("parts of {} KiB, digests for {with} blocks", size >> 10),
     }
 }
