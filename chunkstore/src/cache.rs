@@ -1,9 +1,10 @@
 //! Block caches for the read path: memory, then the node's own blocks (if
 //! it has a store of its own), then a local disk directory, then the store.
-//! However many readers ask for a block at once, it is fetched
-//! once; every copy is verified against its id when it enters memory, so a
-//! damaged disk copy is dropped and fetched again, and a damaged store
-//! object is an error, never data.
+//! However many readers ask for a block (or a part of one) at once, it is
+//! fetched once; what comes from the store is verified against its id (a
+//! part against its digest) before it is used or kept, a disk copy is
+//! checked by its CRC, so a damaged disk copy is dropped and fetched
+//! again, and a damaged store object is an error, never data.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,10 +27,10 @@ pub use partial::Piece;
 pub struct CacheOptions {
     /// Plain bytes kept in memory.
     pub memory_bytes: u64,
-    /// A directory for stored (compressed) blocks and its capacity in bytes;
+    /// A directory for verified blocks (plain bytes and a CRC) and its capacity in bytes;
     /// `None` for no disk cache.
     pub disk: Option<(PathBuf, u64)>,
-    /// Stored bytes of blocks kept on disk for open files beyond the
+    /// Bytes of blocks kept on disk for open files beyond the
     /// capacity; blocks past it are cached like any other.
     pub pinned_bytes: u64,
     /// A store of this node's own blocks, read before the disk cache and
@@ -193,7 +194,7 @@ impl BlockCache {
         self.stats
             .fetched_bytes
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        let (plain, stored) = decode_off_thread(id, stored)
+        let (plain, _) = decode_off_thread(id, stored)
             .await
             .map_err(|source| {
                 tracing::error!(block = %id, store = %self.store.location(), error = %source, "block failed verification");
@@ -202,10 +203,11 @@ impl BlockCache {
                     source,
                 }
             })?;
+        let plain = Arc::new(plain);
         if let Some(disk) = &self.disk {
-            disk.insert(id, stored).await;
+            disk.insert(id, plain.clone()).await;
         }
-        Ok(Arc::new(plain))
+        Ok(plain)
     }
 }
 
@@ -218,10 +220,40 @@ enum Key {
     Part(BlockId, u32, u32),
 }
 
+/// A disk copy ends with the CRC-32 of its plain bytes and this.
+const COPY_MAGIC: &[u8; 4] = b"SLB1";
+const COPY_TRAILER: usize = 8;
+
+/// The plain bytes of a disk copy of block `id`, checked by its CRC; a
+/// copy an earlier build left (the block's stored form) is decoded and
+/// checked against the id as before.
+fn checked_copy(id: BlockId, mut copy: Vec<u8>) -> Result<Vec<u8>, CodecError> {
+    let n = copy.len();
+    if n < COPY_TRAILER || &copy[n - 4..] != COPY_MAGIC {
+        return decode_block(&id, &copy);
+    }
+    let body = n - COPY_TRAILER;
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&copy[body..body + 4]);
+    if body > crate::codec::MAX_BLOCK_SIZE
+        || crc32fast::hash(&copy[..body]) != u32::from_le_bytes(crc)
+    {
+        return Err(CodecError::Corrupt {
+            id,
+            reason: "the disk copy fails its CRC".into(),
+        });
+    }
+    copy.truncate(body);
+    Ok(copy)
+}
+
 /// Memory for the layouts of stored objects (a few hundred bytes each).
 const LAYOUT_BYTES: u64 = 8 << 20;
 
-/// Stored blocks in a directory, evicted past capacity by moka's policy
+/// Verified plain blocks in a directory, each followed by a CRC-32 of it
+/// (a hit costs a read and a CRC, not a decompression and a sha256: the
+/// bytes were checked against the block id before they were written),
+/// evicted past capacity by moka's policy
 /// (TinyLFU admission, least recently used evicted first) — except blocks
 /// pinned by an open file, which stay (outside the capacity, within a
 /// budget of their own) until the last file that needs them is closed.
@@ -397,8 +429,8 @@ impl DiskCache {
         }
         let path = cache_path(&self.dir, &id);
         let read = tokio::task::spawn_blocking(move || {
-            let stored = std::fs::read(path).ok()?;
-            Some(decode_block(&id, &stored))
+            let copy = std::fs::read(path).ok()?;
+            Some(checked_copy(id, copy))
         })
         .await
         .ok()
@@ -410,15 +442,17 @@ impl DiskCache {
         read
     }
 
-    /// Keeps a stored block; a failure only costs a later refetch.
-    async fn insert(&self, id: BlockId, stored: Vec<u8>) {
+    /// Keeps a verified block; a failure only costs a later refetch.
+    async fn insert(&self, id: BlockId, plain: Arc<Vec<u8>>) {
         let path = cache_path(&self.dir, &id);
-        let len: u32 = stored.len().try_into().unwrap_or(u32::MAX);
+        let len: u32 = (plain.len() + COPY_TRAILER).try_into().unwrap_or(u32::MAX);
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let dir = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
             let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-            std::io::Write::write_all(&mut tmp, &stored)?;
+            std::io::Write::write_all(&mut tmp, &plain)?;
+            std::io::Write::write_all(&mut tmp, &crc32fast::hash(&plain).to_le_bytes())?;
+            std::io::Write::write_all(&mut tmp, COPY_MAGIC)?;
             tmp.persist(&path).map_err(|e| e.error)?;
             Ok(())
         })

@@ -33,7 +33,7 @@
 //!
 //! [cache]
 //! memory_bytes = 268435456       # plain block bytes kept in memory (256 MiB)
-//! disk_bytes = 10737418240       # stored blocks kept on disk (10 GiB), evicted past that; 0 = none
+//! disk_bytes = 10737418240       # verified blocks kept on disk (10 GiB; plain bytes + a CRC), evicted past that; 0 = none
 //! disk_dir = "/var/lib/slayerfs/cache"   # default: <state_dir>/cache
 //! read_ahead_blocks = 8          # blocks fetched ahead of a sequential reader; 0..=64
 //! read_timeout_ms = 20000        # a read waiting longer for blocks fails with EIO

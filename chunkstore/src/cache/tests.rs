@@ -77,15 +77,35 @@ async fn disk_cache_serves_evicted_blocks_and_heals_damage() {
     }
     assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 0);
     assert_eq!(cache.stats().disk_hits.load(Ordering::Relaxed), 4);
-    // A damaged disk copy is dropped and the block fetched again, right.
-    let cache = BlockCache::new(store, &opts).unwrap();
+    // Disk copies are the plain bytes and a CRC.
+    let copy = std::fs::read(cache_path(&disk_dir, &ids[1])).unwrap();
+    assert_eq!(&copy[..blocks[1].len()], blocks[1].as_slice());
+    // A damaged disk copy (garbage, or one bit flipped) is dropped and the
+    // block fetched again, right.
+    let cache = BlockCache::new(store.clone(), &opts).unwrap();
     std::fs::write(cache_path(&disk_dir, &ids[2]), b"garbage").unwrap();
+    let mut flipped = std::fs::read(cache_path(&disk_dir, &ids[3])).unwrap();
+    flipped[1000] ^= 4;
+    std::fs::write(cache_path(&disk_dir, &ids[3]), flipped).unwrap();
+    for i in [2, 3] {
+        assert_eq!(
+            cache.get(&ids[i]).await.unwrap().as_slice(),
+            blocks[i].as_slice()
+        );
+    }
+    assert_eq!(cache.stats().disk_corrupt.load(Ordering::Relaxed), 2);
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 2);
+
+    // A copy an earlier build left (the block's stored form) still serves.
+    let (_, stored) = encode_block(&blocks[0], 3).unwrap();
+    std::fs::write(cache_path(&disk_dir, &ids[0]), stored).unwrap();
+    let cache = BlockCache::new(store, &opts).unwrap();
     assert_eq!(
-        cache.get(&ids[2]).await.unwrap().as_slice(),
-        blocks[2].as_slice()
+        cache.get(&ids[0]).await.unwrap().as_slice(),
+        blocks[0].as_slice()
     );
-    assert_eq!(cache.stats().disk_corrupt.load(Ordering::Relaxed), 1);
-    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 1);
+    assert_eq!(cache.stats().disk_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
@@ -93,8 +113,8 @@ async fn disk_cache_stays_within_capacity() {
     let blocks: Vec<Vec<u8>> = (0..8).map(|i| block(i, 1 << 20)).collect();
     let (dir, store, ids) = store_with(&blocks).await;
     let disk_dir = dir.path().join("cache");
-    let (_, one) = encode_block(&blocks[0], 3).unwrap();
-    let cap = one.len() as u64 * 3;
+    // Room for three copies (plain bytes and an 8-byte trailer each).
+    let cap = (blocks[0].len() as u64 + 8) * 3;
     let cache = BlockCache::new(
         store,
         &CacheOptions {
@@ -118,7 +138,7 @@ async fn disk_cache_stays_within_capacity() {
         .map(|f| f.metadata().unwrap().len())
         .sum();
     assert!(
-        used <= cap + one.len() as u64,
+        used <= cap + cap / 3,
         "{used} bytes on disk for a {cap}-byte cache"
     );
     assert!(used > 0);
@@ -159,13 +179,14 @@ async fn pinned_blocks_stay_on_disk_until_unpinned() {
     let blocks: Vec<Vec<u8>> = (0..8).map(|i| block(i, 1 << 20)).collect();
     let (dir, store, ids) = store_with(&blocks).await;
     let disk_dir = dir.path().join("cache");
-    let (_, one) = encode_block(&blocks[0], 3).unwrap();
+    // Room for two disk copies (plain bytes and an 8-byte trailer each).
+    let copy = blocks[0].len() as u64 + 8;
     let cache = BlockCache::new(
         store,
         &CacheOptions {
             own_blocks: None,
             memory_bytes: 1,
-            disk: Some((disk_dir.clone(), one.len() as u64 * 2)),
+            disk: Some((disk_dir.clone(), copy * 2)),
             pinned_bytes: u64::MAX,
         },
     )
@@ -220,8 +241,8 @@ async fn pinned_blocks_count_against_their_budget() {
     let blocks: Vec<Vec<u8>> = (0..10).map(|i| block(i + 40, 1 << 20)).collect();
     let (dir, store, ids) = store_with(&blocks).await;
     let disk_dir = dir.path().join("cache");
-    let (_, one) = encode_block(&blocks[0], 3).unwrap();
-    let size = one.len() as u64;
+    // A disk copy: the plain bytes and an 8-byte trailer.
+    let size = blocks[0].len() as u64 + 8;
     let cache = BlockCache::new(
         store,
         &CacheOptions {
