@@ -39,6 +39,19 @@ pub struct CacheOptions {
     pub own_blocks: Option<Arc<dyn BlockStore>>,
 }
 
+impl CacheOptions {
+    /// `bytes` of memory and nothing else: no disk cache, no store of the
+    /// node's own.
+    pub fn in_memory(bytes: u64) -> Self {
+        CacheOptions {
+            memory_bytes: bytes,
+            disk: None,
+            pinned_bytes: 0,
+            own_blocks: None,
+        }
+    }
+}
+
 /// What the caches did, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct CacheStats {

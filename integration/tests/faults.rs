@@ -12,9 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, slayerfs};
 use slayerfs_integration::fault_proxy::{Fault, FaultProxy};
-use slayerfs_integration::fixtures::{noise, write_image, Compression, FEntry, FKind, FLayer};
+use slayerfs_integration::fixtures::{noise, Compression, FEntry, FKind, FLayer};
 use slayerfs_integration::mount::SlayerMount;
 use slayerfs_integration::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 
@@ -99,22 +98,7 @@ fn start() -> Node {
     let dir = tmp.path();
     let s3 = S3Server::start(&dir.join("s3"), &["images"]).unwrap();
     let proxy = FaultProxy::start(s3.addr).unwrap();
-    write_image(&dir.join("src"), "v1", &[layer()]).unwrap();
-    let src = format!("oci:{}:v1", dir.join("src").display());
-    let image = format!("oci:{}:v1", dir.join("conv").display());
-    assert_ok(&slayerfs(
-        &[
-            "convert",
-            "-q",
-            &src,
-            &image,
-            "--store",
-            "s3://images",
-            "--s3-endpoint",
-            &s3.endpoint(),
-        ],
-        &s3.env(),
-    ));
+    let image = common::convert_to_s3(&s3, &[layer()], dir);
     let config = format!(
         "[store.s3]\nendpoint = \"{}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
          secret_access_key = \"{SECRET_KEY}\"\nmax_attempts = 3\ninitial_backoff_ms = 50\n\

@@ -213,16 +213,7 @@ async fn ranged_gets_read_parts_of_objects() {
         .await
         .unwrap();
     let digests = part_digests(&plain, size);
-    let cache = BlockCache::new(
-        Arc::new(store),
-        &CacheOptions {
-            own_blocks: None,
-            memory_bytes: 64 << 20,
-            disk: None,
-            pinned_bytes: 0,
-        },
-    )
-    .unwrap();
+    let cache = BlockCache::new(Arc::new(store), &CacheOptions::in_memory(64 << 20)).unwrap();
     let (gets, bytes) = (
         server.counters.gets.load(Ordering::Relaxed),
         server.counters.get_bytes.load(Ordering::Relaxed),

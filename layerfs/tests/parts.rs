@@ -30,16 +30,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn cache(store: &Arc<dyn BlockStore>) -> BlockCache {
-    BlockCache::new(
-        store.clone(),
-        &CacheOptions {
-            own_blocks: None,
-            memory_bytes: 64 << 20,
-            disk: None,
-            pinned_bytes: 0,
-        },
-    )
-    .unwrap()
+    BlockCache::new(store.clone(), &CacheOptions::in_memory(64 << 20)).unwrap()
 }
 
 fn file_ino(index: &LayerIndex, name: &str) -> Ino {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use slayerfs_chunkstore::BlockStore;
 use slayerfs_integration::bins::bin;
-use slayerfs_integration::fixtures::{FEntry, FKind, FLayer};
+use slayerfs_integration::fixtures::{write_image, FEntry, FKind, FLayer};
+use slayerfs_integration::s3::S3Server;
 use slayerfs_layerfs::test_support::read_file;
 use slayerfs_proto::index::{Inode, InodeKind, LayerIndex};
 
@@ -34,6 +35,28 @@ pub fn slayerfs(args: &[&str], env: &[(&str, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run slayerfs")
+}
+
+/// `layers` written as an image under `dir/src` and converted into the
+/// bucket `images` of `s3` (through `s3`'s own address); the converted
+/// image's reference (`dir/conv`, tag v1).
+pub fn convert_to_s3(s3: &S3Server, layers: &[FLayer], dir: &Path) -> String {
+    write_image(&dir.join("src"), "v1", layers).expect("write the source image");
+    let src = format!("oci:{}:v1", dir.join("src").display());
+    let image = format!("oci:{}:v1", dir.join("conv").display());
+    let endpoint = s3.endpoint();
+    let args = [
+        "convert",
+        "-q",
+        &src,
+        &image,
+        "--store",
+        "s3://images",
+        "--s3-endpoint",
+        &endpoint,
+    ];
+    assert_ok(&slayerfs(&args, &s3.env()));
+    image
 }
 
 /// `slayerfs convert -q SRC DST --store STORE`.

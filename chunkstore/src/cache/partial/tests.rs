@@ -28,16 +28,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&dir.path().join("s")).unwrap());
-    let cache = BlockCache::new(
-        store.clone(),
-        &CacheOptions {
-            own_blocks: None,
-            memory_bytes: 64 << 20,
-            disk: None,
-            pinned_bytes: 0,
-        },
-    )
-    .unwrap();
+    let cache = BlockCache::new(store.clone(), &CacheOptions::in_memory(64 << 20)).unwrap();
     Fixture {
         _dir: dir,
         store,
