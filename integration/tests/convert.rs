@@ -377,3 +377,132 @@ fn config_errors_name_the_key_and_refs_are_checked() {
         text(&o).1
     );
 }
+
+/// `--prefetch-list`: the listed small files, spread through a layer of
+/// 400 files, are packed together into the fewest blocks they fill, and the
+/// index lists them in the list's order; a list that is not one is refused
+/// before anything is written.
+#[test]
+fn a_prefetch_list_packs_its_files_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let store = tmp.path().join("store");
+    let mut entries = vec![FEntry::new("app", FKind::Dir)];
+    for i in 0..400 {
+        entries.push(FEntry::new(
+            format!("app/f{i:03}"),
+            FKind::File(noise(40_000, i as u64 + 1)),
+        ));
+    }
+    write_image(
+        &src,
+        "v1",
+        &[FLayer {
+            entries,
+            compression: Compression::Gzip,
+        }],
+    )
+    .unwrap();
+    // Every 20th file, listed backwards: 20 files, 800 kB, one block's worth.
+    let listed: Vec<String> = (0..400)
+        .rev()
+        .step_by(20)
+        .map(|i| format!("/app/f{i:03}"))
+        .collect();
+    let list = tmp.path().join("list.txt");
+    std::fs::write(&list, format!("# a start\n{}\n", listed.join("\n"))).unwrap();
+
+    let blocks_of = |tag: &str| -> (usize, Vec<u64>, Vec<String>) {
+        let img =
+            ConvertedImage::open(&ImageRef::parse(&oci(&tmp.path().join("dst"), tag)).unwrap())
+                .unwrap();
+        let index = img.layer_index(&img.manifest.layers()[0]).unwrap();
+        let root = &index.inodes[0];
+        let app = root.children.iter().find(|d| d.name == b"app").unwrap().ino;
+        let names: std::collections::HashMap<u64, String> = index.inodes[(app - 1) as usize]
+            .children
+            .iter()
+            .map(|d| (d.ino, format!("/app/{}", String::from_utf8_lossy(&d.name))))
+            .collect();
+        let blocks: std::collections::BTreeSet<u32> = names
+            .iter()
+            .filter(|(_, n)| listed.contains(n))
+            .flat_map(|(ino, _)| {
+                index.inodes[(*ino - 1) as usize]
+                    .slices
+                    .iter()
+                    .map(|s| s.block)
+            })
+            .collect();
+        let order = index
+            .prefetch
+            .iter()
+            .map(|ino| names[ino].clone())
+            .collect();
+        (blocks.len(), index.prefetch.clone(), order)
+    };
+    let store_arg = store.to_str().unwrap();
+    assert_ok(&slayerfs(
+        &[
+            "convert",
+            "-q",
+            &oci(&src, "v1"),
+            &oci(&tmp.path().join("dst"), "plain"),
+            "--store",
+            store_arg,
+        ],
+        &[],
+    ));
+    let (spread, none, _) = blocks_of("plain");
+    assert!(
+        spread >= 4,
+        "without a list the files lie in {spread} blocks"
+    );
+    assert!(none.is_empty());
+
+    let list_arg = list.to_str().unwrap();
+    assert_ok(&slayerfs(
+        &[
+            "convert",
+            "-q",
+            &oci(&src, "v1"),
+            &oci(&tmp.path().join("dst"), "listed"),
+            "--store",
+            store_arg,
+            "--prefetch-list",
+            list_arg,
+        ],
+        &[],
+    ));
+    let (together, _, order) = blocks_of("listed");
+    assert_eq!(together, 1, "800 kB of listed files fill one block");
+    assert_eq!(order, listed, "the index lists them in the list's order");
+    let tree = assert_ok(&slayerfs(
+        &["inspect", &oci(&tmp.path().join("dst"), "listed"), "--tree"],
+        &[],
+    ));
+    assert!(tree.contains("20 files to fetch first"), "{tree}");
+
+    // Not a list: an error naming the line, nothing converted.
+    std::fs::write(&list, b"/app/f001\n/app/\0bad\n").unwrap();
+    let out = slayerfs(
+        &[
+            "convert",
+            "-q",
+            &oci(&src, "v1"),
+            &oci(&tmp.path().join("dst"), "bad"),
+            "--store",
+            store_arg,
+            "--prefetch-list",
+            list_arg,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let (_, err) = text(&out);
+    assert!(err.contains("line 2"), "{err}");
+    assert!(ImageRef::parse(&oci(&tmp.path().join("dst"), "bad"))
+        .ok()
+        .and_then(|r| ConvertedImage::open(&r).ok())
+        .is_none());
+}

@@ -121,6 +121,23 @@ pub fn validate(index: &LayerIndex) -> Result<(), IndexError> {
     for (i, inode) in index.inodes.iter().enumerate() {
         validate_inode(index, i as u64 + 1, inode)?;
     }
+    if index.prefetch.len() > index.inodes.len() {
+        return Err(invalid(format!(
+            "{} prefetch entries for {count} inodes",
+            index.prefetch.len()
+        )));
+    }
+    for &ino in &index.prefetch {
+        let regular = ino
+            .checked_sub(1)
+            .and_then(|i| index.inodes.get(i as usize))
+            .is_some_and(|i| i.kind == InodeKind::Regular as i32);
+        if !regular {
+            return Err(invalid(format!(
+                "prefetch entry {ino} is not a regular file's inode"
+            )));
+        }
+    }
     // The names must form a tree over all inodes.
     let mut named = vec![false; index.inodes.len()];
     named[0] = true;

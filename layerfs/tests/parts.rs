@@ -169,3 +169,22 @@ fn hostile_part_fields_are_refused() {
     index.part_size = 0;
     assert!(ValidIndex::check(index).is_err());
 }
+
+#[test]
+fn hostile_prefetch_entries_are_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlockStore> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let conv = rt.block_on(convert_for_test(tar_of(&[("f", b"x")]), &store));
+    let good = conv.index.into_inner();
+    // The root (a directory), past the table, zero, more entries than inodes.
+    for prefetch in [vec![1], vec![99], vec![0], vec![2, 2, 2]] {
+        let mut index = good.clone();
+        index.prefetch = prefetch.clone();
+        let err = ValidIndex::check(index).unwrap_err().to_string();
+        assert!(err.contains("prefetch"), "{prefetch:?}: {err}");
+    }
+    let mut index = good;
+    index.prefetch = vec![2];
+    ValidIndex::check(index).unwrap();
+}

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use slayerfs_chunkstore::{BlockId, BlockSeq, PartSize, WriteReport};
 use slayerfs_proto::index::{Dentry, Inode, InodeKind, LayerIndex, Slice, Xattr, VERSION};
 
-use super::tree::{Child, LayerTree, NodeKind};
+use super::import::ImportedLayer;
+use super::tree::{Child, NodeKind};
 use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
 use crate::index::IndexError;
 
@@ -14,12 +15,13 @@ use crate::index::IndexError;
 /// order (root = 1), block sequence numbers resolved to ids (`blocks.ids[seq]`)
 /// and listed once each, with their part digests (cut at `part_size`).
 pub fn build_index(
-    tree: &LayerTree,
+    imported: &ImportedLayer,
     blocks: &WriteReport,
     part_size: PartSize,
     source_digest: &str,
 ) -> Result<LayerIndex, IndexError> {
     let ids = &blocks.ids;
+    let tree = &imported.tree;
     let order = tree.walk_order();
     let number: HashMap<Ino, u64> = order
         .iter()
@@ -114,6 +116,16 @@ pub fn build_index(
     // (and is named) as before parts existed: the daemon's empty base
     // layer is part of every chain key.
     let part_size = if table.is_empty() { 0 } else { part_size.get() };
+    // A file listed but removed or replaced later in the layer is no longer
+    // in the tree; hardlinked names are one file.
+    let mut listed = std::collections::HashSet::new();
+    let prefetch = imported
+        .read_first
+        .iter()
+        .filter(|ino| matches!(tree.node(**ino).kind, NodeKind::Regular))
+        .filter_map(|ino| number.get(ino).copied())
+        .filter(|n| listed.insert(*n))
+        .collect();
     Ok(LayerIndex {
         version: VERSION,
         chunk_size: CHUNK_SIZE,
@@ -123,5 +135,6 @@ pub fn build_index(
         inodes,
         part_size,
         part_digests,
+        prefetch,
     })
 }

@@ -15,7 +15,9 @@ use super::extensions::ExtensionLimit;
 use super::hash_tee::{spawn_hashed, StreamHash};
 use super::packer::{PackError, Packer};
 use super::path::{display_raw, LayerPath, PathError};
+use super::prefetch_list::PrefetchList;
 use super::tree::{Attrs, LayerTree, NodeKind, TreeError};
+use crate::geometry::Ino;
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub struct ImportStats {
 #[derive(Debug)]
 pub struct ImportedLayer {
     pub tree: LayerTree,
+    /// Files of the prefetch list this layer has, in the list's order.
+    pub read_first: Vec<Ino>,
     pub stats: ImportStats,
     pub compression: Compression,
     /// sha256 of the blob bytes (the manifest's layer digest).
@@ -176,6 +180,7 @@ fn stream_err(kind: ImportErrorKind) -> ImportError {
 pub fn import_layer<R: Read + Send + 'static>(
     blob: R,
     writer: &mut BlockWriter,
+    list: &PrefetchList,
 ) -> Result<ImportedLayer, ImportError> {
     let read_err = |e| stream_err(ImportErrorKind::Read(e));
     // The blob is read and hashed on threads of its own; the tar parser
@@ -207,6 +212,7 @@ pub fn import_layer<R: Read + Send + 'static>(
     let mut tree = LayerTree::new();
     let mut stats = ImportStats::default();
     let mut packer = Packer::new(writer);
+    let mut read_first = Vec::new();
     let classify = |e: io::Error| match find_decompress_failure(&e) {
         Some(d) => ImportErrorKind::Decompress {
             compression,
@@ -233,11 +239,16 @@ pub fn import_layer<R: Read + Send + 'static>(
             },
             kind: Box::new(kind),
         };
-        let added =
-            apply_entry(&mut tree, &mut packer, &mut entry, &raw_name).map_err(|k| match k {
-                ImportErrorKind::Pack(PackError::Read(e)) => at(classify(e)),
-                other => at(other),
-            })?;
+        let mut sink = Sink {
+            tree: &mut tree,
+            packer: &mut packer,
+            list,
+            read_first: &mut read_first,
+        };
+        let added = apply_entry(&mut sink, &mut entry, &raw_name).map_err(|k| match k {
+            ImportErrorKind::Pack(PackError::Read(e)) => at(classify(e)),
+            other => at(other),
+        })?;
         stats.entries += 1;
         stats.file_bytes += added;
     }
@@ -257,7 +268,9 @@ pub fn import_layer<R: Read + Send + 'static>(
     let (diff_sha256, tar_bytes) = diff.unwrap_or((blob_sha256, blob_bytes));
     stats.blob_bytes = blob_bytes;
     stats.tar_bytes = tar_bytes;
+    read_first.sort_unstable();
     Ok(ImportedLayer {
+        read_first: read_first.into_iter().map(|(_, ino)| ino).collect(),
         tree,
         stats,
         compression,
@@ -270,13 +283,22 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 
+/// Where one entry goes: the tree, file data to the packer, and files on
+/// the prefetch list (their place in it, and their inode) noted.
+struct Sink<'a, 'w> {
+    tree: &'a mut LayerTree,
+    packer: &'a mut Packer<'w>,
+    list: &'a PrefetchList,
+    read_first: &'a mut Vec<(u32, Ino)>,
+}
+
 /// Applies one tar entry; returns the file bytes it added.
 fn apply_entry<R: Read>(
-    tree: &mut LayerTree,
-    packer: &mut Packer<'_>,
+    sink: &mut Sink<'_, '_>,
     entry: &mut tar::Entry<'_, R>,
     raw_name: &[u8],
 ) -> Result<u64, ImportErrorKind> {
+    let tree = &mut *sink.tree;
     let ty = entry.header().entry_type();
     if ty == tar::EntryType::XGlobalHeader {
         return Ok(0);
@@ -368,10 +390,15 @@ fn apply_entry<R: Read>(
         return Ok(0);
     }
     let size = entry.size();
-    let slices = packer
-        .add_file(entry, size)
+    let place = sink.list.position(&path);
+    let slices = sink
+        .packer
+        .add_file(entry, size, place.is_some())
         .map_err(ImportErrorKind::Pack)?;
     tree.set_content(ino, size, slices);
+    if let Some(place) = place {
+        sink.read_first.push((place, ino));
+    }
     Ok(size)
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::assemble::build_index;
 use super::import::{import_layer, Compression, ImportError, ImportStats};
+use super::prefetch_list::PrefetchList;
 use crate::index::{encode_index, IndexError, ValidIndex};
 use slayerfs_chunkstore::{
     BlockStore, BlockWriter, IndexDigest, ObjectKey, StoreError, WriteError, WriteReport,
@@ -65,9 +66,23 @@ pub async fn convert_layer<R: Read + Send + 'static>(
     source_digest: &str,
     expected: Expected,
 ) -> Result<ConvertedLayer, BuildError> {
+    let list = Arc::new(PrefetchList::default());
+    convert_layer_with(blob, store, opts, list, source_digest, expected).await
+}
+
+/// [`convert_layer`] with a prefetch list: its small files packed together,
+/// and the files the layer has recorded in its index, in the list's order.
+pub async fn convert_layer_with<R: Read + Send + 'static>(
+    blob: R,
+    store: Arc<dyn BlockStore>,
+    opts: WriterOptions,
+    list: Arc<PrefetchList>,
+    source_digest: &str,
+    expected: Expected,
+) -> Result<ConvertedLayer, BuildError> {
     let mut writer = BlockWriter::start(store.clone(), opts);
     let joined = tokio::task::spawn_blocking(move || {
-        let imported = import_layer(blob, &mut writer);
+        let imported = import_layer(blob, &mut writer, &list);
         (imported, writer)
     })
     .await
@@ -96,7 +111,7 @@ pub async fn convert_layer<R: Read + Send + 'static>(
         expected.diff,
         imported.diff_sha256,
     )?;
-    let index = build_index(&imported.tree, &report, opts.part_size, source_digest)?;
+    let index = build_index(&imported, &report, opts.part_size, source_digest)?;
     // What nodes will check on decode is checked before publishing, so a
     // gap between import and validation is an error here, not on a node.
     let index = ValidIndex::check(index)?;

@@ -13,6 +13,8 @@ pub mod import;
 pub mod layer;
 mod packer;
 pub mod path;
+pub mod prefetch_list;
 pub mod tree;
 
-pub use layer::{convert_layer, BuildError, ConvertedLayer, Expected};
+pub use layer::{convert_layer, convert_layer_with, BuildError, ConvertedLayer, Expected};
+pub use prefetch_list::PrefetchList;

@@ -4,7 +4,9 @@
 //! a small file is one fetch). Files of a block or more start on a block
 //! boundary and are cut at every block boundary of the file, so the same
 //! large file in two layers yields the same blocks. An aligned block of a
-//! large file that is all zeros is a hole: no block, no slice.
+//! large file that is all zeros is a hole: no block, no slice. Small files
+//! on the prefetch list share blocks of their own, so that a start reads as
+//! few blocks as the files it reads first fill.
 
 use std::io::Read;
 
@@ -21,52 +23,75 @@ pub enum PackError {
     Write(#[from] WriteError),
 }
 
+/// A block being filled with small files.
+#[derive(Default)]
+struct Pack {
+    bytes: Vec<u8>,
+    seq: Option<BlockSeq>,
+}
+
 /// Packs file data of one layer into blocks submitted to a [`BlockWriter`].
 pub struct Packer<'w> {
     writer: &'w mut BlockWriter,
-    pack: Vec<u8>,
-    pack_seq: Option<BlockSeq>,
+    pack: Pack,
+    /// Small files on the prefetch list.
+    first: Pack,
 }
 
 impl<'w> Packer<'w> {
     pub fn new(writer: &'w mut BlockWriter) -> Self {
         Packer {
             writer,
-            pack: Vec::new(),
-            pack_seq: None,
+            pack: Pack::default(),
+            first: Pack::default(),
         }
     }
 
-    /// Reads exactly `size` bytes of one file and returns its slices.
+    /// Reads exactly `size` bytes of one file and returns its slices; a
+    /// small file `read_first` (on the prefetch list) goes with the others
+    /// that are.
     pub fn add_file(
         &mut self,
         data: &mut dyn Read,
         size: u64,
+        read_first: bool,
     ) -> Result<Vec<PendingSlice>, PackError> {
         if size == 0 {
             Ok(Vec::new())
         } else if size < BLOCK_SIZE as u64 {
-            self.add_small(data, size as usize).map(|s| vec![s])
+            self.add_small(data, size as usize, read_first)
+                .map(|s| vec![s])
         } else {
             self.add_large(data, size)
         }
     }
 
-    fn add_small(&mut self, data: &mut dyn Read, size: usize) -> Result<PendingSlice, PackError> {
-        if self.pack.len() + size > BLOCK_SIZE {
-            self.flush_pack()?;
+    fn add_small(
+        &mut self,
+        data: &mut dyn Read,
+        size: usize,
+        read_first: bool,
+    ) -> Result<PendingSlice, PackError> {
+        let writer = &mut *self.writer;
+        let pack = if read_first {
+            &mut self.first
+        } else {
+            &mut self.pack
+        };
+        if pack.bytes.len() + size > BLOCK_SIZE {
+            flush(writer, pack)?;
         }
-        let seq = match self.pack_seq {
+        let seq = match pack.seq {
             Some(seq) => seq,
             None => {
-                self.pack = self.writer.buffer();
-                *self.pack_seq.insert(self.writer.reserve())
+                pack.bytes = writer.buffer();
+                *pack.seq.insert(writer.reserve())
             }
         };
-        let start = self.pack.len();
-        self.pack.resize(start + size, 0);
-        if let Err(e) = data.read_exact(&mut self.pack[start..]) {
-            self.pack.truncate(start);
+        let start = pack.bytes.len();
+        pack.bytes.resize(start + size, 0);
+        if let Err(e) = data.read_exact(&mut pack.bytes[start..]) {
+            pack.bytes.truncate(start);
             return Err(e.into());
         }
         Ok(PendingSlice {
@@ -117,18 +142,19 @@ impl<'w> Packer<'w> {
         Ok(slices)
     }
 
-    fn flush_pack(&mut self) -> Result<(), PackError> {
-        if let Some(seq) = self.pack_seq.take() {
-            let pack = std::mem::take(&mut self.pack);
-            self.writer.submit_reserved_blocking(seq, pack)?;
-        }
-        Ok(())
-    }
-
-    /// Submits the last, partly filled pack.
+    /// Submits the last, partly filled packs.
     pub fn finish(mut self) -> Result<(), PackError> {
-        self.flush_pack()
+        flush(self.writer, &mut self.pack)?;
+        flush(self.writer, &mut self.first)
     }
+}
+
+/// Submits a pack's block, if it has one.
+fn flush(writer: &mut BlockWriter, pack: &mut Pack) -> Result<(), PackError> {
+    if let Some(seq) = pack.seq.take() {
+        writer.submit_reserved_blocking(seq, std::mem::take(&mut pack.bytes))?;
+    }
+    Ok(())
 }
 
 fn is_zero(buf: &[u8]) -> bool {

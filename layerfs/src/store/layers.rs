@@ -547,6 +547,9 @@ impl LayerDb {
             source_digest: layer.record.source_digest.clone(),
             blocks,
             inodes,
+            // The prefetch list is not in a layer's records (yet): a node
+            // reads it from the index it pulls.
+            prefetch: Vec::new(),
             part_size,
             part_digests: match part_size {
                 0 => Vec::new(),

@@ -5,12 +5,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use slayerfs_chunkstore::{open_store, WriterOptions};
 use slayerfs_config::{Config, StoreLocation};
-use slayerfs_snapshotter::cli::convert::{convert_image, RegistrySide};
+use slayerfs_layerfs::build::PrefetchList;
+use slayerfs_snapshotter::cli::convert::{convert_image, LayerOptions, RegistrySide};
 use slayerfs_snapshotter::cli::inspect::{print_layers, print_tree};
 use slayerfs_snapshotter::cli::progress::{human_bytes, ProgressMode};
 use slayerfs_snapshotter::cli::pull::{pull, LayerOutcome, PullOptions};
@@ -64,6 +66,11 @@ enum Command {
         /// Threads hashing and compressing blocks (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Files a container reads first, one path per line in the order it
+        /// reads them: packed together into as few blocks as they fill, and
+        /// recorded in the layer indexes for nodes to fetch first.
+        #[arg(long, value_name = "FILE")]
+        prefetch_list: Option<PathBuf>,
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
@@ -281,9 +288,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             zstd_level,
             workers,
+            prefetch_list,
             quiet,
         } => {
             let mut config = load_config(cli.config.as_ref(), Some(&store))?;
+            let prefetch = match &prefetch_list {
+                Some(path) => read_prefetch_list(path)?,
+                None => PrefetchList::default(),
+            };
             if let Some(l) = zstd_level {
                 config.convert.zstd_level = l;
             }
@@ -319,7 +331,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 platform,
             };
-            let s = convert_image(&src_ref, &dst_ref, store, opts, progress, &registry)
+            let how = LayerOptions {
+                writer: opts,
+                prefetch: Arc::new(prefetch),
+            };
+            let s = convert_image(&src_ref, &dst_ref, store, &how, progress, &registry)
                 .await
                 .with_context(|| format!("converting {src}"))?;
             println!("converted {src} -> {dst}");
@@ -364,12 +380,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     use std::io::Write;
                     writeln!(
                         out,
-                        "\nlayer {} {} ({} inodes, {} blocks, {})",
+                        "\nlayer {} {} ({} inodes, {} blocks, {}, {} files to fetch first)",
                         i + 1,
                         d.digest(),
                         index.inodes.len(),
                         index.blocks.len(),
-                        parts_summary(&index)
+                        parts_summary(&index),
+                        index.prefetch.len()
                     )?;
                     print_tree(&index, &mut out)?;
                 }
@@ -537,4 +554,17 @@ fn parts_summary(index: &slayerfs_proto::index::LayerIndex) -> String {
         0 => "read in whole blocks: no part digests".to_string(),
         size => format!("parts of {} KiB, digests for {with} blocks", size >> 10),
     }
+}
+
+/// The prefetch list at `path`, read within its size limit.
+fn read_prefetch_list(path: &std::path::Path) -> anyhow::Result<PrefetchList> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening the prefetch list {}", path.display()))?;
+    let mut text = Vec::new();
+    let limit = slayerfs_layerfs::build::prefetch_list::MAX_LIST_BYTES as u64 + 1;
+    file.take(limit)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading the prefetch list {}", path.display()))?;
+    PrefetchList::parse(&text).with_context(|| format!("the prefetch list {}", path.display()))
 }

@@ -14,7 +14,7 @@ use oci_spec::image::{
     ImageManifestBuilder, MediaType,
 };
 use slayerfs_chunkstore::{BlockStore, WriterOptions};
-use slayerfs_layerfs::build::{convert_layer, ConvertedLayer, Expected};
+use slayerfs_layerfs::build::{convert_layer_with, ConvertedLayer, Expected, PrefetchList};
 use slayerfs_proto::index::MEDIA_TYPE;
 use tokio::task::JoinSet;
 
@@ -115,6 +115,13 @@ pub struct RegistrySide {
     pub platform: Option<String>,
 }
 
+/// How each layer is converted: blocks, and the files to pack first.
+#[derive(Debug, Clone)]
+pub struct LayerOptions {
+    pub writer: WriterOptions,
+    pub prefetch: Arc<PrefetchList>,
+}
+
 /// Converts the image `src` into `store`, then writes the converted image to
 /// `dst`. A registry source is fetched into a temporary layout first, a
 /// registry destination pushed from one.
@@ -122,7 +129,7 @@ pub async fn convert_image(
     src: &ImageRef,
     dst: &ImageRef,
     store: Arc<dyn BlockStore>,
-    writer: WriterOptions,
+    how: &LayerOptions,
     progress: ProgressMode,
     registry: &RegistrySide,
 ) -> Result<ConvertSummary, ConvertError> {
@@ -160,7 +167,7 @@ pub async fn convert_image(
         &dst_dir,
         dst_tag.clone(),
         store,
-        writer,
+        how,
         progress,
         registry.platform.as_deref(),
     )
@@ -180,14 +187,14 @@ async fn convert_layout(
     dst_dir: &std::path::Path,
     dst_tag: Option<String>,
     store: Arc<dyn BlockStore>,
-    writer: WriterOptions,
+    how: &LayerOptions,
     progress: ProgressMode,
     platform: Option<&str>,
 ) -> Result<ConvertSummary, ConvertError> {
     let layout = OciLayout::open(src_dir)?;
     let top = layout.resolve(src_tag.as_deref())?;
     let out = LayoutWriter::create_or_open(dst_dir)?;
-    let converted = convert_top(src, &layout, &top, &out, store, writer, progress, platform).await;
+    let converted = convert_top(src, &layout, &top, &out, store, how, progress, platform).await;
     let published = converted.and_then(|(desc, summary)| {
         out.publish(desc, dst_tag.as_deref())?;
         Ok(summary)
@@ -209,13 +216,13 @@ async fn convert_top(
     top: &Descriptor,
     out: &LayoutWriter,
     store: Arc<dyn BlockStore>,
-    writer: WriterOptions,
+    how: &LayerOptions,
     progress: ProgressMode,
     platform: Option<&str>,
 ) -> Result<(Descriptor, ConvertSummary), ConvertError> {
     let media = top.media_type().to_string();
     if top.media_type() != &MediaType::ImageIndex && media != DOCKER_LIST {
-        return convert_manifest(src, layout, top, out, store, writer, progress).await;
+        return convert_manifest(src, layout, top, out, store, how, progress).await;
     }
     let index: ImageIndex = serde_json::from_slice(&layout.read_blob(top)?)
         .map_err(|e| invalid(format!("index {}", top.digest()), e))?;
@@ -228,13 +235,13 @@ async fn convert_top(
         let one = entries.first().ok_or_else(|| {
             ImageError::Unsupported(format!("{src}: no manifest for platform {p}"))
         })?;
-        return convert_manifest(src, layout, one, out, store, writer, progress).await;
+        return convert_manifest(src, layout, one, out, store, how, progress).await;
     }
     let mut total = ConvertSummary::default();
     let mut descs = Vec::with_capacity(entries.len());
     for m in entries {
         let (mut desc, s) =
-            convert_manifest(src, layout, m, out, store.clone(), writer, progress).await?;
+            convert_manifest(src, layout, m, out, store.clone(), how, progress).await?;
         desc.set_platform(m.platform().clone());
         total.add(&s);
         descs.push(desc);
@@ -281,7 +288,7 @@ async fn convert_manifest(
     manifest_desc: &Descriptor,
     out: &LayoutWriter,
     store: Arc<dyn BlockStore>,
-    writer: WriterOptions,
+    how: &LayerOptions,
     progress: ProgressMode,
 ) -> Result<(Descriptor, ConvertSummary), ConvertError> {
     let media = manifest_desc.media_type().to_string();
@@ -351,7 +358,7 @@ async fn convert_manifest(
                 job,
                 layout.clone(),
                 store.clone(),
-                writer,
+                how.clone(),
                 progress.clone(),
             ));
         }
@@ -399,14 +406,22 @@ async fn convert_one(
     job: LayerJob,
     layout: OciLayout,
     store: Arc<dyn BlockStore>,
-    writer: WriterOptions,
+    how: LayerOptions,
     progress: Progress,
 ) -> Result<(usize, ConvertedLayer), ConvertError> {
     let digest = job.desc.digest().to_string();
     let file = layout.open_blob(&job.desc)?;
     let task = progress.task(job.label, job.desc.size());
     let reader = ProgressReader::new(file, task.clone());
-    match convert_layer(reader, store, writer, &digest, job.expected).await {
+    let converted = convert_layer_with(
+        reader,
+        store,
+        how.writer,
+        how.prefetch,
+        &digest,
+        job.expected,
+    );
+    match converted.await {
         Ok(layer) => {
             task.finish(format!(
                 "{} entries, {} -> {} blocks ({} new), index {}",
