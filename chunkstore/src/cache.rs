@@ -111,6 +111,11 @@ impl BlockCache {
         })
     }
 
+    /// The memory cache's capacity in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.policy().max_capacity().unwrap_or(0)
+    }
+
     pub fn stats(&self) -> &CacheStats {
         &self.stats
     }

@@ -172,3 +172,81 @@ async fn lazy_pull_labels_commit_good_indexes_and_bad_ones_fall_back() {
     let names: Vec<String> = state(&mut c).await.into_iter().map(|s| s.0).collect();
     assert_eq!(names, vec!["chain-1".to_string(), "ctr".to_string()]);
 }
+
+/// A layer converted with a prefetch list: once it is pulled lazily, the
+/// blocks of the files it lists are fetched into the node's cache before
+/// anything reads them; an unlisted file's block is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_pull_fetches_the_files_read_first() {
+    use slayerfs_chunkstore::{
+        BlockId, BlockStore, LocalStore, ObjectKey, PartSize, WriterOptions,
+    };
+    use slayerfs_layerfs::build::{convert_layer_with, Expected, PrefetchList};
+    use slayerfs_layerfs::test_support::tar_of;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let local: Arc<dyn BlockStore> = Arc::new(LocalStore::open(&store).unwrap());
+    let list = PrefetchList::parse(b"/app/first\n").unwrap();
+    let conv = convert_layer_with(
+        std::io::Cursor::new(tar_of(&[
+            ("app/later", b"read later\n".as_slice()),
+            ("app/first", b"read first\n".as_slice()),
+        ])),
+        local.clone(),
+        WriterOptions {
+            workers: 1,
+            zstd_level: 1,
+            part_size: PartSize::DEFAULT,
+        },
+        Arc::new(list),
+        "sha256:test",
+        Expected::default(),
+    )
+    .await
+    .unwrap();
+    local
+        .put_if_absent(&ObjectKey::Index(conv.digest), conv.blob.clone())
+        .await
+        .unwrap();
+    let index = &conv.index;
+    assert_eq!(index.prefetch.len(), 1);
+    let block_of = |ino: u64| {
+        let s = &index.inodes[(ino - 1) as usize].slices[0];
+        BlockId::from_slice(&index.blocks[s.block as usize]).unwrap()
+    };
+    let first = block_of(index.prefetch[0]);
+    let later_ino = index
+        .inodes
+        .iter()
+        .enumerate()
+        .find(|(i, n)| !n.slices.is_empty() && (*i as u64 + 1) != index.prefetch[0])
+        .map(|(i, _)| i as u64 + 1)
+        .unwrap();
+    let later = block_of(later_ino);
+    assert_ne!(first, later, "listed files are packed apart");
+
+    let daemon = Daemon::start_with(tmp.path(), &local_store(&store));
+    let mut c = daemon.client().await;
+    let digest = conv.digest.to_string();
+    let got = prepare_labelled(&mut c, "extract", "", "chain", &digest).await;
+    assert_eq!(code(got), Code::AlreadyExists);
+    let cached = |id: &BlockId| {
+        let h = id.to_hex();
+        daemon
+            .paths
+            .root
+            .join("cache")
+            .join(&h[..2])
+            .join(&h)
+            .exists()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cached(&first) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listed file's block was not fetched"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!cached(&later), "an unlisted file's block was fetched");
+}

@@ -54,6 +54,7 @@ mod barrier;
 mod connections;
 mod error;
 pub mod filters;
+mod first_reads;
 mod gc;
 mod heap;
 mod locks;

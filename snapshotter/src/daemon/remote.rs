@@ -106,6 +106,9 @@ impl SlayerSnapshotter {
             .put_if_absent(&ObjectKey::Index(layer.index), blob)
             .await
             .map_err(internal)?;
+        // The files the image reads first, within a quarter of the memory
+        // cache: fetched once the layer is recorded.
+        let first = super::first_reads::listed_blocks(&index, self.cache.memory_bytes() / 4);
         let loaded = super::load_layer(self.layers.clone(), layer.index, index)
             .await
             .map_err(internal)?
@@ -116,6 +119,12 @@ impl SlayerSnapshotter {
             &loaded.record.index_digest,
             labels.clone().into_iter().collect(),
         )?;
+        super::first_reads::fetch(
+            &self.runtime,
+            self.cache.clone(),
+            first,
+            self.reading.timeout,
+        );
         tracing::info!(
             target = layer.target,
             index = %layer.index,
