@@ -77,7 +77,7 @@ pub struct BlockCache {
     own_blocks: Option<Arc<dyn BlockStore>>,
     /// Whole blocks and parts of blocks, in one budget.
     memory: moka::future::Cache<Key, Arc<Vec<u8>>>,
-    /// What the end of each stored object said about its frames.
+    /// What the start of each stored object said about its frames.
     layouts: moka::future::Cache<BlockId, Arc<Layout>>,
     disk: Option<DiskCache>,
     stats: Arc<CacheStats>,

@@ -70,6 +70,22 @@ pub enum Fetch {
     Parts,
 }
 
+impl Fetch {
+    /// The part digests a fetch of block `id`'s bytes `range` goes by:
+    /// none for a whole-block fetch, else what `view` knows.
+    pub fn parts<'a>(
+        self,
+        view: &'a ChunkView,
+        id: &BlockId,
+        range: Range<u32>,
+    ) -> Option<slayerfs_chunkstore::PartDigests<'a>> {
+        match self {
+            Fetch::Parts => view.parts(id, range),
+            Fetch::Whole => None,
+        }
+    }
+}
+
 /// Bytes read from a file: a range of one cached block when the read falls
 /// inside one (no copy), or a buffer of their own.
 #[derive(Debug, Clone)]
@@ -206,10 +222,7 @@ async fn block_range(
     length: u32,
 ) -> Result<Vec<Piece>, ReadError> {
     let range = offset_in_block..offset_in_block.saturating_add(length);
-    let parts = match how {
-        Fetch::Parts => view.parts(&id, range.clone()),
-        Fetch::Whole => None,
-    };
+    let parts = how.parts(view, &id, range.clone());
     match cache.get_range(&id, range, parts).await {
         Ok(pieces) => Ok(pieces),
         Err(e) if matches!(*e, FetchError::Short { .. }) => Err(ReadError::ShortBlock(id)),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{BlockStore, ObjectKey, RangeRead, StoreError};
+use super::{clip, BlockStore, ObjectKey, RangeRead, StoreError};
 use crate::id::{BlockId, IndexDigest};
 
 /// Objects as files under a root directory, written to a temporary file,
@@ -127,6 +127,17 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(self.io_err("remove", key, e)),
         }
+    }
+
+    /// A failed read of `key`: not found, or why not.
+    fn read_err(&self, key: &ObjectKey, e: std::io::Error) -> StoreError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return StoreError::NotFound {
+                store: self.location(),
+                key: *key,
+            };
+        }
+        self.io_err("read", key, e)
     }
 
     fn io_err(&self, op: &'static str, key: &ObjectKey, source: std::io::Error) -> StoreError {
@@ -291,11 +302,7 @@ impl BlockStore for LocalStore {
                 bytes.len() as u64,
             )),
             Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
-                store: self.location(),
-                key: *key,
-            }),
-            Err(e) => Err(self.io_err("read", key, e)),
+            Err(e) => Err(self.read_err(key, e)),
         }
     }
 
@@ -310,7 +317,7 @@ impl BlockStore for LocalStore {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&path)?;
             let object_len = file.metadata()?.len();
-            let at = range.start.min(object_len)..range.end.min(object_len);
+            let at = clip(&range, object_len);
             let mut bytes = vec![0u8; (at.end - at.start).min(limit) as usize];
             file.read_exact_at(&mut bytes, at.start)?;
             Ok(RangeRead {
@@ -321,14 +328,7 @@ impl BlockStore for LocalStore {
         })
         .await
         .map_err(|e| self.io_err("read", key, std::io::Error::other(e)))?;
-        match read {
-            Ok(r) => Ok(r),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
-                store: self.location(),
-                key: *key,
-            }),
-            Err(e) => Err(self.io_err("read", key, e)),
-        }
+        read.map_err(|e| self.read_err(key, e))
     }
 
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {

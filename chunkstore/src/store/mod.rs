@@ -71,7 +71,7 @@ pub fn range_header(range: &Range<u64>) -> String {
 }
 
 /// `range` clipped to an object of `object_len` bytes.
-fn clip(range: &Range<u64>, object_len: u64) -> Range<u64> {
+pub(super) fn clip(range: &Range<u64>, object_len: u64) -> Range<u64> {
     range.start.min(object_len)..range.end.min(object_len)
 }
 

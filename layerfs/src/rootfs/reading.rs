@@ -61,11 +61,7 @@ impl ReadPlan {
                         offset_in_block,
                     }) => {
                         let range = offset_in_block..offset_in_block + seg.length;
-                        let parts = match how {
-                            Fetch::Parts => view.parts(&id, range.clone()),
-                            Fetch::Whole => None,
-                        };
-                        cache.has_range(&id, range, parts)
+                        cache.has_range(&id, range.clone(), how.parts(view, &id, range))
                     }
                     _ => true,
                 })
@@ -156,8 +152,9 @@ impl Rootfs {
                 let size = super::Attr::from_upper(ino, rec)?.inode.size;
                 let local = self.data_file(up, ino, false)?;
                 let slices = |c| {
-                    let slices = up.chunk_slices(ino, c).map_err(ReadError::from)?;
-                    Ok(ChunkView::from(slices))
+                    up.chunk_slices(ino, c)
+                        .map(ChunkView::from)
+                        .map_err(ReadError::from)
                 };
                 return plan(size, offset, len, slices, local);
             }
