@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the coverage-guided fuzz targets in fuzz/ (cargo fuzz, libFuzzer):
-# the layer index decoder, layer import and the List filter parser. Needs a
+# the layer index and trace decoders, layer import and the List filter parser. Needs a
 # nightly toolchain (rustup); installs cargo-fuzz into target/tools if it is
 # not on PATH.
 #
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
-targets=(index_blob layer_blob list_filter)
+targets=(index_blob trace_blob layer_blob list_filter)
 if [ -n "${2:-}" ]; then
   targets=("$2")
 fi

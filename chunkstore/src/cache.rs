@@ -19,6 +19,7 @@ use crate::seekable::Layout;
 use crate::store::{decode_off_thread, BlockStore, FetchError, ObjectKey, StoreError};
 
 mod partial;
+mod priority;
 
 pub use partial::Piece;
 
@@ -69,6 +70,8 @@ pub struct CacheStats {
     pub fetched_bytes: AtomicU64,
     /// Disk copies that failed verification and were dropped.
     pub disk_corrupt: AtomicU64,
+    /// Blocks fetched ahead of any read by [`BlockCache::prefetch`].
+    pub prefetched: AtomicU64,
 }
 
 /// Memory and disk caches in front of a block store.
@@ -81,6 +84,9 @@ pub struct BlockCache {
     layouts: moka::future::Cache<BlockId, Arc<Layout>>,
     disk: Option<DiskCache>,
     stats: Arc<CacheStats>,
+    /// Readers waiting on fetches, which prefetch gives way to.
+    demand: priority::Demand,
+    loading: priority::Loading,
 }
 
 impl BlockCache {
@@ -108,6 +114,8 @@ impl BlockCache {
             layouts,
             disk,
             stats: Arc::default(),
+            demand: Default::default(),
+            loading: Default::default(),
         })
     }
 
@@ -156,8 +164,31 @@ impl BlockCache {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        let _waiting = self.demand.enter();
         // One load per block: concurrent callers wait for the first.
         self.memory.try_get_with(key, self.load(*id)).await
+    }
+
+    /// Fetches block `id` into the caches ahead of any read, once no
+    /// reader is waiting on a fetch (a read goes first, always). Whether
+    /// it was fetched now (rather than at hand already).
+    pub async fn prefetch(&self, id: &BlockId) -> Result<bool, Arc<FetchError>> {
+        let key = Key::Block(*id);
+        if self.memory.contains_key(&key) {
+            return Ok(false);
+        }
+        self.demand.idle().await;
+        let mut fetched = false;
+        self.memory
+            .try_get_with(key, async {
+                fetched = true;
+                self.load(*id).await
+            })
+            .await?;
+        if fetched {
+            self.stats.prefetched.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(fetched)
     }
 
     /// Whether block `id` is on this node (disk cache or own blocks), so
@@ -173,6 +204,7 @@ impl BlockCache {
     }
 
     async fn load(&self, id: BlockId) -> Result<Arc<Vec<u8>>, FetchError> {
+        let _load = self.loading.start(id);
         if let Some(own) = &self.own_blocks {
             match own.get(&ObjectKey::Block(id)).await {
                 Ok(stored) => match decode_off_thread(id, stored).await {

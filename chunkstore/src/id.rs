@@ -100,6 +100,24 @@ sha256_type!(
     parse_hint: " after `sha256:`"
 );
 
+sha256_type!(
+    /// An image's chain id: the containerd chain id of its top layer
+    /// (`sha256:<hex>`), which names its whole stack of layers. Traces of
+    /// an image's starts are kept under it.
+    ChainDigest,
+    display_prefix: "sha256:",
+    parse_hint: " after `sha256:`"
+);
+
+sha256_type!(
+    /// Digest of a stored trace: sha256 of its stored bytes, so two nodes
+    /// writing traces at once never write the same key with different
+    /// bytes. Displays as `sha256:<hex>`.
+    TraceDigest,
+    display_prefix: "sha256:",
+    parse_hint: " after `sha256:`"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,11 +21,11 @@ mod writer;
 pub use cache::{BlockCache, CacheOptions, CacheStats, Piece};
 pub use codec::{decode_block, CodecError, Compressor, MAX_BLOCK_SIZE};
 pub use error_text::{error_chain, panic_text};
-pub use id::{BlockId, IndexDigest, ParseDigestError};
+pub use id::{BlockId, ChainDigest, IndexDigest, ParseDigestError, TraceDigest};
 pub use parts::{PartDigests, PartSize};
 pub use store::{
-    fetch_index, open_store, BlockStore, FetchError, LocalStore, ObjectKey, PutOutcome, RangeRead,
-    S3Store, StoreError,
+    fetch_index, fetch_trace, open_store, BlockStore, FetchError, LocalStore, ObjectKey,
+    PutOutcome, RangeRead, S3Store, StoreError, MAX_TRACES_LISTED,
 };
 pub use writer::{BlockSeq, BlockWriter, WriteError, WriteReport, WriterOptions};
 /// What only tests use: one block encoded, or fetched and checked, alone,

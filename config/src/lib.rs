@@ -97,6 +97,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub registry: RegistryConfig,
     pub snapshotter: SnapshotterConfig,
+    pub trace: TraceConfig,
 }
 
 impl Default for Config {
@@ -108,6 +109,44 @@ impl Default for Config {
             cache: CacheConfig::default(),
             registry: RegistryConfig::default(),
             snapshotter: SnapshotterConfig::default(),
+            trace: TraceConfig::default(),
+        }
+    }
+}
+
+/// `[trace]`: learning what an image reads first. The first start of an
+/// image on a node records what its container reads in its first seconds
+/// and stores it beside the layer indexes (in the local state when the
+/// shared store takes no writes); a lazy pull of an image with a trace
+/// fetches those blocks before the container asks for them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    /// Record starts and prefetch what traces name.
+    pub enabled: bool,
+    /// How long after a container's filesystem is mounted reads are
+    /// recorded.
+    pub window_ms: u64,
+    /// The most files one recording names.
+    pub max_files: usize,
+    /// The most byte ranges kept per file (closer ones are joined).
+    pub max_ranges_per_file: usize,
+    /// Blocks a trace's prefetch fetches at once.
+    pub parallel: usize,
+    /// Write traces to the shared store (for every node); off, or when the
+    /// store refuses, they stay on this node.
+    pub share: bool,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            enabled: true,
+            window_ms: 10_000,
+            max_files: 10_000,
+            max_ranges_per_file: 64,
+            parallel: 8,
+            share: true,
         }
     }
 }
@@ -500,6 +539,31 @@ impl Config {
         }
         if self.convert.workers > 256 {
             return Err(invalid("convert.workers", "must be at most 256"));
+        }
+        let t = &self.trace;
+        if !(100..=600_000).contains(&t.window_ms) {
+            return Err(invalid(
+                "trace.window_ms",
+                format!("{} is outside 100..=600000", t.window_ms),
+            ));
+        }
+        if !(1..=65_536).contains(&t.max_files) {
+            return Err(invalid(
+                "trace.max_files",
+                format!("{} is outside 1..=65536", t.max_files),
+            ));
+        }
+        if !(1..=1024).contains(&t.max_ranges_per_file) {
+            return Err(invalid(
+                "trace.max_ranges_per_file",
+                format!("{} is outside 1..=1024", t.max_ranges_per_file),
+            ));
+        }
+        if !(1..=64).contains(&t.parallel) {
+            return Err(invalid(
+                "trace.parallel",
+                format!("{} is outside 1..=64", t.parallel),
+            ));
         }
         // A cache smaller than one block would hold nothing.
         const BLOCK: u64 = 4 << 20;

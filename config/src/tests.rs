@@ -81,6 +81,13 @@ fn errors_name_the_key() {
         ),
         ("[cache]\nread_ahead_blocks = 65", "cache.read_ahead_blocks"),
         ("[cache]\nmemory_bytes = 1", "cache.memory_bytes"),
+        ("[trace]\nwindow_ms = 0", "trace.window_ms"),
+        ("[trace]\nparallel = 0", "trace.parallel"),
+        ("[trace]\nmax_files = 0", "trace.max_files"),
+        (
+            "[trace]\nmax_ranges_per_file = 5000",
+            "trace.max_ranges_per_file",
+        ),
         ("[registry]\ninsecure = [\"http://x:5000\"]", "registry"),
         (
             "[registry]\nmirrors = { \"docker.io\" = [\"m/x\"] }",

@@ -52,6 +52,29 @@ pub fn index_blob(data: &[u8]) {
     }
 }
 
+/// A stored trace from outside: the first byte picks the blob as it is
+/// (even) or its rest as plain protobuf, compressed here (odd, so the
+/// fuzzer reaches the checks without having to find zstd frames). The
+/// answer is an error or a trace that encodes and decodes back to itself
+/// and merges with itself into itself.
+pub fn trace_blob(data: &[u8]) {
+    use crate::trace::{decode_trace, encode_trace, merge};
+    let Some((pick, rest)) = data.split_first() else {
+        return;
+    };
+    let blob = if pick % 2 == 0 {
+        rest.to_vec()
+    } else {
+        zstd::bulk::compress(rest, 1).expect("compressing in memory")
+    };
+    if let Ok(trace) = decode_trace(&blob) {
+        let again = decode_trace(&encode_trace(&trace)).expect("a trace we encoded decodes");
+        assert_eq!(again, trace, "a trace changed in a round trip");
+        let merged = merge(&[trace.clone(), trace.clone()], usize::MAX);
+        assert_eq!(merged, trace, "a trace merged with itself changed");
+    }
+}
+
 /// A layer blob from outside (tar, gzip or zstd), converted into a store
 /// in memory: an error, or a layer whose published index decodes.
 pub fn layer_blob(data: &[u8]) {

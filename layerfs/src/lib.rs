@@ -8,7 +8,9 @@
 //!   chains and upper layers, in one place ([`store`]);
 //! - serving: slices at the bottom ([`slice`](mod@slice)), reading a file's bytes
 //!   through them ([`read`]), the filesystem over a merged view and an
-//!   upper ([`rootfs`]), and the FUSE protocol on top of it ([`fuse`]).
+//!   upper ([`rootfs`]), and the FUSE protocol on top of it ([`fuse`]);
+//! - learning: what a start reads first, recorded, stored and turned back
+//!   into blocks to fetch ([`trace`]).
 //!
 //! It does not know about containerd, registries or OCI manifests: a layer
 //! arrives as a byte stream and leaves as an index and blocks. Block encoding
@@ -26,5 +28,6 @@ pub mod slice;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
+pub mod trace;
 
 pub use geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};

@@ -2,7 +2,7 @@
 //! the same checks as ordinary tests, so CI runs them without a nightly
 //! toolchain.
 
-use slayerfs_layerfs::fuzzing::{index_blob, layer_blob, replay};
+use slayerfs_layerfs::fuzzing::{index_blob, layer_blob, replay, trace_blob};
 
 #[test]
 fn index_blob_inputs_decode_or_fail_cleanly() {
@@ -12,4 +12,9 @@ fn index_blob_inputs_decode_or_fail_cleanly() {
 #[test]
 fn layer_blob_inputs_convert_or_fail_cleanly() {
     replay("layer_blob", layer_blob);
+}
+
+#[test]
+fn trace_blob_inputs_decode_or_fail_cleanly() {
+    replay("trace_blob", trace_blob);
 }

@@ -55,7 +55,7 @@ async fn removed_layers_and_views_leave_nothing_behind() {
         .into_iter()
         .filter_map(|k| match k {
             ObjectKey::Block(id) => Some(id),
-            ObjectKey::Index(_) => None,
+            _ => None,
         })
         .collect();
     assert_eq!(in_use, stored, "every stored block is some layer's");

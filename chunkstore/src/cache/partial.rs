@@ -74,9 +74,11 @@ impl BlockCache {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return whole(hit);
         }
-        if self.is_local(id).await {
+        // At hand, or on its way whole: no second fetch.
+        if self.loading.contains(id) || self.is_local(id).await {
             return whole(self.get(id).await?);
         }
+        let _waiting = self.demand.enter();
         let size = digests.size().get();
         let fetches = needed.clone().map(|part| {
             let key = Key::Part(*id, part, size);

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{clip, BlockStore, ObjectKey, RangeRead, StoreError};
-use crate::id::{BlockId, IndexDigest};
+use super::{clip, trace_name, BlockStore, ObjectKey, RangeRead, StoreError, MAX_TRACES_LISTED};
+use crate::id::{BlockId, ChainDigest, IndexDigest, TraceDigest};
 
 /// Objects as files under a root directory, written to a temporary file,
 /// synced, then renamed into place, so a crash never leaves a partial object.
@@ -343,6 +343,32 @@ impl BlockStore for LocalStore {
             .await
             .map_err(|e| self.io_err("write", key, std::io::Error::other(e)))?
             .map_err(|e| self.io_err("write", key, e))
+    }
+
+    async fn list_traces(&self, chain: &ChainDigest) -> Result<Vec<TraceDigest>, StoreError> {
+        let prefix = ObjectKey::traces_of(chain);
+        let dir = self.root.join(&prefix);
+        let names = tokio::task::spawn_blocking(move || names_in(&dir))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| StoreError::List {
+                store: self.location(),
+                prefix,
+                message: e.to_string(),
+            })?;
+        let mut found: Vec<TraceDigest> = names.iter().filter_map(|n| trace_name(n)).collect();
+        found.sort();
+        found.truncate(MAX_TRACES_LISTED);
+        Ok(found)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        let this = self.clone();
+        let key = *key;
+        tokio::task::spawn_blocking(move || this.remove(&key).map(|_| ()))
+            .await
+            .map_err(|e| self.io_err("remove", &key, std::io::Error::other(e)))?
     }
 
     fn location(&self) -> String {

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{BlockStore, ObjectKey, StoreError};
+use super::{BlockStore, ObjectKey, StoreError, MAX_TRACES_LISTED};
+use crate::id::{ChainDigest, TraceDigest};
 
 /// Objects in a map; nothing outlives the value.
 #[derive(Debug, Default)]
@@ -37,6 +38,25 @@ impl BlockStore for MemoryStore {
 
     async fn put_replacing(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
         self.objects().insert(*key, data);
+        Ok(())
+    }
+
+    async fn list_traces(&self, chain: &ChainDigest) -> Result<Vec<TraceDigest>, StoreError> {
+        let mut found: Vec<TraceDigest> = self
+            .objects()
+            .keys()
+            .filter_map(|k| match k {
+                ObjectKey::Trace(c, d) if c == chain => Some(*d),
+                _ => None,
+            })
+            .collect();
+        found.sort();
+        found.truncate(MAX_TRACES_LISTED);
+        Ok(found)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.objects().remove(key);
         Ok(())
     }
 

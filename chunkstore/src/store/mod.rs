@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use slayerfs_config::{Config, StoreLocation};
 
 use crate::codec::{decode_block, CodecError};
-use crate::id::{BlockId, IndexDigest};
+use crate::id::{BlockId, ChainDigest, IndexDigest, TraceDigest};
 
 pub use local::LocalStore;
 #[cfg(any(test, feature = "test-support"))]
@@ -27,7 +27,17 @@ pub enum ObjectKey {
     Block(BlockId),
     /// `indexes/<hex>`: a layer index blob.
     Index(IndexDigest),
+    /// `traces/<chain hex>/<hex>`: what a start of the image with that
+    /// chain id read first.
+    Trace(ChainDigest, TraceDigest),
 }
+
+/// The most traces of one image a listing returns: more means nodes are
+/// writing faster than they merge, and the first ones found will do.
+pub const MAX_TRACES_LISTED: usize = 32;
+
+/// The largest stored trace accepted.
+pub const MAX_TRACE_BYTES: u64 = 4 << 20;
 
 impl ObjectKey {
     /// The key relative to the store root; always two or three `/`-separated
@@ -39,7 +49,14 @@ impl ObjectKey {
                 format!("blocks/{}/{}", &h[..2], h)
             }
             ObjectKey::Index(d) => format!("indexes/{}", d.to_hex()),
+            ObjectKey::Trace(chain, d) => format!("traces/{}/{}", chain.to_hex(), d.to_hex()),
         }
+    }
+
+    /// The folder of `chain`'s traces, relative to the store root, with a
+    /// trailing `/`.
+    pub fn traces_of(chain: &ChainDigest) -> String {
+        format!("traces/{}/", chain.to_hex())
     }
 }
 
@@ -51,6 +68,7 @@ impl ObjectKey {
         match self {
             ObjectKey::Block(_) => (crate::codec::MAX_BLOCK_SIZE as u64) + (1 << 20),
             ObjectKey::Index(_) => 256 << 20,
+            ObjectKey::Trace(..) => MAX_TRACE_BYTES,
         }
     }
 }
@@ -143,6 +161,12 @@ pub enum StoreError {
     },
     #[error("cannot open store {store}: {message}")]
     Open { store: String, message: String },
+    #[error("{store}: listing {prefix}: {message}")]
+    List {
+        store: String,
+        prefix: String,
+        message: String,
+    },
 }
 
 /// A content-addressed object store. Every key names its content, so a put
@@ -175,8 +199,19 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
         self.put_replacing(key, data).await?;
         Ok(PutOutcome::Written)
     }
+    /// The traces kept for `chain` (at most [`MAX_TRACES_LISTED`]).
+    async fn list_traces(&self, chain: &ChainDigest) -> Result<Vec<TraceDigest>, StoreError>;
+    /// Removes `key`; removing what is not there is no error.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
     /// Where this store is, for messages (`/dir` or `s3://bucket/prefix`).
     fn location(&self) -> String;
+}
+
+/// The trace digest a listed object name spells, in canonical form only
+/// (so that the key maps back to the same name).
+pub(crate) fn trace_name(name: &str) -> Option<TraceDigest> {
+    let d: TraceDigest = format!("sha256:{name}").parse().ok()?;
+    (d.to_hex() == name).then_some(d)
 }
 
 impl StoreError {
@@ -189,6 +224,7 @@ impl StoreError {
             kind: match key {
                 ObjectKey::Block(_) => "block",
                 ObjectKey::Index(_) => "layer index",
+                ObjectKey::Trace(..) => "trace",
             },
         }
     }
@@ -211,6 +247,12 @@ pub enum FetchError {
     IndexDigest {
         store: String,
         expected: IndexDigest,
+        actual: String,
+    },
+    #[error("{store}: trace {expected} hashes to sha256:{actual}")]
+    TraceDigest {
+        store: String,
+        expected: TraceDigest,
         actual: String,
     },
 }
@@ -252,6 +294,24 @@ pub async fn fetch_index(
     let actual = IndexDigest::of(&blob);
     if actual != *digest {
         return Err(FetchError::IndexDigest {
+            store: store.location(),
+            expected: *digest,
+            actual: actual.to_hex(),
+        });
+    }
+    Ok(blob)
+}
+
+/// Fetches a stored trace of `chain`, verified against its digest.
+pub async fn fetch_trace(
+    store: &dyn BlockStore,
+    chain: &ChainDigest,
+    digest: &TraceDigest,
+) -> Result<Vec<u8>, FetchError> {
+    let blob = store.get(&ObjectKey::Trace(*chain, *digest)).await?;
+    let actual = TraceDigest::of(&blob);
+    if actual != *digest {
+        return Err(FetchError::TraceDigest {
             store: store.location(),
             expected: *digest,
             actual: actual.to_hex(),

@@ -14,7 +14,10 @@ use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use slayerfs_config::S3Config;
 
-use super::{range_header, BlockStore, ObjectKey, RangeRead, StoreError};
+use super::{
+    range_header, trace_name, BlockStore, ObjectKey, RangeRead, StoreError, MAX_TRACES_LISTED,
+};
+use crate::id::{ChainDigest, TraceDigest};
 
 /// Objects under `s3://bucket/prefix/`. Retries with exponential backoff and
 /// per-attempt timeouts come from the SDK, bounded by the config; a body
@@ -312,6 +315,47 @@ impl BlockStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err("PUT", key, e))?;
+        Ok(())
+    }
+
+    async fn list_traces(&self, chain: &ChainDigest) -> Result<Vec<TraceDigest>, StoreError> {
+        let relative = ObjectKey::traces_of(chain);
+        let prefix = if self.prefix.is_empty() {
+            relative
+        } else {
+            format!("{}/{relative}", self.prefix)
+        };
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .max_keys(MAX_TRACES_LISTED as i32)
+            .send()
+            .await
+            .map_err(|e| StoreError::List {
+                store: self.location(),
+                prefix: prefix.clone(),
+                message: crate::error_chain(&e),
+            })?;
+        let mut found: Vec<TraceDigest> = out
+            .contents()
+            .iter()
+            .filter_map(|o| trace_name(o.key()?.strip_prefix(&prefix)?))
+            .collect();
+        found.sort();
+        found.truncate(MAX_TRACES_LISTED);
+        Ok(found)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| self.err("DELETE", key, e))?;
         Ok(())
     }
 

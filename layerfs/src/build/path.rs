@@ -62,6 +62,12 @@ impl LayerPath {
         Some((LayerPath(parent.to_vec()), last))
     }
 
+    /// The path's bytes, components joined by `/` (`""` for the root):
+    /// the exact name, where [`fmt::Display`] is lossy.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.join(&b'/')
+    }
+
     pub fn join(&self, name: &[u8]) -> LayerPath {
         let mut parts = self.0.clone();
         parts.push(name.to_vec());

@@ -228,6 +228,8 @@ pub struct Rootfs {
     /// inode with no names left is kept (until a fresh mount) rather than
     /// removed at what looks like its last close.
     taken_over: bool,
+    /// Records what the lower files are read for, while a recording runs.
+    recorder: Option<Arc<crate::trace::Recorder>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -269,7 +271,14 @@ impl Rootfs {
             reading,
             open: Mutex::new(HashMap::new()),
             taken_over,
+            recorder: None,
         })
+    }
+
+    /// Reads of lower files are noted in `recorder` (until it is over).
+    pub fn recording(mut self, recorder: Arc<crate::trace::Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     pub fn is_writable(&self) -> bool {

@@ -104,6 +104,11 @@ impl Rootfs {
             Ok(plan) => plan,
             Err(e) => return reply(Err(e)),
         };
+        if let Some(r) = &self.recorder {
+            if ino.0 <= self.lower.inode_count() {
+                r.note(ino, offset..plan.end());
+            }
+        }
         let access = self.streams.observe(ino, offset, plan.end());
         tracing::trace!(ino = ino.0, offset, len, ?access, "read");
         let how = if access.sequential {

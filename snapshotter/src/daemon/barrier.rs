@@ -148,6 +148,25 @@ impl BlockStore for NamingStore {
         self.inner.get(key).await
     }
 
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<slayerfs_chunkstore::RangeRead, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+
+    async fn list_traces(
+        &self,
+        chain: &slayerfs_chunkstore::ChainDigest,
+    ) -> Result<Vec<slayerfs_chunkstore::TraceDigest>, StoreError> {
+        self.inner.list_traces(chain).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
     async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
         self.barrier.name(Swept::Object(*key));
         self.inner.exists(key).await

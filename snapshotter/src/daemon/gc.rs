@@ -165,6 +165,8 @@ impl SlayerSnapshotter {
             let garbage = match &key {
                 ObjectKey::Block(id) => !blocks.contains(id),
                 ObjectKey::Index(d) => !live_layers.contains(&d.to_string()),
+                // Kilobytes, and worth keeping for the image's next pull.
+                ObjectKey::Trace(..) => false,
             };
             if !garbage {
                 continue;
@@ -179,6 +181,7 @@ impl SlayerSnapshotter {
             match key {
                 ObjectKey::Block(_) => report.blocks += 1,
                 ObjectKey::Index(_) => report.indexes += 1,
+                ObjectKey::Trace(..) => {}
             }
         }
         let (abandoned, bytes) = self.local.remove_abandoned_writes()?;

@@ -60,6 +60,7 @@ mod heap;
 mod locks;
 pub mod records;
 pub mod remote;
+mod traces;
 
 pub use api::Service;
 pub use error::ServiceError;
@@ -98,6 +99,7 @@ pub struct SlayerSnapshotter {
     /// Keeps every mounted snapshot's FUSE connection while no daemon runs.
     fds: Mutex<FdStore>,
     listing_seed: ListingSeed,
+    traces: traces::Traces,
 }
 
 fn kind_of(k: SnapshotKind) -> Kind {
@@ -194,6 +196,7 @@ impl SlayerSnapshotter {
             prefetching: Mutex::new(Default::default()),
             fds: Mutex::new(fds),
             listing_seed,
+            traces: traces::Traces::new(config.trace.clone()),
         });
         sn.restore().await?;
         sn.watch_fd_store();
@@ -365,8 +368,15 @@ impl SlayerSnapshotter {
             } else {
                 Served::TakenOver
             };
-            let rootfs =
+            let mut rootfs =
                 Rootfs::new(view, upper, cache, runtime, this.reading, served).map_err(internal)?;
+            // The first start of a lazily pulled image here is recorded.
+            if fresh {
+                if let Some((top, recorder)) = this.recorder_for(&snap) {
+                    rootfs = rootfs.recording(recorder.clone());
+                    this.store_when_recorded(top, recorder, chain.clone());
+                }
+            }
             let opts = MountOptions {
                 threads: 2,
                 fs_name: mount_source(&snap.key),

@@ -125,6 +125,8 @@ impl SlayerSnapshotter {
             first,
             self.reading.timeout,
         );
+        // What earlier starts of the image (if this is its top) read first.
+        self.prefetch_traced(&layer.target);
         tracing::info!(
             target = layer.target,
             index = %layer.index,
