@@ -21,6 +21,8 @@ pub const SECRET_KEY: &str = "slayerfs-test-secret";
 #[derive(Debug, Default)]
 pub struct Counters {
     pub gets: AtomicU64,
+    /// The path of every GET answered, in order (`/bucket/key`).
+    pub get_paths: std::sync::Mutex<Vec<String>>,
     pub heads: AtomicU64,
     pub puts: AtomicU64,
     pub other: AtomicU64,
@@ -43,6 +45,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let method = req.method().clone();
+        let path = req.uri().path().to_string();
         let counters = self.counters.clone();
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
@@ -51,6 +54,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
             match method {
                 http::Method::GET => {
                     c.gets.fetch_add(1, Ordering::Relaxed);
+                    c.get_paths
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(path);
                     let len = resp
                         .headers()
                         .get(http::header::CONTENT_LENGTH)
@@ -181,6 +188,15 @@ impl S3Server {
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
             ("AWS_REGION", "us-east-1".to_string()),
         ]
+    }
+}
+
+impl Counters {
+    /// The paths of the GETs answered after the first `from`, and how many
+    /// there are in all now (the `from` of a later call).
+    pub fn gets_since(&self, from: usize) -> (Vec<String>, usize) {
+        let all = self.get_paths.lock().unwrap_or_else(|p| p.into_inner());
+        (all.get(from..).unwrap_or_default().to_vec(), all.len())
     }
 }
 

@@ -134,7 +134,7 @@ impl LocalStore {
         if e.kind() == std::io::ErrorKind::NotFound {
             return StoreError::NotFound {
                 store: self.location(),
-                key: *key,
+                key: Box::new(*key),
             };
         }
         self.io_err("read", key, e)
@@ -144,7 +144,7 @@ impl LocalStore {
         StoreError::Io {
             store: self.location(),
             op,
-            key: *key,
+            key: Box::new(*key),
             source,
         }
     }

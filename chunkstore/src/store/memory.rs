@@ -28,7 +28,7 @@ impl BlockStore for MemoryStore {
             .cloned()
             .ok_or_else(|| StoreError::NotFound {
                 store: self.location(),
-                key: *key,
+                key: Box::new(*key),
             })
     }
 

@@ -136,25 +136,25 @@ pub enum PutOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{store}: {key} not found")]
-    NotFound { store: String, key: ObjectKey },
+    NotFound { store: String, key: Box<ObjectKey> },
     #[error("{store}: {op} {key}: {source}")]
     Io {
         store: String,
         op: &'static str,
-        key: ObjectKey,
+        key: Box<ObjectKey>,
         source: std::io::Error,
     },
     #[error("{store}: {op} {key}: {message}")]
     S3 {
         store: String,
         op: &'static str,
-        key: ObjectKey,
+        key: Box<ObjectKey>,
         message: String,
     },
     #[error("{store}: {key} is {size} bytes, more than the {limit} a {kind} may be")]
     TooLarge {
         store: String,
-        key: ObjectKey,
+        key: Box<ObjectKey>,
         size: u64,
         limit: u64,
         kind: &'static str,
@@ -218,7 +218,7 @@ impl StoreError {
     pub(crate) fn too_large(store: String, key: &ObjectKey, size: u64) -> Self {
         StoreError::TooLarge {
             store,
-            key: *key,
+            key: Box::new(*key),
             size,
             limit: key.max_stored_bytes(),
             kind: match key {

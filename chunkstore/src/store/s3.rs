@@ -162,7 +162,7 @@ impl S3Store {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                 return Err(Failure::Final(StoreError::NotFound {
                     store: self.location(),
-                    key: *key,
+                    key: Box::new(*key),
                 }))
             }
             Err(e) => return Err(Failure::Final(self.err("GET", key, e))),
@@ -275,7 +275,7 @@ impl S3Store {
         StoreError::S3 {
             store: self.location(),
             op,
-            key: *key,
+            key: Box::new(*key),
             message: crate::error_chain(&e),
         }
     }

@@ -1,6 +1,7 @@
 //! A prefetch list: the files a container reads first, in the order it
 //! reads them, one path per line (as `slayerfs convert --prefetch-list`
-//! takes it, written by hand or from a recorded start). Conversion packs
+//! takes it, written by hand or from a recorded start; a stored trace
+//! becomes one through [`crate::trace::list_or_trace`]). Conversion packs
 //! the small ones together into blocks of their own and records the list
 //! in each layer's index, so a node can fetch them before they are asked
 //! for. The list is input from outside: bounded, and a line that is not a
@@ -60,6 +61,16 @@ impl PrefetchList {
             order.entry(path).or_insert(next);
         }
         Ok(PrefetchList { order })
+    }
+
+    /// `paths` in this order, each at its first place.
+    pub fn from_paths(paths: impl IntoIterator<Item = LayerPath>) -> Self {
+        let mut order = HashMap::new();
+        for p in paths {
+            let next = order.len() as u32;
+            order.entry(p).or_insert(next);
+        }
+        PrefetchList { order }
     }
 
     /// Where `path` is in the list, if it is.

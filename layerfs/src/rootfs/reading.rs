@@ -12,7 +12,7 @@ use slayerfs_chunkstore::BlockCache;
 use slayerfs_proto::index::InodeKind;
 
 use super::{FsError, Rootfs};
-use crate::geometry::{Ino, BLOCK_SIZE, CHUNK_SIZE};
+use crate::geometry::{Ino, CHUNK_SIZE};
 use crate::read::{read_range_shared, Fetch, ReadBytes, ReadError};
 use crate::slice::{resolve, Backing, ChunkView, Origin, SliceView};
 
@@ -116,7 +116,7 @@ impl Rootfs {
         } else {
             Fetch::Parts
         };
-        self.read_ahead(ino, plan.size, plan.end(), access.ahead_blocks);
+        self.read_ahead(ino, plan.size, plan.end(), access.ahead_bytes);
         let in_memory = plan.in_memory(&self.cache, how);
         let answer = self.fetch(plan, how);
         if in_memory {
@@ -190,13 +190,12 @@ impl Rootfs {
         Ok(self.lower.db().chunk_slices(src.layer, src.ino, chunk)?)
     }
 
-    /// Starts fetching the blocks behind bytes `[from, from + blocks
-    /// blocks)` of `ino` that are not in memory yet.
-    fn read_ahead(&self, ino: Ino, size: u64, from: u64, blocks: u32) {
-        if blocks == 0 {
+    /// Starts fetching the blocks behind bytes `[from, from + window)` of
+    /// `ino` that are not in memory yet.
+    fn read_ahead(&self, ino: Ino, size: u64, from: u64, window: u64) {
+        if window == 0 {
             return;
         }
-        let window = u64::from(blocks) * BLOCK_SIZE as u64;
         let end = size.min(from.saturating_add(window));
         let mut pos = from;
         let mut wanted = Vec::new();

@@ -1,14 +1,16 @@
 //! Which files are being read sequentially: per inode, where its last
-//! read ended and how many reads in a row followed on from there. A
-//! sequential reader gets whole blocks and a read-ahead window that
-//! doubles while it stays sequential; any other read gets only what it
-//! asked for, and resets the window.
+//! read ended, where its run began and how many reads in a row followed
+//! on. A sequential reader gets whole blocks and a read-ahead window of
+//! twice what its run has read so far (so it grows while the reads stay
+//! sequential, and a reader that stops after a few pages, as `head` or a
+//! loader reading a header does, fetches nothing past them); any other
+//! read gets only what it asked for, and resets the window.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::geometry::Ino;
+use crate::geometry::{Ino, BLOCK_SIZE};
 
 /// How far before where the last read ended a read does not break a run
 /// (nor lengthens it): the kernel sends a reader's read-ahead as several
@@ -25,6 +27,8 @@ const TRACKED: usize = 4096;
 struct Stream {
     /// The furthest any read of this run reached.
     next: u64,
+    /// Where the run began.
+    start: u64,
     /// Reads in a row that followed on (the first read of a file at its
     /// start counts as one).
     run: u32,
@@ -38,12 +42,12 @@ pub(crate) struct Access {
     /// Part of a sequential run: the second read in a row that followed
     /// on, or any read of a run that began at the start of the file.
     pub sequential: bool,
-    /// Blocks to fetch ahead of this read.
-    pub ahead_blocks: u32,
+    /// Bytes past this read to fetch ahead, at most the configured blocks.
+    pub ahead_bytes: u64,
 }
 
 pub(crate) struct Streams {
-    max_ahead: u32,
+    max_ahead: u64,
     map: Mutex<HashMap<Ino, Stream>>,
 }
 
@@ -51,7 +55,7 @@ impl Streams {
     /// Read-ahead grows up to `max_ahead` blocks.
     pub fn new(max_ahead: u32) -> Self {
         Streams {
-            max_ahead,
+            max_ahead: u64::from(max_ahead) * BLOCK_SIZE as u64,
             map: Mutex::new(HashMap::new()),
         }
     }
@@ -64,6 +68,7 @@ impl Streams {
         }
         let fresh = Stream {
             next: end,
+            start: offset,
             run: u32::from(offset == 0),
             from_start: offset == 0,
         };
@@ -85,12 +90,12 @@ impl Streams {
         };
         let sequential = stream.run >= 2 || (stream.run == 1 && stream.from_start);
         let ahead = match sequential {
-            true => 1u32.checked_shl(stream.run - 1).unwrap_or(u32::MAX),
+            true => (stream.next - stream.start).saturating_mul(2),
             false => 0,
         };
         Access {
             sequential,
-            ahead_blocks: ahead.min(self.max_ahead),
+            ahead_bytes: ahead.min(self.max_ahead),
         }
     }
 
@@ -108,6 +113,7 @@ mod tests {
     use super::*;
 
     const K: u64 = 1 << 10;
+    const M: u64 = 1 << 20;
 
     #[test]
     fn windows_grow_while_reads_follow_on_and_stop_when_they_do_not() {
@@ -116,12 +122,13 @@ mod tests {
         let mut at = 0;
         let mut windows = Vec::new();
         for _ in 0..6 {
-            let a = s.observe(ino, at, at + 128 * K);
+            let a = s.observe(ino, at, at + 4 * M);
             assert!(a.sequential);
-            windows.push(a.ahead_blocks);
-            at += 128 * K;
+            windows.push(a.ahead_bytes / M);
+            at += 4 * M;
         }
-        assert_eq!(windows, [1, 2, 4, 8, 8, 8]);
+        // Twice what the run has read, up to eight blocks.
+        assert_eq!(windows, [8, 16, 24, 32, 32, 32]);
         // Out of order within the slack still follows on.
         assert!(s.observe(ino, at + 128 * K, at + 256 * K).sequential);
         assert!(s.observe(ino, at, at + 128 * K).sequential);
@@ -137,18 +144,18 @@ mod tests {
             !s.observe(ino, far - (2 << 20), far - (2 << 20) + 4 * K)
                 .sequential
         );
-        assert!(s.observe(ino, at, at + 4 * K).ahead_blocks == 0);
+        assert!(s.observe(ino, at, at + 4 * K).ahead_bytes == 0);
         // A jump: no read-ahead, and a run starts again: the first read
         // that follows on is not yet sequential, the second is.
         let jump = 300 << 20;
         let random = Access {
             sequential: false,
-            ahead_blocks: 0,
+            ahead_bytes: 0,
         };
         assert_eq!(s.observe(ino, jump, jump + 4 * K), random);
         assert_eq!(s.observe(ino, jump + 4 * K, jump + 8 * K), random);
         let a = s.observe(ino, jump + 8 * K, jump + 12 * K);
-        assert_eq!((a.sequential, a.ahead_blocks), (true, 2));
+        assert_eq!((a.sequential, a.ahead_bytes), (true, 24 * K));
         // Too far past the end of the last read is a jump.
         assert!(
             !s.observe(ino, jump + (1 << 20), jump + (1 << 20) + 4 * K)
@@ -157,9 +164,11 @@ mod tests {
         // A first read in the middle of a file is random; at 0 it is not.
         assert!(!s.observe(Ino(6), 10 << 20, (10 << 20) + 4 * K).sequential);
         assert!(s.observe(Ino(7), 0, 4 * K).sequential);
+        // A reader that stops after a few pages gets no block ahead.
+        assert!(s.observe(Ino(8), 0, 128 * K).ahead_bytes < BLOCK_SIZE as u64);
         s.forget(Ino(7));
         assert!(!s.observe(Ino(7), 8 << 20, (8 << 20) + 4 * K).sequential);
         // No read-ahead at all when configured so.
-        assert_eq!(Streams::new(0).observe(ino, 0, K).ahead_blocks, 0);
+        assert_eq!(Streams::new(0).observe(ino, 0, K).ahead_bytes, 0);
     }
 }

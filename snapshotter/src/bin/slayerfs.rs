@@ -67,8 +67,9 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
         /// Files a container reads first, one path per line in the order it
-        /// reads them: packed together into as few blocks as they fill, and
-        /// recorded in the layer indexes for nodes to fetch first.
+        /// reads them, or a trace of a start taken from the store: packed
+        /// together into as few blocks as they fill, and recorded in the
+        /// layer indexes for nodes to fetch first.
         #[arg(long, value_name = "FILE")]
         prefetch_list: Option<PathBuf>,
         /// No progress output.
@@ -117,6 +118,16 @@ enum Command {
         /// Only this layer (1 = bottom).
         #[arg(long)]
         layer: Option<usize>,
+        /// What a node fetches ahead: each layer's prefetch list, and the
+        /// traces of recorded starts in the store (files, bytes, blocks).
+        #[arg(long)]
+        prefetch: bool,
+        /// Write the merge of the image's stored traces to FILE (for
+        /// `convert --prefetch-list`); implies --prefetch.
+        #[arg(long, value_name = "FILE")]
+        save_trace: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Serve a converted image as a directory (read-only unless --rw).
     ///
@@ -361,7 +372,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 s.elapsed.as_secs_f64()
             );
         }
-        Command::Inspect { src, tree, layer } => {
+        Command::Inspect {
+            src,
+            tree,
+            layer,
+            prefetch,
+            save_trace,
+            store,
+        } => {
             let img = ConvertedImage::open(&ImageRef::parse(&src)?)?;
             let mut out = std::io::stdout().lock();
             print_layers(&img, &mut out)?;
@@ -390,6 +408,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )?;
                     print_tree(&index, &mut out)?;
                 }
+            }
+            if prefetch || save_trace.is_some() {
+                inspect_prefetch(&img, &cli.config, &store, save_trace.as_deref(), &mut out)
+                    .await?;
             }
         }
         Command::Pull {
@@ -556,6 +578,28 @@ fn parts_summary(index: &slayerfs_proto::index::LayerIndex) -> String {
     }
 }
 
+/// `inspect --prefetch`: the layers' prefetch lists and the image's traces.
+async fn inspect_prefetch(
+    img: &ConvertedImage,
+    config: &Option<PathBuf>,
+    store: &StoreArgs,
+    save: Option<&std::path::Path>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    use slayerfs_snapshotter::cli::inspect_prefetch::{print_lists, print_traces, LayerFiles};
+    let mut layers = Vec::new();
+    for d in img.manifest.layers() {
+        layers.push(LayerFiles::new(img.layer_index(d)?));
+    }
+    writeln!(out)?;
+    print_lists(&layers, out)?;
+    let chain: slayerfs_chunkstore::ChainDigest =
+        img.chain_id()?.parse().context("the image's chain id")?;
+    let config = load_config(config.as_ref(), Some(store))?;
+    let store = open_store(&config.store_location(), &config).await?;
+    print_traces(store.as_ref(), &chain, &layers, save, out).await
+}
+
 /// The prefetch list at `path`, read within its size limit.
 fn read_prefetch_list(path: &std::path::Path) -> anyhow::Result<PrefetchList> {
     use std::io::Read;
@@ -566,5 +610,6 @@ fn read_prefetch_list(path: &std::path::Path) -> anyhow::Result<PrefetchList> {
     file.take(limit)
         .read_to_end(&mut text)
         .with_context(|| format!("reading the prefetch list {}", path.display()))?;
-    PrefetchList::parse(&text).with_context(|| format!("the prefetch list {}", path.display()))
+    slayerfs_layerfs::trace::list_or_trace(&text)
+        .with_context(|| format!("the prefetch list {}", path.display()))
 }

@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod inspect;
+pub mod inspect_prefetch;
 pub mod mount;
 pub mod progress;
 pub mod pull;

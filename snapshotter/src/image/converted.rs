@@ -3,7 +3,7 @@
 //! snapshotter as lazy-pull labels; read back from an OCI layout with each
 //! index verified.
 
-use oci_spec::image::{Descriptor, ImageManifest};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use slayerfs_layerfs::index::{decode_index, ValidIndex};
 use slayerfs_proto::index::MEDIA_TYPE;
 
@@ -62,5 +62,23 @@ impl ConvertedImage {
             what: format!("layer {digest}"),
             message: e.to_string(),
         })
+    }
+
+    /// The chain id of the image's top layer (what its traces are stored
+    /// under), from its config's diff ids.
+    pub fn chain_id(&self) -> Result<String, ImageError> {
+        let desc = self.manifest.config();
+        let bytes = self.layout.read_blob_up_to(desc, 4 << 20)?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid {
+                what: format!("config {}", desc.digest()),
+                message: e.to_string(),
+            })?;
+        super::chain_ids(config.rootfs().diff_ids())
+            .pop()
+            .ok_or_else(|| ImageError::Invalid {
+                what: format!("config {}", desc.digest()),
+                message: "no layers".into(),
+            })
     }
 }
