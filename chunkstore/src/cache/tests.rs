@@ -1,5 +1,5 @@
 //! The caches against a local store: one fetch per block, verification, the
-//! disk cache's capacity and pins.
+//! disk cache's capacity and pins, and demand reads before prefetch.
 use super::*;
 use crate::codec::encode_block;
 use crate::store::LocalStore;
@@ -281,4 +281,109 @@ async fn pinned_blocks_count_against_their_budget() {
     // Closed: the budget is free for the next file.
     cache.unpin(&ids[..5]);
     assert_eq!(pins(&cache), (0, 0));
+}
+
+/// A store with room for two GETs at a time, each slow, that notes when
+/// each began: a link a prefetch keeps busy, as on a slow uplink.
+#[derive(Debug)]
+struct NarrowLink {
+    inner: Arc<dyn BlockStore>,
+    link: tokio::sync::Semaphore,
+    began: std::sync::Mutex<Vec<(ObjectKey, std::time::Instant)>>,
+}
+
+#[async_trait::async_trait]
+impl BlockStore for NarrowLink {
+    async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
+        let _link = self.link.acquire().await.unwrap();
+        let now = std::time::Instant::now();
+        self.began.lock().unwrap().push((*key, now));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        self.inner.get(key).await
+    }
+    async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        self.inner.exists(key).await
+    }
+    async fn put_replacing(&self, key: &ObjectKey, data: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put_replacing(key, data).await
+    }
+    async fn list_traces(
+        &self,
+        chain: &crate::ChainDigest,
+    ) -> Result<Vec<crate::TraceDigest>, StoreError> {
+        self.inner.list_traces(chain).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    fn location(&self) -> String {
+        "a narrow link".into()
+    }
+}
+
+/// While a reader waits on the store, no prefetch starts a fetch: the ones
+/// under way finish, the queued ones wait until the reader has its block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_prefetch_starts_while_a_reader_waits() {
+    let blocks: Vec<Vec<u8>> = (0..6).map(|i| block(i, 64 << 10)).collect();
+    let (_dir, inner, ids) = store_with(&blocks).await;
+    let store = Arc::new(NarrowLink {
+        inner,
+        link: tokio::sync::Semaphore::new(2),
+        began: std::sync::Mutex::new(Vec::new()),
+    });
+    let cache = Arc::new(
+        BlockCache::new(
+            store.clone(),
+            &CacheOptions {
+                own_blocks: None,
+                memory_bytes: 64 << 20,
+                disk: None,
+                pinned_bytes: u64::MAX,
+            },
+        )
+        .unwrap(),
+    );
+    // Five blocks prefetched two at a time, as a trace's prefetch does.
+    let prefetch = {
+        let (cache, ids) = (cache.clone(), ids[..5].to_vec());
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            futures_util::stream::iter(ids)
+                .for_each_concurrent(2, |id| {
+                    let cache = cache.clone();
+                    async move {
+                        cache.prefetch(&id).await.unwrap();
+                    }
+                })
+                .await;
+        })
+    };
+    // Two prefetches fill the link when the reader asks; without the
+    // reader going first, a third would take the link's next free place
+    // beside it.
+    while store.began.lock().unwrap().len() < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let asked = std::time::Instant::now();
+    let got = cache.get(&ids[5]).await.unwrap();
+    assert_eq!(*got, blocks[5]);
+    prefetch.await.unwrap();
+    let began = store.began.lock().unwrap().clone();
+    let read = ObjectKey::Block(ids[5]);
+    // The reader's GET took 100 ms from its start; a prefetch that waited
+    // for it begins as it ends (not before half of it).
+    let (_, read_began) = *began.iter().find(|(k, _)| *k == read).unwrap();
+    let served = read_began + std::time::Duration::from_millis(50);
+    let during: Vec<&ObjectKey> = began
+        .iter()
+        .filter(|(k, t)| *k != read && *t > asked && *t < served)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "prefetches began while a reader waited: {during:?}"
+    );
+    assert_eq!(began.len(), 6);
+    assert_eq!(cache.stats().prefetched.load(Ordering::Relaxed), 5);
 }
