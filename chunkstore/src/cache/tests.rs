@@ -19,6 +19,17 @@ async fn store_with(blocks: &[Vec<u8>]) -> (tempfile::TempDir, Arc<dyn BlockStor
     (dir, store, ids)
 }
 
+/// A cache of 64 MiB in memory and nothing on disk.
+fn memory_cache(store: Arc<dyn BlockStore>) -> Arc<BlockCache> {
+    let options = CacheOptions {
+        own_blocks: None,
+        memory_bytes: 64 << 20,
+        disk: None,
+        pinned_bytes: u64::MAX,
+    };
+    Arc::new(BlockCache::new(store, &options).unwrap())
+}
+
 fn block(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
@@ -29,18 +40,7 @@ fn block(seed: u8, len: usize) -> Vec<u8> {
 async fn concurrent_readers_fetch_a_block_once() {
     let data = block(1, 1 << 20);
     let (_dir, store, ids) = store_with(std::slice::from_ref(&data)).await;
-    let cache = Arc::new(
-        BlockCache::new(
-            store,
-            &CacheOptions {
-                own_blocks: None,
-                memory_bytes: 64 << 20,
-                disk: None,
-                pinned_bytes: u64::MAX,
-            },
-        )
-        .unwrap(),
-    );
+    let cache = memory_cache(store);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..32 {
         let (cache, id) = (cache.clone(), ids[0]);
@@ -332,18 +332,7 @@ async fn no_prefetch_starts_while_a_reader_waits() {
         link: tokio::sync::Semaphore::new(2),
         began: std::sync::Mutex::new(Vec::new()),
     });
-    let cache = Arc::new(
-        BlockCache::new(
-            store.clone(),
-            &CacheOptions {
-                own_blocks: None,
-                memory_bytes: 64 << 20,
-                disk: None,
-                pinned_bytes: u64::MAX,
-            },
-        )
-        .unwrap(),
-    );
+    let cache = memory_cache(store.clone());
     // Five blocks prefetched two at a time, as a trace's prefetch does.
     let prefetch = {
         let (cache, ids) = (cache.clone(), ids[..5].to_vec());
