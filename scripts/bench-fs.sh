@@ -244,9 +244,14 @@ print(f"{(time.perf_counter() - t) / len(paths) * 1e6:.2f}")
 bench_random_reads() {
   gen img-512 --small-files 0 --large-files 1 --large-mib 512
   local big=opt/models/large-0.bin stats=$work/s3.stats
+  # Cold means cold: no disk cache (the default one would outlive the
+  # mounts and serve every block), a memory cache each mount starts empty.
+  local cold_cfg=$fs/random.toml
+  printf 'state_dir = "%s"\n[cache]\ndisk_bytes = 0\n' "$fs/state-random" > "$cold_cfg"
+  export SLAYERFS_CONFIG=$cold_cfg
   start_s3 --stats "$stats"
   local whole_cfg=$fs/whole.toml
-  printf '[convert]\npart_kib = 4096\n' > "$whole_cfg"
+  printf 'state_dir = "%s"\n[convert]\npart_kib = 4096\n' "$fs/state-random" > "$whole_cfg"
   "$bin/slayerfs" convert -q "oci:$work/img-512:tar" "oci:$fs/conv-parts:tar" --store s3://bench/parts --s3-endpoint "$endpoint" >/dev/null
   SLAYERFS_CONFIG=$whole_cfg "$bin/slayerfs" convert -q "oci:$work/img-512:tar" "oci:$fs/conv-whole:tar" --store s3://bench/whole --s3-endpoint "$endpoint" >/dev/null
   sent() { sleep 0.3; awk '{print $4}' "$stats"; }

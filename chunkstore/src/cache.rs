@@ -93,12 +93,19 @@ impl BlockCache {
     /// Builds the caches; an existing disk cache directory is taken over
     /// (its blocks count against the capacity and are served).
     pub fn new(store: Arc<dyn BlockStore>, opts: &CacheOptions) -> Result<Self, StoreError> {
+        // Least recently used goes first. Moka's default (TinyLFU) admits
+        // a new entry only if it was asked for more often than the one it
+        // would evict, so once memory is full a streaming reader's next
+        // block, read ahead or just read, was turned away and fetched
+        // again on each of its reads.
         let memory = moka::future::Cache::builder()
             .max_capacity(opts.memory_bytes)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_, v: &Arc<Vec<u8>>| v.len().try_into().unwrap_or(u32::MAX))
             .build();
         let layouts = moka::future::Cache::builder()
             .max_capacity(LAYOUT_BYTES)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_, l: &Arc<Layout>| partial::layout_weight(l))
             .build();
         let disk = match &opts.disk {
@@ -303,8 +310,10 @@ const LAYOUT_BYTES: u64 = 8 << 20;
 /// Verified plain blocks in a directory, each followed by a CRC-32 of it
 /// (a hit costs a read and a CRC, not a decompression and a sha256: the
 /// bytes were checked against the block id before they were written),
-/// evicted past capacity by moka's policy
-/// (TinyLFU admission, least recently used evicted first) — except blocks
+/// evicted past capacity by moka's policy (TinyLFU admission, least
+/// recently used evicted first: a scan past the capacity does not wash
+/// out blocks read often; the memory cache, which a reader streams
+/// through, admits every block instead) — except blocks
 /// pinned by an open file, which stay (outside the capacity, within a
 /// budget of their own) until the last file that needs them is closed.
 struct DiskCache {

@@ -376,3 +376,28 @@ async fn no_prefetch_starts_while_a_reader_waits() {
     assert_eq!(began.len(), 6);
     assert_eq!(cache.stats().prefetched.load(Ordering::Relaxed), 5);
 }
+
+/// A reader streaming through more blocks than memory holds: each block
+/// fetched stays until newer ones push it out, however often the older
+/// blocks were read (an admission policy that weighs past reads would turn
+/// every later block away, and each of its reads would fetch it again).
+#[tokio::test]
+async fn a_stream_past_the_memory_budget_fetches_each_block_once() {
+    let blocks: Vec<Vec<u8>> = (0..12).map(|i| block(i, 1 << 20)).collect();
+    let (_dir, store, ids) = store_with(&blocks).await;
+    let options = CacheOptions {
+        own_blocks: None,
+        memory_bytes: 4 << 20,
+        disk: None,
+        pinned_bytes: u64::MAX,
+    };
+    let cache = BlockCache::new(store, &options).unwrap();
+    for id in &ids {
+        // A block is read in several requests, as the kernel sends them.
+        for _ in 0..8 {
+            cache.get(id).await.unwrap();
+            cache.memory.run_pending_tasks().await;
+        }
+    }
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 12);
+}
