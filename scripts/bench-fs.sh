@@ -30,14 +30,6 @@ timed_call() {
 bench_fs() {
   local fs=$work/fs
   mkdir -p "$fs"
-  gen() { # gen NAME ARGS…: a generated image, made once
-    local dir=$work/$1
-    shift
-    if [ ! -f "$dir/index.json" ]; then
-      echo "generating $dir ..." >&2
-      "$bin/slayerfs-gen-image" --out "$dir" "$@" >&2
-    fi
-  }
   if [ "${1:-}" = random ]; then
     m=$fs/mnt
     mkdir -p "$m"

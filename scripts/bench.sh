@@ -13,6 +13,9 @@
 #   scripts/bench.sh hardening  Prepare latency idle vs under load, memory
 #                               with 10 large images, metadata stalls while
 #                               the store is sick
+#   scripts/bench.sh nydus      our mount beside nydusd on the same files
+#                               (nydus-image and nydusd from $NYDUS_IMAGE and
+#                               $NYDUSD or the PATH; skipped without them)
 #
 # BENCH_DIR (default /var/tmp/slayerfs-bench) holds the generated image and
 # the stores; the image is generated once and reused. Each figure, baseline
@@ -134,6 +137,15 @@ bench_convert() {
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
+gen() { # gen NAME ARGS…: a generated image under $work, made once
+  local dir=$work/$1
+  shift
+  if [ ! -f "$dir/index.json" ]; then
+    echo "generating $dir ..." >&2
+    "$bin/slayerfs-gen-image" --out "$dir" "$@" >&2
+  fi
+}
+
 # Starts the S3 test server on $work/s3 with bucket `bench`; sets $endpoint
 # and $s3_pid.
 start_s3() {
@@ -151,6 +163,7 @@ source scripts/bench-snapshotter.sh
 source scripts/bench-lazy.sh
 source scripts/bench-restart.sh
 source scripts/bench-hardening.sh
+source scripts/bench-nydus.sh
 
 case "$what" in
   convert) bench_convert ;;
@@ -159,5 +172,6 @@ case "$what" in
   lazy) bench_lazy ;;
   restart) bench_restart ;;
   hardening) bench_hardening ;;
-  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter, lazy, restart)" >&2; exit 2 ;;
+  nydus) bench_nydus ;;
+  *) echo "bench.sh: unknown benchmark '$what' (known: convert, fs, snapshotter, lazy, restart, hardening, nydus)" >&2; exit 2 ;;
 esac

@@ -23,6 +23,7 @@ packages=(
   umoci skopeo        # building and copying OCI images
   busybox-static      # a self-contained userland for test images
   zstd openssl time   # benchmark baselines and peak-memory measurement
+  debootstrap         # a real Debian rootfs for the lazy-start benchmark
   golang-go golang-github-containerd-containerd-dev  # containerd's snapshotter conformance suite
 )
 # Packages whose command may come from another package (Docker's

@@ -285,6 +285,20 @@ pub fn ctr_in(dir: &Path, namespace: Option<&str>, args: &[&str]) -> (bool, Stri
     run_text(cmd.args(args))
 }
 
+/// `ctr run --rm` of `cmd` in a new container `name` of `image` on our
+/// snapshotter, in `namespace` (ctr's default when `None`).
+pub fn ctr_run(
+    dir: &Path,
+    namespace: Option<&str>,
+    image: &str,
+    name: &str,
+    cmd: &[&str],
+) -> (bool, String) {
+    let mut args = vec!["run", "--rm", "--snapshotter", "slayerfs", image, name];
+    args.extend_from_slice(cmd);
+    ctr_in(dir, namespace, &args)
+}
+
 /// Block files and index blobs in a snapshotter's block directory (its
 /// root's `blocks`).
 pub fn stored_objects(root: &Path) -> (usize, usize) {

@@ -27,18 +27,15 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     text
 }
 
-/// `ctr run --rm` of `cmd` in a new container `name` on our snapshotter.
+/// `ctr run --rm` of `cmd` in a new container `name` of the test image.
 fn run_in(dir: &Path, name: &str, cmd: &[&str]) -> String {
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--snapshotter",
-        "slayerfs",
-        "test/img:v1",
-        name,
-    ];
-    args.extend_from_slice(cmd);
-    ok(dir, &args)
+    let (success, text) = daemon::ctr_run(dir, None, "test/img:v1", name, cmd);
+    assert!(
+        success,
+        "ctr run {cmd:?}: {text}\nsnapshotter log:\n{}",
+        std::fs::read_to_string(dir.join("snapshotter.log")).unwrap_or_default()
+    );
+    text
 }
 
 /// Three layers made with umoci: busybox and files; a second file and a

@@ -12,6 +12,7 @@ use containerd_snapshots::tonic::transport::{Endpoint, Uri};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, PullImageRequest};
 use slayerfs_integration::bins::bin;
+pub use slayerfs_integration::daemon::ctr_run as run;
 use slayerfs_integration::daemon::{ctr_in, run_text, sh, write_config, Registry};
 use slayerfs_integration::s3::S3Server;
 
@@ -24,20 +25,6 @@ pub fn ctr(dir: &Path, args: &[&str]) -> (bool, String) {
 
 /// The namespace of images pulled through CRI.
 pub const K8S: Option<&str> = Some("k8s.io");
-
-/// `ctr run --rm` of `cmd` in a new container `name` of `image` on our
-/// snapshotter, in the CRI plugin's namespace or, with `None`, the default.
-pub fn run(
-    dir: &Path,
-    namespace: Option<&str>,
-    image: &str,
-    name: &str,
-    cmd: &[&str],
-) -> (bool, String) {
-    let mut args = vec!["run", "--rm", "--snapshotter", "slayerfs", image, name];
-    args.extend_from_slice(cmd);
-    ctr_in(dir, namespace, &args)
-}
 
 /// PullImage through containerd's CRI plugin, as kubelet calls it.
 pub async fn cri_pull(dir: &Path, image: &str) -> Result<String, String> {

@@ -20,7 +20,7 @@ use crate::slice::{resolve, Backing, ChunkView, Origin, SliceView};
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
     /// The most blocks fetched ahead of a sequential reader, within the
-    /// same file (the window starts at one block and doubles).
+    /// same file (the window is twice what the run has read, up to this).
     pub ahead_blocks: u32,
     /// The longest a read waits for blocks; then it fails with EIO (the
     /// fetch itself goes on, bounded by the store's own timeouts).
