@@ -171,7 +171,12 @@ impl BlockCache {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
-        let _waiting = self.demand.enter();
+        // A reader whose block is on its way already (a prefetch, another
+        // reader) asks nothing more of the link, so prefetch goes on: held
+        // back behind a reader waiting on a prefetched block, a trace's
+        // prefetch would shrink to the container's own pace, one block at
+        // a time.
+        let _waiting = (!self.loading.contains(id)).then(|| self.demand.enter());
         // One load per block: concurrent callers wait for the first.
         self.memory.try_get_with(key, self.load(*id)).await
     }

@@ -1,5 +1,6 @@
 //! Demand reads go first: a fetch some reader waits for is counted while it
-//! waits, and a background fetch (prefetch) starts only while none is.
+//! waits (unless the block is being fetched already), and a background
+//! fetch (prefetch) starts only while none is.
 //! Whole-block loads in flight are known too, so that a read of part of a
 //! block being fetched whole waits for that fetch instead of issuing a
 //! second one.

@@ -377,6 +377,53 @@ async fn no_prefetch_starts_while_a_reader_waits() {
     assert_eq!(cache.stats().prefetched.load(Ordering::Relaxed), 5);
 }
 
+/// A reader waiting on a block a prefetch is fetching adds nothing to the
+/// link: other prefetches go on beside it (held back, a trace's prefetch
+/// would shrink to the reader's pace, one block at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_block_on_its_way_does_not_hold_prefetch_back() {
+    let blocks: Vec<Vec<u8>> = (0..2).map(|i| block(i, 64 << 10)).collect();
+    let (_dir, inner, ids) = store_with(&blocks).await;
+    let store = Arc::new(NarrowLink {
+        inner,
+        link: tokio::sync::Semaphore::new(2),
+        began: std::sync::Mutex::new(Vec::new()),
+    });
+    let cache = memory_cache(store.clone());
+    let t0 = std::time::Instant::now();
+    let first = {
+        let (cache, id) = (cache.clone(), ids[0]);
+        tokio::spawn(async move { cache.prefetch(&id).await.unwrap() })
+    };
+    while store.began.lock().unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // A reader joins the GET under way; another prefetch is asked for.
+    let reader = {
+        let (cache, id) = (cache.clone(), ids[0]);
+        tokio::spawn(async move { cache.get(&id).await.map(|b| b.len()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let second = {
+        let (cache, id) = (cache.clone(), ids[1]);
+        tokio::spawn(async move { cache.prefetch(&id).await.unwrap() })
+    };
+    assert_eq!(reader.await.unwrap().unwrap(), blocks[0].len());
+    assert!(first.await.unwrap() && second.await.unwrap());
+    let began = store.began.lock().unwrap().clone();
+    let (_, second_began) = *began
+        .iter()
+        .find(|(k, _)| *k == ObjectKey::Block(ids[1]))
+        .unwrap();
+    // The first GET takes 100 ms; the second began well before it ended.
+    assert!(
+        second_began < t0 + std::time::Duration::from_millis(60),
+        "the second prefetch waited for the reader: {:?}",
+        second_began - t0
+    );
+    assert_eq!(cache.stats().fetches.load(Ordering::Relaxed), 2);
+}
+
 /// A reader streaming through more blocks than memory holds: each block
 /// fetched stays until newer ones push it out, however often the older
 /// blocks were read (an admission policy that weighs past reads would turn
