@@ -72,6 +72,9 @@ pub struct CacheStats {
     pub disk_corrupt: AtomicU64,
     /// Blocks fetched ahead of any read by [`BlockCache::prefetch`].
     pub prefetched: AtomicU64,
+    /// Ranges fetched in parts ahead of any read by
+    /// [`BlockCache::prefetch_range`].
+    pub prefetched_parts: AtomicU64,
 }
 
 /// Memory and disk caches in front of a block store.

@@ -21,7 +21,8 @@ pub const SECRET_KEY: &str = "slayerfs-test-secret";
 #[derive(Debug, Default)]
 pub struct Counters {
     pub gets: AtomicU64,
-    /// The path of every GET answered, in order (`/bucket/key`).
+    /// The path of every GET answered, in order (`/bucket/key`), with its
+    /// `Range` header after a space if it had one.
     pub get_paths: std::sync::Mutex<Vec<String>>,
     pub heads: AtomicU64,
     pub puts: AtomicU64,
@@ -45,7 +46,14 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        let mut path = req.uri().path().to_string();
+        if let Some(range) = req
+            .headers()
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+        {
+            path = format!("{path} {range}");
+        }
         let counters = self.counters.clone();
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {

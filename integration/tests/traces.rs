@@ -11,7 +11,7 @@
 
 mod lazy_images;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -95,13 +95,27 @@ impl Node {
     }
 }
 
-/// GETs of blocks among `paths`, by key, with how often each was asked.
+/// GETs of blocks among `paths`, by key and range (ranged GETs fetch parts
+/// of a block), with how often each was asked.
 fn block_gets(paths: &[String]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for p in paths.iter().filter(|p| p.contains("/blocks/")) {
         *out.entry(p.clone()).or_default() += 1;
     }
     out
+}
+
+/// The blocks among `gets` (keys of [`block_gets`]): fetched whole, and
+/// fetched in parts.
+fn blocks_of(gets: &BTreeMap<String, usize>) -> (BTreeSet<&str>, BTreeSet<&str>) {
+    let (mut whole, mut parts) = (BTreeSet::new(), BTreeSet::new());
+    for k in gets.keys() {
+        match k.split_once(' ') {
+            Some((path, _range)) => parts.insert(path),
+            None => whole.insert(k.as_str()),
+        };
+    }
+    (whole, parts)
 }
 
 /// The one folder of traces in the store, and the traces in it.
@@ -193,10 +207,13 @@ fn a_start_leaves_a_trace_that_another_node_prefetches_exactly() {
     let (gets, from) = counters.gets_since(from);
     let prefetched = block_gets(&gets);
     // Node 1 also read ahead of its reader; the trace names only what was
-    // read, so node 2 fetches a subset of node 1's blocks.
-    let stray: Vec<&String> = prefetched
-        .keys()
-        .filter(|k| !read_by_first.contains_key(*k))
+    // read, so node 2 fetches a subset of node 1's blocks (whole, or parts
+    // of them).
+    let (first_whole, first_parts) = blocks_of(&read_by_first);
+    let (whole, parts) = blocks_of(&prefetched);
+    let stray: Vec<&&str> = whole
+        .union(&parts)
+        .filter(|k| !first_whole.contains(*k) && !first_parts.contains(*k))
         .collect();
     assert!(
         !prefetched.is_empty() && stray.is_empty(),
@@ -210,14 +227,19 @@ fn a_start_leaves_a_trace_that_another_node_prefetches_exactly() {
         .find(|l| l.contains("prefetched the blocks a trace names"))
         .unwrap()
         .to_string();
-    let n = prefetched.len();
+    let n = whole.len();
     assert!(
-        done.contains(&format!("blocks={n}")) && done.contains(&format!("fetched={n}")),
-        "{done}"
+        done.contains(&format!("blocks={n} ")) && done.contains(&format!(" fetched={n} ")),
+        "{done}\n{prefetched:?}"
+    );
+    assert_eq!(
+        parts.is_empty(),
+        done.contains("ranges_fetched=0 "),
+        "{done}\n{prefetched:?}"
     );
     assert!(
         prefetched.values().all(|&n| n == 1),
-        "a block was fetched more than once: {prefetched:?}"
+        "a block or part was fetched more than once: {prefetched:?}"
     );
     let log = node2.paths.log_text();
     assert_eq!(

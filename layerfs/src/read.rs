@@ -72,16 +72,19 @@ pub enum Fetch {
 
 impl Fetch {
     /// The part digests a fetch of block `id`'s bytes `range` goes by:
-    /// none for a whole-block fetch, else what `view` knows.
+    /// what `view` knows; for a whole-block fetch only if those parts are
+    /// in `cache` already (a trace's prefetch brings parts), else none.
     pub fn parts<'a>(
         self,
         view: &'a ChunkView,
         id: &BlockId,
         range: Range<u32>,
+        cache: &BlockCache,
     ) -> Option<slayerfs_chunkstore::PartDigests<'a>> {
+        let known = view.parts(id, range.clone());
         match self {
-            Fetch::Parts => view.parts(id, range),
-            Fetch::Whole => None,
+            Fetch::Parts => known,
+            Fetch::Whole => known.filter(|p| cache.has_range(id, range, Some(*p))),
         }
     }
 }
@@ -222,7 +225,7 @@ async fn block_range(
     length: u32,
 ) -> Result<Vec<Piece>, ReadError> {
     let range = offset_in_block..offset_in_block.saturating_add(length);
-    let parts = how.parts(view, &id, range.clone());
+    let parts = how.parts(view, &id, range.clone(), cache);
     match cache.get_range(&id, range, parts).await {
         Ok(pieces) => Ok(pieces),
         Err(e) if matches!(*e, FetchError::Short { .. }) => Err(ReadError::ShortBlock(id)),

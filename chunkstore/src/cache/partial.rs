@@ -55,6 +55,36 @@ impl BlockCache {
         range: Range<u32>,
         parts: Option<PartDigests<'_>>,
     ) -> Result<Vec<Piece>, Arc<FetchError>> {
+        self.range_for(id, range, parts, true).await
+    }
+
+    /// Fetches the parts of block `id` that hold its bytes `range` into
+    /// memory ahead of any read, once no reader waits on a fetch, as
+    /// [`BlockCache::prefetch`] does for whole blocks. Whether anything
+    /// was fetched now.
+    pub async fn prefetch_range(
+        &self,
+        id: &BlockId,
+        range: Range<u32>,
+        parts: PartDigests<'_>,
+    ) -> Result<bool, Arc<FetchError>> {
+        if self.has_range(id, range.clone(), Some(parts)) {
+            return Ok(false);
+        }
+        self.demand.idle().await;
+        self.range_for(id, range, Some(parts), false).await?;
+        self.stats.prefetched_parts.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// [`Self::get_range`] for a reader (`demand`) or for prefetch.
+    async fn range_for(
+        &self,
+        id: &BlockId,
+        range: Range<u32>,
+        parts: Option<PartDigests<'_>>,
+        demand: bool,
+    ) -> Result<Vec<Piece>, Arc<FetchError>> {
         let whole = |bytes: Arc<Vec<u8>>| -> Result<Vec<Piece>, Arc<FetchError>> {
             let r = range.start as usize..range.end as usize;
             if r.end > bytes.len() {
@@ -78,7 +108,7 @@ impl BlockCache {
         if self.loading.contains(id) || self.is_local(id).await {
             return whole(self.get(id).await?);
         }
-        let _waiting = self.demand.enter();
+        let _waiting = demand.then(|| self.demand.enter());
         let size = digests.size().get();
         let fetches = needed.clone().map(|part| {
             let key = Key::Part(*id, part, size);

@@ -14,7 +14,7 @@ use slayerfs_proto::index::InodeKind;
 use super::{FsError, Rootfs};
 use crate::geometry::{Ino, CHUNK_SIZE};
 use crate::read::{read_range_shared, Fetch, ReadBytes, ReadError};
-use crate::slice::{resolve, Backing, ChunkView, Origin, SliceView};
+use crate::slice::{resolve, Backing, ChunkView, Origin};
 
 /// How a mount reads (set from `[cache]`).
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +46,9 @@ impl ReadPlan {
             .min(self.offset.saturating_add(u64::from(self.len)))
     }
 
-    /// Whether every byte the read needs from blocks is in memory.
-    fn in_memory(&self, cache: &BlockCache, how: Fetch) -> bool {
+    /// Whether every byte the read needs from blocks is in memory (whole
+    /// blocks, or the parts that hold them, however the read fetches).
+    fn in_memory(&self, cache: &BlockCache) -> bool {
         let (offset, end) = (self.offset, self.end());
         self.chunks.iter().enumerate().all(|(i, view)| {
             let start = (self.first_chunk + i as u64) * CHUNK_SIZE;
@@ -61,7 +62,7 @@ impl ReadPlan {
                         offset_in_block,
                     }) => {
                         let range = offset_in_block..offset_in_block + seg.length;
-                        cache.has_range(&id, range.clone(), how.parts(view, &id, range))
+                        cache.has_range(&id, range.clone(), view.parts(&id, range))
                     }
                     _ => true,
                 })
@@ -117,7 +118,7 @@ impl Rootfs {
             Fetch::Parts
         };
         self.read_ahead(ino, plan.size, plan.end(), access.ahead_bytes);
-        let in_memory = plan.in_memory(&self.cache, how);
+        let in_memory = plan.in_memory(&self.cache);
         let answer = self.fetch(plan, how);
         if in_memory {
             // Nothing to wait for (a block evicted meanwhile is still
@@ -178,16 +179,17 @@ impl Rootfs {
         plan(inode.size, offset, len, slices, None)
     }
 
-    /// The slices of chunk `chunk` of `ino`, wherever the inode lives.
-    fn chunk_slices(&self, ino: Ino, chunk: u64) -> Result<Vec<SliceView>, FsError> {
+    /// The slices of chunk `chunk` of `ino`, wherever the inode lives, and
+    /// what is known of their blocks' parts.
+    fn chunk_view(&self, ino: Ino, chunk: u64) -> Result<ChunkView, FsError> {
         if let Some(up) = &self.upper {
             if up.inode(ino)?.is_some() {
-                return Ok(up.chunk_slices(ino, chunk)?);
+                return Ok(up.chunk_slices(ino, chunk)?.into());
             }
         }
         let sources = self.lower.sources(ino)?;
         let src = sources.first().ok_or(FsError::NotFound)?;
-        Ok(self.lower.db().chunk_slices(src.layer, src.ino, chunk)?)
+        Ok(self.lower.db().chunk_view(src.layer, src.ino, chunk)?)
     }
 
     /// Starts fetching the blocks behind bytes `[from, from + window)` of
@@ -203,13 +205,24 @@ impl Rootfs {
             let chunk = pos / CHUNK_SIZE;
             let chunk_start = chunk * CHUNK_SIZE;
             let chunk_end = end.min(chunk_start + CHUNK_SIZE);
-            let Ok(slices) = self.chunk_slices(ino, chunk) else {
+            let Ok(view) = self.chunk_view(ino, chunk) else {
                 return;
             };
             let range = (pos - chunk_start) as u32..(chunk_end - chunk_start) as u32;
-            for seg in resolve(&slices, range) {
-                if let Origin::Slice(Backing::Block { id, .. }) = seg.origin {
-                    if !wanted.contains(&id) && !self.cache.contains(&id) {
+            for seg in resolve(&view.slices, range) {
+                if let Origin::Slice(Backing::Block {
+                    id,
+                    offset_in_block,
+                }) = seg.origin
+                {
+                    // Bytes in memory already, whole or in parts (a
+                    // trace's prefetch), need no block.
+                    let bytes = offset_in_block..offset_in_block + seg.length;
+                    if !wanted.contains(&id)
+                        && !self
+                            .cache
+                            .has_range(&id, bytes.clone(), view.parts(&id, bytes))
+                    {
                         wanted.push(id);
                     }
                 }

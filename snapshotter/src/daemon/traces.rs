@@ -242,14 +242,29 @@ impl SlayerSnapshotter {
             };
             let timeout = this.reading.timeout;
             let fetched = std::sync::atomic::AtomicUsize::new(0);
-            let count = planned.blocks.len();
-            futures_util::stream::iter(planned.blocks)
-                .for_each_concurrent(this.traces.config.parallel, |id| {
-                    let (cache, fetched) = (this.cache.clone(), &fetched);
+            let fetched_parts = std::sync::atomic::AtomicUsize::new(0);
+            let (count, ranges) = (planned.blocks.len(), planned.parts.len());
+            let jobs = planned
+                .blocks
+                .into_iter()
+                .map(Job::Whole)
+                .chain(planned.parts.into_iter().map(Job::Part));
+            futures_util::stream::iter(jobs)
+                .for_each_concurrent(this.traces.config.parallel, |job| {
+                    let (cache, fetched, fetched_parts) =
+                        (this.cache.clone(), &fetched, &fetched_parts);
                     async move {
-                        match tokio::time::timeout(timeout, cache.prefetch(&id)).await {
+                        let (id, done, result) = match &job {
+                            Job::Whole(id) => (*id, fetched, tokio::time::timeout(timeout, cache.prefetch(id)).await),
+                            Job::Part(p) => {
+                                let Some(digests) = p.digests() else { return };
+                                let got = cache.prefetch_range(&p.id, p.range.clone(), digests);
+                                (p.id, fetched_parts, tokio::time::timeout(timeout, got).await)
+                            }
+                        };
+                        match result {
                             Ok(Ok(true)) => {
-                                fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
                             Ok(Ok(false)) => {}
                             Ok(Err(e)) => tracing::debug!(block = %id, error = %e, "prefetching a traced block"),
@@ -264,11 +279,19 @@ impl SlayerSnapshotter {
                 missing = planned.missing,
                 blocks = count,
                 fetched = fetched.into_inner(),
+                ranges,
+                ranges_fetched = fetched_parts.into_inner(),
                 seconds = started.elapsed().as_secs_f64(),
                 "prefetched the blocks a trace names"
             );
         });
     }
+}
+
+/// One fetch of a trace's prefetch.
+enum Job {
+    Whole(slayerfs_chunkstore::BlockId),
+    Part(slayerfs_layerfs::trace::PartFetch),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
