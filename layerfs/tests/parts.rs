@@ -106,9 +106,15 @@ async fn random_reads_fetch_parts_and_old_indexes_read_whole_blocks() {
     let fetched = c.stats().fetched_bytes.load(Ordering::Relaxed);
     assert!(fetched < 7 * (128 << 10), "{fetched} bytes fetched");
 
-    // A sequential reader's fetch reads the block whole.
+    // A sequential reader's fetch of bytes whose parts are in memory (the
+    // first part, read above) is served from them; of others it reads the
+    // block whole.
     let got = read(&db, layer.id, ino, size, (0, 4096), Fetch::Whole, &c).await;
     assert_eq!(got, &data[..4096]);
+    assert_eq!(counts(&c), (0, 9));
+    let at = 2 * MIB;
+    let got = read(&db, layer.id, ino, size, (at as u64, 4096), Fetch::Whole, &c).await;
+    assert_eq!(got, &data[at..at + 4096]);
     assert_eq!(counts(&c).0, 1);
 
     // The same layer as an index of an earlier build, without digests: it
