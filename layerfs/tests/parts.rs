@@ -113,7 +113,16 @@ async fn random_reads_fetch_parts_and_old_indexes_read_whole_blocks() {
     assert_eq!(got, &data[..4096]);
     assert_eq!(counts(&c), (0, 9));
     let at = 2 * MIB;
-    let got = read(&db, layer.id, ino, size, (at as u64, 4096), Fetch::Whole, &c).await;
+    let got = read(
+        &db,
+        layer.id,
+        ino,
+        size,
+        (at as u64, 4096),
+        Fetch::Whole,
+        &c,
+    )
+    .await;
     assert_eq!(got, &data[at..at + 4096]);
     assert_eq!(counts(&c).0, 1);
 
