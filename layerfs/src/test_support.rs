@@ -110,3 +110,17 @@ pub async fn convert_and_load(blob: Vec<u8>, store: &Arc<dyn BlockStore>, db: &L
     db.load_index(&conv.digest, &conv.index)
         .expect("loading a test layer")
 }
+
+/// `len` bytes of deterministic noise (xorshift from `seed`): data that
+/// does not compress, so blocks hold what a test expects.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

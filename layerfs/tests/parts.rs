@@ -11,23 +11,11 @@ use slayerfs_chunkstore::{BlockCache, BlockStore, CacheOptions, LocalStore, Part
 use slayerfs_layerfs::index::ValidIndex;
 use slayerfs_layerfs::read::{read_range_shared, Fetch};
 use slayerfs_layerfs::store::layers::LayerDb;
-use slayerfs_layerfs::test_support::{convert_for_test, tar_of};
+use slayerfs_layerfs::test_support::{convert_for_test, noise, tar_of};
 use slayerfs_layerfs::Ino;
 use slayerfs_proto::index::LayerIndex;
 
 const MIB: usize = 1 << 20;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn cache(store: &Arc<dyn BlockStore>) -> BlockCache {
     BlockCache::new(store.clone(), &CacheOptions::in_memory(64 << 20)).unwrap()

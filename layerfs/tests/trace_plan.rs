@@ -10,21 +10,9 @@ use slayerfs_chunkstore::{BlockStore, LocalStore};
 use slayerfs_layerfs::build::path::LayerPath;
 use slayerfs_layerfs::store::layers::LayerDb;
 use slayerfs_layerfs::store::merged::MergedView;
-use slayerfs_layerfs::test_support::{convert_and_load, tar_of};
+use slayerfs_layerfs::test_support::{convert_and_load, noise, tar_of};
 use slayerfs_layerfs::trace::{blocks_to_fetch, Trace, TracedFile};
 use slayerfs_layerfs::BLOCK_SIZE;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// `path` read at bytes `range`.
 fn read(path: &str, range: std::ops::Range<u64>) -> TracedFile {

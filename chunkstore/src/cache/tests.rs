@@ -292,6 +292,16 @@ struct NarrowLink {
     began: std::sync::Mutex<Vec<(ObjectKey, std::time::Instant)>>,
 }
 
+impl NarrowLink {
+    fn over(inner: Arc<dyn BlockStore>) -> Arc<Self> {
+        Arc::new(NarrowLink {
+            inner,
+            link: tokio::sync::Semaphore::new(2),
+            began: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl BlockStore for NarrowLink {
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
@@ -327,11 +337,7 @@ impl BlockStore for NarrowLink {
 async fn no_prefetch_starts_while_a_reader_waits() {
     let blocks: Vec<Vec<u8>> = (0..6).map(|i| block(i, 64 << 10)).collect();
     let (_dir, inner, ids) = store_with(&blocks).await;
-    let store = Arc::new(NarrowLink {
-        inner,
-        link: tokio::sync::Semaphore::new(2),
-        began: std::sync::Mutex::new(Vec::new()),
-    });
+    let store = NarrowLink::over(inner);
     let cache = memory_cache(store.clone());
     // Five blocks prefetched two at a time, as a trace's prefetch does.
     let prefetch = {
@@ -384,11 +390,7 @@ async fn no_prefetch_starts_while_a_reader_waits() {
 async fn a_reader_of_a_block_on_its_way_does_not_hold_prefetch_back() {
     let blocks: Vec<Vec<u8>> = (0..2).map(|i| block(i, 64 << 10)).collect();
     let (_dir, inner, ids) = store_with(&blocks).await;
-    let store = Arc::new(NarrowLink {
-        inner,
-        link: tokio::sync::Semaphore::new(2),
-        began: std::sync::Mutex::new(Vec::new()),
-    });
+    let store = NarrowLink::over(inner);
     let cache = memory_cache(store.clone());
     let t0 = std::time::Instant::now();
     let first = {

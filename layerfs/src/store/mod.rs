@@ -12,6 +12,7 @@ pub mod journal;
 pub mod layers;
 mod legacy;
 pub mod merged;
+mod resident;
 mod table;
 pub mod upper;
 

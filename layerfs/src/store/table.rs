@@ -247,6 +247,7 @@ pub(crate) struct Table {
     map: memmap2::Mmap,
     dir_off: u64,
     count: u64,
+    refill: super::resident::Refill,
 }
 
 fn le_u64(b: &[u8], at: usize) -> u64 {
@@ -316,6 +317,7 @@ impl Table {
             map,
             dir_off,
             count,
+            refill: Default::default(),
         })
     }
 
@@ -335,6 +337,7 @@ impl Table {
         if ino.0 == 0 || ino.0 > self.count {
             return None;
         }
+        self.refill.touch(&self.map);
         let at = (self.dir_off + (ino.0 - 1) * SLOT as u64) as usize;
         let s = &self.map[at..at + SLOT];
         Some(Slot {
