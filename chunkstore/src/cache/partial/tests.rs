@@ -206,3 +206,39 @@ async fn wrong_bytes_are_never_returned() {
     assert_eq!(joined(&got), &data[90_000..90_010]);
     assert_eq!(counts(&h.cache).0, 1);
 }
+
+/// A prefetch of a range brings its parts into memory, once: a read of
+/// them then fetches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_range_is_read_from_memory() {
+    let f = fixture();
+    let data = plain(5, 200_000);
+    let id = BlockId::of(&data);
+    put(f.store.as_ref(), id, seekable_form(&data, PART)).await;
+    let size = PartSize::new(PART).unwrap();
+    let digests = part_digests(&data, size);
+    let parts = PartDigests::new(size, 0, &digests).unwrap();
+
+    assert!(f
+        .cache
+        .prefetch_range(&id, 20_000..50_000, parts)
+        .await
+        .unwrap());
+    assert!(!f
+        .cache
+        .prefetch_range(&id, 20_000..50_000, parts)
+        .await
+        .unwrap());
+    let s = f.cache.stats();
+    assert_eq!(s.prefetched_parts.load(Ordering::Relaxed), 1);
+    assert!(f.cache.has_range(&id, 20_000..50_000, Some(parts)));
+    assert!(!f.cache.contains(&id), "only parts, not the block");
+    let before = counts(&f.cache);
+    let got = f
+        .cache
+        .get_range(&id, 30_000..40_000, Some(parts))
+        .await
+        .unwrap();
+    assert_eq!(joined(&got), &data[30_000..40_000]);
+    assert_eq!(counts(&f.cache), before, "nothing fetched for the read");
+}
