@@ -1,6 +1,9 @@
 //! Validation of a loaded configuration: every value checked, the first
 //! wrong one named by its key.
 
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+
 use crate::{invalid, is_host, Config, ConfigError, StoreLocation};
 
 impl Config {
@@ -30,12 +33,7 @@ impl Config {
                 "access_key_id and secret_access_key must be given together",
             ));
         }
-        if !(1..=10).contains(&s3.max_attempts) {
-            return Err(invalid(
-                "store.s3.max_attempts",
-                format!("{} is outside 1..=10", s3.max_attempts),
-            ));
-        }
+        within("store.s3.max_attempts", s3.max_attempts, 1..=10)?;
         if s3.initial_backoff_ms > 60_000 {
             return Err(invalid(
                 "store.s3.initial_backoff_ms",
@@ -50,12 +48,7 @@ impl Config {
             };
             return Err(invalid(key, "must be greater than 0"));
         }
-        if !(1..=19).contains(&self.convert.zstd_level) {
-            return Err(invalid(
-                "convert.zstd_level",
-                format!("{} is outside 1..=19", self.convert.zstd_level),
-            ));
-        }
+        within("convert.zstd_level", self.convert.zstd_level, 1..=19)?;
         if !self.convert.part_kib.is_power_of_two() || !(16..=4096).contains(&self.convert.part_kib)
         {
             return Err(invalid(
@@ -70,30 +63,10 @@ impl Config {
             return Err(invalid("convert.workers", "must be at most 256"));
         }
         let t = &self.trace;
-        if !(100..=600_000).contains(&t.window_ms) {
-            return Err(invalid(
-                "trace.window_ms",
-                format!("{} is outside 100..=600000", t.window_ms),
-            ));
-        }
-        if !(1..=65_536).contains(&t.max_files) {
-            return Err(invalid(
-                "trace.max_files",
-                format!("{} is outside 1..=65536", t.max_files),
-            ));
-        }
-        if !(1..=1024).contains(&t.max_ranges_per_file) {
-            return Err(invalid(
-                "trace.max_ranges_per_file",
-                format!("{} is outside 1..=1024", t.max_ranges_per_file),
-            ));
-        }
-        if !(1..=64).contains(&t.parallel) {
-            return Err(invalid(
-                "trace.parallel",
-                format!("{} is outside 1..=64", t.parallel),
-            ));
-        }
+        within("trace.window_ms", t.window_ms, 100..=600_000)?;
+        within("trace.max_files", t.max_files, 1..=65_536)?;
+        within("trace.max_ranges_per_file", t.max_ranges_per_file, 1..=1024)?;
+        within("trace.parallel", t.parallel, 1..=64)?;
         // A cache smaller than one block would hold nothing.
         const BLOCK: u64 = 4 << 20;
         if self.cache.memory_bytes < BLOCK {
@@ -119,12 +92,11 @@ impl Config {
         if self.cache.read_ahead_blocks > 64 {
             return Err(invalid("cache.read_ahead_blocks", "must be at most 64"));
         }
-        if !(100..=600_000).contains(&self.cache.read_timeout_ms) {
-            return Err(invalid(
-                "cache.read_timeout_ms",
-                format!("{} is outside 100..=600000", self.cache.read_timeout_ms),
-            ));
-        }
+        within(
+            "cache.read_timeout_ms",
+            self.cache.read_timeout_ms,
+            100..=600_000,
+        )?;
         if !((1 << 20)..=(64 << 30)).contains(&self.snapshotter.db_cache_bytes) {
             return Err(invalid(
                 "snapshotter.db_cache_bytes",
@@ -136,9 +108,7 @@ impl Config {
             ("registry.connect_timeout_ms", r.connect_timeout_ms),
             ("registry.read_timeout_ms", r.read_timeout_ms),
         ] {
-            if !(1..=600_000).contains(&ms) {
-                return Err(invalid(key, format!("{ms} is outside 1..=600000")));
-            }
+            within(key, ms, 1..=600_000)?;
         }
         let hosts = r
             .insecure
@@ -156,4 +126,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `value` must lie in `range`, or `key` is named as wrong.
+fn within<T: PartialOrd + Display>(
+    key: &'static str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!("{value} is outside {}..={}", range.start(), range.end()),
+    ))
 }
