@@ -40,6 +40,28 @@ impl ValidIndex {
         let digests = self.0.part_digests.get(block as usize)?;
         PartDigests::new(size, 0, digests).filter(|_| !digests.is_empty())
     }
+
+    /// The blocks (ids as the block table holds them) behind the bytes
+    /// `ranges` of file `ino` — all of it with `None` — in file order; a
+    /// block may repeat. Nothing for an inode number the index lacks.
+    pub fn blocks_of<'a>(
+        &'a self,
+        ino: u64,
+        ranges: Option<&'a [std::ops::Range<u64>]>,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let slices = ino
+            .checked_sub(1)
+            .and_then(|i| self.0.inodes.get(usize::try_from(i).ok()?))
+            .map_or(&[][..], |inode| &inode.slices[..]);
+        slices.iter().filter_map(move |s| {
+            let start = s.chunk_index.saturating_mul(CHUNK_SIZE) + u64::from(s.offset_in_chunk);
+            let end = start.saturating_add(u64::from(s.length));
+            let wanted = ranges.is_none_or(|rs| rs.iter().any(|r| r.start < end && start < r.end));
+            wanted
+                .then(|| self.0.blocks.get(s.block as usize).map(Vec::as_slice))
+                .flatten()
+        })
+    }
 }
 
 impl Deref for ValidIndex {

@@ -13,7 +13,6 @@ use slayerfs_chunkstore::{fetch_trace, BlockStore, ChainDigest};
 use slayerfs_layerfs::index::ValidIndex;
 use slayerfs_layerfs::trace::format::MAX_FILES;
 use slayerfs_layerfs::trace::{decode_trace, encode_trace, merge, Trace};
-use slayerfs_layerfs::CHUNK_SIZE;
 use slayerfs_proto::index::InodeKind;
 
 use super::progress::human_bytes;
@@ -48,15 +47,7 @@ impl LayerFiles {
 
     /// The blocks behind `ranges` of file `ino` (all of it with `None`).
     fn blocks(&self, ino: u64, ranges: Option<&[Range<u64>]>, into: &mut HashSet<Vec<u8>>) {
-        let inode = &self.index.inodes[(ino - 1) as usize];
-        for s in &inode.slices {
-            let start = s.chunk_index.saturating_mul(CHUNK_SIZE) + u64::from(s.offset_in_chunk);
-            let end = start + u64::from(s.length);
-            let wanted = ranges.is_none_or(|rs| rs.iter().any(|r| r.start < end && start < r.end));
-            if wanted {
-                into.insert(self.index.blocks[s.block as usize].clone());
-            }
-        }
+        into.extend(self.index.blocks_of(ino, ranges).map(<[u8]>::to_vec));
     }
 }
 

@@ -22,19 +22,8 @@ pub(super) fn listed_blocks(index: &ValidIndex, budget: u64) -> Vec<BlockId> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for &ino in &index.prefetch {
-        // Validated: a regular file's inode.
-        let Some(inode) = ino
-            .checked_sub(1)
-            .and_then(|i| index.inodes.get(i as usize))
-        else {
-            continue;
-        };
-        for s in &inode.slices {
-            let id = index
-                .blocks
-                .get(s.block as usize)
-                .and_then(|b| BlockId::from_slice(b));
-            if let Some(id) = id.filter(|id| seen.insert(*id)) {
+        for id in index.blocks_of(ino, None).filter_map(BlockId::from_slice) {
+            if seen.insert(id) {
                 if out.len() == most {
                     return out;
                 }
