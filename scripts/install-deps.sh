@@ -9,6 +9,10 @@
 # is, and an install that would remove anything is refused with the names.
 #
 #   scripts/install-deps.sh          build + test dependencies
+#
+# Then the newer runtimes the tests run beside the system's containerd
+# (containerd 2.x and 1.7, Docker Engine), unpacked into the checkout by
+# scripts/install-runtimes.sh when it is beside this script.
 set -euo pipefail
 
 say() { echo "install-deps: $*" >&2; }
@@ -31,6 +35,13 @@ packages=(
 # commands): if the command is there, the package is not needed.
 declare -A command_of=([containerd]=containerd [runc]=runc)
 
+# The runtimes in the checkout, once the packages are in place.
+runtimes() {
+  local script
+  script="$(dirname "$0")/install-runtimes.sh"
+  if [ -x "$script" ]; then "$script"; fi
+}
+
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
@@ -45,6 +56,7 @@ for p in "${packages[@]}"; do
   missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
+  runtimes
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -108,3 +120,4 @@ if [ "${#still[@]}" -ne 0 ]; then
   fail "apt-get reported success but ${still[*]} is not installed"
 fi
 say "installed ${missing[*]}"
+runtimes

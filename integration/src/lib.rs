@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod mount;
+pub mod runtime;
 pub mod s3;
 pub mod snapshots_api;
 pub mod tree;

@@ -2,7 +2,7 @@
 //! pushed to a real registry, converted by `slayerfs convert` into a real
 //! S3 server; and the `ctr`, CRI and `slayerfs pull` calls that pull and
 //! run it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::path::Path;
