@@ -8,6 +8,7 @@
 
 pub mod bins;
 pub mod daemon;
+pub mod docker;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod mount;
