@@ -7,6 +7,7 @@
 //! location of the project's binaries. It tests nothing itself.
 
 pub mod bins;
+pub mod cri;
 pub mod daemon;
 pub mod docker;
 pub mod fault_proxy;

@@ -51,6 +51,9 @@ pub struct Cri<'a> {
     /// annotations to our Prepares as labels (`disable_snapshot_annotations
     /// = false`); on 2.x the default is the transfer service instead.
     pub local_pull: bool,
+    /// The pause image pods start from (the default one, on a registry this
+    /// machine cannot reach, otherwise).
+    pub sandbox_image: Option<&'a str>,
 }
 
 impl Containerd {
@@ -132,10 +135,19 @@ state = "{d}/state-containerd"
   disable_snapshot_annotations = {annotations}
   [plugins."io.containerd.cri.v1.images".registry]
     config_path = "{h}"
+[plugins."io.containerd.cri.v1.runtime"]
+  # Pods ask for an OOM score below the tests' own, which a process
+  # without CAP_SYS_RESOURCE (a node inside a container) may not set.
+  restrict_oom_score_adj = true
 "#,
                     annotations = !c.local_pull,
                     h = hosts.display()
                 )),
+            }
+            if let Some(image) = cri.and_then(|c| c.sandbox_image) {
+                text.push_str(&format!(
+                    "[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{image}\"\n"
+                ));
             }
         } else {
             text = format!(
@@ -155,6 +167,7 @@ state = "{d}/state-containerd"
                 }
                 Some(c) => text.push_str(&format!(
                     r#"[plugins."io.containerd.grpc.v1.cri"]
+{sandbox}  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "slayerfs"
     disable_snapshot_annotations = {annotations}
@@ -162,7 +175,10 @@ state = "{d}/state-containerd"
     config_path = "{h}"
 "#,
                     annotations = !c.local_pull,
-                    h = hosts.display()
+                    h = hosts.display(),
+                    sandbox = c
+                        .sandbox_image
+                        .map_or(String::new(), |i| format!("  sandbox_image = \"{i}\"\n")),
                 )),
             }
         }

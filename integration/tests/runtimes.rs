@@ -57,6 +57,7 @@ fn end_to_end(v: Containerd) {
         // 1.x: the local pull is CRI's only way, and passes the labels only
         // with annotations on; 2.x: the transfer service, by default.
         local_pull: !v.is_2x(),
+        sandbox_image: None,
     };
     let mut containerd = v.start(dir, &paths.socket, Some(&cri));
     let log = || {
@@ -227,6 +228,7 @@ fn end_to_end(v: Containerd) {
         let local = Cri {
             registry: &reg,
             local_pull: true,
+            sandbox_image: None,
         };
         containerd = v.start(dir, &paths.socket, Some(&local));
         cri_lazily("cri-local");

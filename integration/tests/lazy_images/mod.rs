@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use containerd_snapshots::tonic::transport::{Endpoint, Uri};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{ImageSpec, PullImageRequest};
 use slayerfs_integration::bins::bin;
+use slayerfs_integration::cri::image_service_client::ImageServiceClient;
+use slayerfs_integration::cri::{connect, ImageSpec, PullImageRequest};
 pub use slayerfs_integration::daemon::ctr_run as run;
 use slayerfs_integration::daemon::{ctr_in, run_text, sh, write_config, Registry};
 use slayerfs_integration::s3::S3Server;
@@ -28,12 +27,7 @@ pub const K8S: Option<&str> = Some("k8s.io");
 
 /// PullImage through containerd's CRI plugin, as kubelet calls it.
 pub async fn cri_pull(dir: &Path, image: &str) -> Result<String, String> {
-    let sock = dir.join("containerd.sock");
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            tokio::net::UnixStream::connect(sock.clone())
-        }))
+    let channel = connect(&dir.join("containerd.sock"))
         .await
         .map_err(|e| e.to_string())?;
     let mut images = ImageServiceClient::new(channel);
