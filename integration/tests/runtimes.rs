@@ -175,6 +175,32 @@ fn end_to_end(v: Containerd) {
         }
     };
 
+    // 1.x: a plain `ctr image pull` unpacks through `Image.Unpack`, which
+    // passes no labels: our layers (indexes, not tars) cannot be unpacked,
+    // and the pull says so. (Use `slayerfs pull` there.)
+    if !v.is_2x() {
+        let (ok, out) = ctr(
+            TRANSFER,
+            &[
+                "image",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "slayerfs",
+                &image,
+            ],
+        );
+        assert!(
+            !ok,
+            "a 1.x ctr image pull of a converted image worked:\n{out}"
+        );
+        eprintln!(
+            "1.x ctr image pull: {}",
+            out.lines().last().unwrap_or_default()
+        );
+        remove_all();
+    }
+
     // 2.x: a plain `ctr image pull` through the transfer service is lazy.
     if v.is_2x() {
         let lazy_before = lazy_layers(&paths);
