@@ -57,9 +57,13 @@ impl CacheOptions {
 #[derive(Debug, Default)]
 pub struct CacheStats {
     pub memory_hits: AtomicU64,
+    /// Block reads memory did not have.
+    pub memory_misses: AtomicU64,
     /// Blocks read from the node's own store.
     pub own_block_hits: AtomicU64,
     pub disk_hits: AtomicU64,
+    /// Block loads the disk cache did not have (or had damaged).
+    pub disk_misses: AtomicU64,
     /// Whole blocks fetched from the store.
     pub fetches: AtomicU64,
     /// Ranged GETs of parts of blocks, and of their seek tables.
@@ -138,6 +142,16 @@ impl BlockCache {
         &self.stats
     }
 
+    /// Bytes held now: in memory, and on disk if there is a disk cache
+    /// (pinned blocks included).
+    pub fn held_bytes(&self) -> (u64, Option<u64>) {
+        let disk = self
+            .disk
+            .as_ref()
+            .map(|d| d.index.weighted_size() + d.pins.lock().map_or(0, |p| p.kept));
+        (self.memory.weighted_size(), disk)
+    }
+
     pub fn store(&self) -> &Arc<dyn BlockStore> {
         &self.store
     }
@@ -174,6 +188,7 @@ impl BlockCache {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.stats.memory_misses.fetch_add(1, Ordering::Relaxed);
         // A reader whose block is on its way already (a prefetch, another
         // reader) asks nothing more of the link, so prefetch goes on: held
         // back behind a reader waiting on a prefetched block, a trace's
@@ -252,6 +267,7 @@ impl BlockCache {
                 }
                 None => {}
             }
+            self.stats.disk_misses.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(block = %id, "fetching a block whole");
         let stored = self.store.get(&ObjectKey::Block(id)).await?;

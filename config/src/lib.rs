@@ -106,6 +106,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub snapshotter: SnapshotterConfig,
     pub trace: TraceConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -118,8 +119,18 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             snapshotter: SnapshotterConfig::default(),
             trace: TraceConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
+}
+
+/// `[metrics]`: the daemon's Prometheus endpoint (`/metrics`, and
+/// `/healthz` beside it).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// HOST:PORT to serve on; no endpoint when unset.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// `[trace]`: learning what an image reads first. The first start of an

@@ -22,6 +22,7 @@ pub mod fuse;
 pub mod fuzzing;
 pub mod geometry;
 pub mod index;
+pub mod metrics;
 pub mod read;
 pub mod rootfs;
 pub mod slice;

@@ -20,5 +20,6 @@ pub mod cli;
 pub mod daemon;
 pub mod fusemount;
 pub mod image;
+pub mod metrics;
 pub mod process;
 pub mod store_args;

@@ -136,10 +136,16 @@ pub struct SlayerFuse {
 /// Runs one operation; a panic in it is logged and the request answered
 /// EIO (fuser answers a reply dropped unsent so) instead of taking the
 /// worker thread down. Each would be a defect; none is known.
+/// Counted and timed in the metrics, but for reads, which may be answered
+/// later and are timed when they are ([`ops`]).
 fn guarded(op: &'static str, f: impl FnOnce()) {
+    let start = std::time::Instant::now();
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         let what = slayerfs_chunkstore::panic_text(panic.as_ref());
         tracing::error!(op, panic = %what, "a filesystem operation panicked; the mount goes on");
+    }
+    if op != "read" {
+        crate::metrics::fuse().answered(op, start.elapsed());
     }
 }
 
@@ -148,6 +154,7 @@ fn errno(op: &'static str, ino: u64, e: FsError) -> Errno {
     if e.is_fault() {
         tracing::error!(op, ino, error = %e, "filesystem operation failed");
     }
+    crate::metrics::fuse().failed(e.errno());
     Errno::from_i32(e.errno())
 }
 

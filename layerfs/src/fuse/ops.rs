@@ -282,12 +282,14 @@ impl Filesystem for SlayerFuse {
         guarded("read", || {
             let span = tracing::debug_span!("read", ino = ino.0, offset, size);
             let _entered = span.clone().entered();
+            let start = std::time::Instant::now();
             self.fs.read(Ino(ino.0), offset, size, move |read| {
                 let _entered = span.entered();
                 match read {
                     Ok(data) => reply.data(data.as_slice()),
                     Err(e) => reply.error(errno("read", ino.0, e)),
                 }
+                crate::metrics::fuse().answered("read", start.elapsed());
             });
         });
     }

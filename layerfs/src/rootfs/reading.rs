@@ -125,6 +125,7 @@ impl Rootfs {
             // bounded by the deadline).
             reply(self.runtime.block_on(answer));
         } else {
+            crate::metrics::fuse().read_waited();
             self.runtime.spawn(async move { reply(answer.await) });
         }
     }

@@ -18,6 +18,9 @@ use slayerfs_config::{Config, StoreLocation};
 use slayerfs_fdstore::FdStore;
 use slayerfs_snapshotter::daemon::Service;
 use slayerfs_snapshotter::daemon::SlayerSnapshotter;
+use slayerfs_snapshotter::metrics;
+use slayerfs_snapshotter::metrics::server::Health;
+use slayerfs_snapshotter::metrics::store::MeteredStore;
 use slayerfs_snapshotter::store_args::StoreArgs;
 
 #[derive(Parser)]
@@ -45,6 +48,10 @@ struct Cli {
     /// next start ([snapshotter] unmount_on_exit).
     #[arg(long)]
     unmount_on_exit: bool,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics and a health
+    /// check at /healthz ([metrics] address; off by default).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The fd holder: as configured, else beside this binary, else on PATH.
@@ -76,11 +83,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.unmount_on_exit {
         config.snapshotter.unmount_on_exit = true;
     }
+    if let Some(a) = cli.metrics_address {
+        config.metrics.address = Some(a);
+    }
     config.validate().context("invalid settings")?;
     let root = std::path::absolute(&cli.root).context("the root directory")?;
-    let shared = open_shared(&config)
-        .await
-        .context("opening the block store")?;
+    let shared = MeteredStore::wrap(
+        open_shared(&config)
+            .await
+            .context("opening the block store")?,
+    );
     tracing::info!(store = shared.location(), "lazily pulled layers read from");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     // Mount points are then found in the mount table by their path as
@@ -92,7 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let fds = FdStore::open(root.join("fdholder.sock"), holder_binary(&config))
         .context("opening the fd store that keeps FUSE connections across restarts")?;
     tracing::info!(store = fds.describe(), "FUSE connections kept by");
-    let sn = SlayerSnapshotter::open(&root, &config, shared, fds)
+    let sn = SlayerSnapshotter::open(&root, &config, shared.clone(), fds)
         .await
         .with_context(|| format!("opening the snapshotter state in {}", root.display()))?;
     if let Some(dir) = cli.address.parent() {
@@ -123,6 +135,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("publishing the socket {}", cli.address.display()))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tracing::info!(address = %cli.address.display(), root = %root.display(), "serving");
+    if let Some(addr) = config.metrics.address {
+        let health = Health {
+            socket: cli.address.clone(),
+            store: shared.clone(),
+        };
+        let bound = metrics::server::serve(addr, metrics::registry(sn.metric_levels()), health)
+            .await
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(address = %bound, "metrics at /metrics, health at /healthz");
+    }
     let signalled = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

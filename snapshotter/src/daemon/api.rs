@@ -9,6 +9,8 @@ use containerd_snapshots::{Info, Snapshotter, Usage};
 use futures_util::FutureExt;
 use slayerfs_layerfs::store::upper::{Upper, UpperId};
 use slayerfs_proto::store::SnapshotKind;
+
+use crate::metrics;
 use tracing::Instrument;
 
 use super::barrier::Swept;
@@ -179,6 +181,11 @@ impl SlayerSnapshotter {
             &layer.record.index_digest,
             labels.into_iter().collect(),
         )?;
+        // containerd's unpacker names its snapshots `extract-…`; other
+        // commits are a container's changes (`docker commit`, a build).
+        if key.contains("extract-") {
+            metrics::daemon::events().pulled(metrics::daemon::Pulled::Unpacked);
+        }
         let dropped = self.drop_state_blocking(snap.id).await;
         drop(window);
         dropped

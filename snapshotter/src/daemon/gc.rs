@@ -60,6 +60,7 @@ impl SlayerSnapshotter {
         let report = background::run_alone("collecting", move || this.collect_now()).await;
         self.barrier.end_collection();
         let report = report.map_err(internal)?.map_err(internal)?;
+        crate::metrics::daemon::events().collected(report.bytes);
         if report != GcReport::default() {
             tracing::info!(?report, "garbage collected");
         }

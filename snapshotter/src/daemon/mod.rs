@@ -58,6 +58,7 @@ mod first_reads;
 mod gc;
 mod heap;
 mod locks;
+mod observed;
 pub mod records;
 pub mod remote;
 mod traces;

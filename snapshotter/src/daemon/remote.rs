@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use slayerfs_chunkstore::{fetch_index, IndexDigest, ObjectKey};
-use slayerfs_layerfs::index::decode_index;
+use slayerfs_layerfs::index::{decode_index, ValidIndex};
 use slayerfs_proto::store::SnapshotKind;
 
 use super::barrier::Swept;
@@ -24,6 +24,7 @@ use super::SlayerSnapshotter;
 use crate::daemon::records::RecordError;
 use crate::image::converted::ANNOTATION_INDEX;
 use crate::image::registry::fetch_index_blob;
+use crate::metrics::daemon::{events, Fallback, Pulled};
 
 /// The label containerd sets to the chain id a Prepare is unpacking.
 pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
@@ -73,6 +74,7 @@ impl SlayerSnapshotter {
         labels: &HashMap<String, String>,
     ) -> Result<()> {
         if self.lazy_target_exists(layer, parent)? {
+            events().pulled(Pulled::Present);
             return Ok(());
         }
         // Fetched and decoded outside the target's lock: a slow or dead
@@ -80,7 +82,10 @@ impl SlayerSnapshotter {
         let started = std::time::Instant::now();
         // Prefetched (or kept from an earlier pull) here, else from the
         // shared store; verified either way.
-        let blob = self.find_index(layer, labels).await?;
+        let blob = self
+            .find_index(layer, labels)
+            .await
+            .inspect_err(|_| events().fell_back(Fallback::IndexUnavailable))?;
         let bytes = blob.len();
         let index = tokio::task::spawn_blocking({
             let blob = blob.clone();
@@ -88,13 +93,46 @@ impl SlayerSnapshotter {
         })
         .await
         .map_err(internal)?
-        .map_err(|e| internal(anyhow::anyhow!("layer index {}: {e}", layer.index)))?;
+        .map_err(|e| {
+            events().fell_back(Fallback::IndexInvalid);
+            internal(anyhow::anyhow!("layer index {}: {e}", layer.index))
+        })?;
+        // Whatever fails from here is this node's own doing.
+        let recorded = self
+            .record_lazy(layer, parent, labels, blob, index)
+            .await
+            .inspect_err(|_| events().fell_back(Fallback::Local))?;
+        if !recorded {
+            events().pulled(Pulled::Present);
+            return Ok(());
+        }
+        events().pulled(Pulled::Lazy);
+        tracing::info!(
+            target = layer.target,
+            index = %layer.index,
+            index_bytes = bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "layer pulled lazily"
+        );
+        Ok(())
+    }
 
+    /// Records `layer` from its verified index: the index copy, the layer,
+    /// the snapshot; then starts what is known to be read first. False
+    /// when another Prepare recorded it first.
+    async fn record_lazy(
+        self: &Arc<Self>,
+        layer: &LazyLayer,
+        parent: &str,
+        labels: &HashMap<String, String>,
+        blob: Vec<u8>,
+        index: ValidIndex,
+    ) -> Result<bool> {
         // One pull of a target at a time.
         let _held = self.locks.snapshot(&layer.target).await;
         // Another Prepare for the same layer may have been quicker.
         if self.lazy_target_exists(layer, parent)? {
-            return Ok(());
+            return Ok(false);
         }
         // The index copy and the layer are made before the record names
         // them.
@@ -127,14 +165,7 @@ impl SlayerSnapshotter {
         );
         // What earlier starts of the image (if this is its top) read first.
         self.prefetch_traced(&layer.target);
-        tracing::info!(
-            target = layer.target,
-            index = %layer.index,
-            index_bytes = bytes,
-            seconds = started.elapsed().as_secs_f64(),
-            "layer pulled lazily"
-        );
-        Ok(())
+        Ok(true)
     }
 
     /// The layer's index blob, verified: kept here (prefetched, or from an
