@@ -28,6 +28,7 @@ packages=(
   busybox-static      # a self-contained userland for test images
   zstd openssl time   # benchmark baselines and peak-memory measurement
   debootstrap         # a real Debian rootfs for the lazy-start benchmark
+  prometheus          # a real scraper of the daemon's /metrics
   golang-go golang-github-containerd-containerd-dev  # containerd's snapshotter conformance suite
 )
 # Packages whose command may come from another package (Docker's

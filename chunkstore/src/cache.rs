@@ -57,7 +57,8 @@ impl CacheOptions {
 #[derive(Debug, Default)]
 pub struct CacheStats {
     pub memory_hits: AtomicU64,
-    /// Block reads memory did not have.
+    /// Reads of a block or a part of one that memory did not have (one
+    /// waiting on a fetch in flight included).
     pub memory_misses: AtomicU64,
     /// Blocks read from the node's own store.
     pub own_block_hits: AtomicU64,

@@ -13,6 +13,7 @@ pub mod docker;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod mount;
+pub mod prometheus;
 pub mod runtime;
 pub mod s3;
 pub mod snapshots_api;

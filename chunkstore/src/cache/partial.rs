@@ -117,6 +117,7 @@ impl BlockCache {
                     self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(hit);
                 }
+                self.stats.memory_misses.fetch_add(1, Ordering::Relaxed);
                 self.memory
                     .try_get_with(key, self.load_part(*id, part, digests))
                     .await

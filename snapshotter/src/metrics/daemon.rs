@@ -9,7 +9,6 @@ use prometheus_client::registry::Registry;
 
 type Label = [(&'static str, &'static str); 1];
 
-#[derive(Default)]
 pub struct Events {
     layers_pulled: Family<Label, Counter>,
     lazy_fallbacks: Family<Label, Counter>,
@@ -28,6 +27,18 @@ pub enum Pulled {
     Unpacked,
 }
 
+impl Pulled {
+    const ALL: [Pulled; 3] = [Pulled::Lazy, Pulled::Present, Pulled::Unpacked];
+
+    fn label(self) -> &'static str {
+        match self {
+            Pulled::Lazy => "lazy",
+            Pulled::Present => "present",
+            Pulled::Unpacked => "unpacked",
+        }
+    }
+}
+
 /// Why a lazy pull fell back to an ordinary Prepare.
 #[derive(Clone, Copy, Debug)]
 pub enum Fallback {
@@ -39,7 +50,39 @@ pub enum Fallback {
     Local,
 }
 
-static EVENTS: LazyLock<Events> = LazyLock::new(Events::default);
+impl Fallback {
+    const ALL: [Fallback; 3] = [
+        Fallback::IndexUnavailable,
+        Fallback::IndexInvalid,
+        Fallback::Local,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Fallback::IndexUnavailable => "index_unavailable",
+            Fallback::IndexInvalid => "index_invalid",
+            Fallback::Local => "local",
+        }
+    }
+}
+
+/// Every label value exists from the start, at 0: a query of a rate or a
+/// ratio then has series to work on before the first event.
+static EVENTS: LazyLock<Events> = LazyLock::new(|| {
+    let e = Events {
+        layers_pulled: Family::default(),
+        lazy_fallbacks: Family::default(),
+        gc_runs: Counter::default(),
+        gc_freed_bytes: Counter::default(),
+    };
+    for p in Pulled::ALL {
+        drop(e.layers_pulled.get_or_create(&[("how", p.label())]));
+    }
+    for f in Fallback::ALL {
+        drop(e.lazy_fallbacks.get_or_create(&[("reason", f.label())]));
+    }
+    e
+});
 
 pub fn events() -> &'static Events {
     &EVENTS
@@ -47,22 +90,14 @@ pub fn events() -> &'static Events {
 
 impl Events {
     pub fn pulled(&self, how: Pulled) {
-        let how = match how {
-            Pulled::Lazy => "lazy",
-            Pulled::Present => "present",
-            Pulled::Unpacked => "unpacked",
-        };
-        self.layers_pulled.get_or_create(&[("how", how)]).inc();
+        self.layers_pulled
+            .get_or_create(&[("how", how.label())])
+            .inc();
     }
 
     pub fn fell_back(&self, why: Fallback) {
-        let reason = match why {
-            Fallback::IndexUnavailable => "index_unavailable",
-            Fallback::IndexInvalid => "index_invalid",
-            Fallback::Local => "local",
-        };
         self.lazy_fallbacks
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&[("reason", why.label())])
             .inc();
     }
 
