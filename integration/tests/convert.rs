@@ -100,6 +100,49 @@ async fn awkward_image_round_trips_through_blocks_and_indexes() {
     assert!(tree.contains("[opaque]"), "{tree}");
     assert!(tree.contains("parts of 128 KiB, digests for"), "{tree}");
 
+    // The same as JSON, for scripts: every layer, its index, its entries.
+    let doc: serde_json::Value = serde_json::from_str(&assert_ok(&slayerfs(
+        &["inspect", &oci(&dst, "conv"), "--tree", "--json"],
+        &[],
+    )))
+    .expect("inspect --json prints one JSON document");
+    let layers = doc["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), awkward_layers().len(), "{doc}");
+    assert!(doc["manifest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(doc["chain_id"].as_str().unwrap().starts_with("sha256:"));
+    let entries: Vec<&serde_json::Value> = layers
+        .iter()
+        .flat_map(|l| l["entries"].as_array().expect("entries with --tree"))
+        .collect();
+    let find = |path: &str, what: &str| {
+        entries
+            .iter()
+            .find(|e| e["path"] == path && e.get(what).is_some())
+            .unwrap_or_else(|| panic!("no {path} with {what} in {doc}"))
+    };
+    assert_eq!(find("/etc/hosts", "whiteout")["whiteout"], true);
+    assert_eq!(find("/dev/null", "rdev")["rdev"], serde_json::json!([1, 3]));
+    assert_eq!(find("/dev/null", "rdev")["kind"], "char_device");
+    assert!(entries.iter().any(|e| e["opaque"] == true), "{doc}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["target"] == "/usr/share/zoneinfo/UTC" && e["kind"] == "symlink"),
+        "{doc}"
+    );
+    for l in layers {
+        assert_eq!(l["converted"], true);
+        assert_eq!(l["index"]["part_size"], 131072, "{l}");
+        assert!(l["source_digest"].as_str().unwrap().starts_with("sha256:"));
+    }
+    let inodes: u64 = layers
+        .iter()
+        .map(|l| l["index"]["inodes"].as_u64().unwrap())
+        .sum();
+    let nodes = entries.iter().filter(|e| e.get("ino").is_some()).count() as u64;
+    // A hard link is one inode at two paths.
+    assert!(nodes >= inodes, "{nodes} entries for {inodes} inodes");
+
     // The same image again: nothing new is written, the manifest is the same.
     let blocks_before = count_files(&store_dir.join("blocks"));
     let again = assert_ok(&slayerfs(
@@ -124,6 +167,27 @@ async fn awkward_image_round_trips_through_blocks_and_indexes() {
         manifest_of(&out),
         manifest_of(&again),
         "conversion is deterministic"
+    );
+    // The summary as JSON, for scripts: the same figures.
+    let summary: serde_json::Value = serde_json::from_str(&assert_ok(&slayerfs(
+        &[
+            "convert",
+            "-q",
+            "--json",
+            &oci(&src, "v1"),
+            &oci(&dst, "json"),
+            "--store",
+            store_dir.to_str().unwrap(),
+        ],
+        &[],
+    )))
+    .expect("convert --json prints one JSON object");
+    assert_eq!(summary["blocks_written"], 0, "{summary}");
+    assert_eq!(summary["blocks_present"], written_blocks, "{summary}");
+    assert_eq!(summary["layers"], awkward_layers().len(), "{summary}");
+    assert!(
+        manifest_of(&out).is_some_and(|l| l.contains(summary["manifest"].as_str().unwrap())),
+        "{summary}"
     );
     // Both tags are in the destination layout.
     assert!(ConvertedImage::open(&ImageRef::parse(&oci(&dst, "conv")).unwrap()).is_ok());

@@ -196,12 +196,27 @@ fn slayerfs_pull_is_lazy_for_converted_images_and_unpacks_the_rest() {
     );
     assert!(ok && out.contains("a small file"), "{out}\n{}", log());
 
-    // Pulling again finds everything there.
-    let (ok, out) = slayerfs_pull(dir, &format!("{reg}/lazy:v1"));
-    assert!(
-        ok && out.contains("0 lazily, 0 unpacked, 2 present"),
-        "{out}"
+    // Pulling again finds everything there; --json says so to a script
+    // (its progress lines on stderr, the summary alone on stdout).
+    let out = Command::new(bin("slayerfs"))
+        .args(["pull", "--json", &format!("{reg}/lazy:v1"), "--address"])
+        .arg(dir.join("containerd.sock"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(
+        summary["layers"],
+        serde_json::json!({"total": 2, "lazy": 0, "unpacked": 0, "present": 2}),
+        "{summary}"
+    );
+    assert_eq!(summary["image"], format!("{reg}/lazy:v1"), "{summary}");
+    assert!(summary["chain_id"].as_str().unwrap().starts_with("sha256:"));
+    assert!(stderr.contains("layer 1/2"), "{stderr}");
 
     // A never-converted image sharing the two layers: they are there, the
     // third is downloaded and unpacked by containerd through our mount.

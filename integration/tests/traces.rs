@@ -304,4 +304,31 @@ fn a_start_leaves_a_trace_that_another_node_prefetches_exactly() {
     ] {
         assert!(shown.contains(want), "no {want:?} in\n{shown}");
     }
+    // The same as JSON: the lists, and the traces (good and ignored).
+    let doc: serde_json::Value = serde_json::from_str(&slayerfs(&[
+        "inspect",
+        "oci:relisted:v1",
+        "--prefetch",
+        "--json",
+    ]))
+    .expect("inspect --prefetch --json prints one JSON document");
+    let lists = &doc["prefetch"]["lists"];
+    assert_eq!(
+        lists[0]["files"],
+        serde_json::json!(["/bin/busybox", "/etc/small"]),
+        "{doc}"
+    );
+    assert_eq!(lists[1]["files"], serde_json::json!(["/data/big"]), "{doc}");
+    assert!(lists[1]["blocks"].as_u64().unwrap() >= 1, "{doc}");
+    let traces = doc["prefetch"]["traces"]["traces"].as_array().unwrap();
+    assert_eq!(traces.len(), 4, "{doc}");
+    assert_eq!(
+        traces.iter().filter(|t| t.get("ignored").is_some()).count(),
+        3,
+        "{doc}"
+    );
+    assert!(
+        traces.iter().any(|t| t["blocks"] == n && t["files"] == 3),
+        "the good trace names {n} blocks\n{doc}"
+    );
 }

@@ -13,9 +13,10 @@ use slayerfs_chunkstore::{open_store, WriterOptions};
 use slayerfs_config::{Config, StoreLocation};
 use slayerfs_layerfs::build::PrefetchList;
 use slayerfs_snapshotter::cli::convert::{convert_image, LayerOptions, RegistrySide};
-use slayerfs_snapshotter::cli::inspect::{print_layers, print_tree};
-use slayerfs_snapshotter::cli::progress::{human_bytes, ProgressMode};
-use slayerfs_snapshotter::cli::pull::{pull, LayerOutcome, PullOptions};
+use slayerfs_snapshotter::cli::inspect_report::{inspect, InspectOptions};
+use slayerfs_snapshotter::cli::progress::ProgressMode;
+use slayerfs_snapshotter::cli::pull::{pull, PullOptions};
+use slayerfs_snapshotter::cli::summary::{Converted, Pulled};
 use slayerfs_snapshotter::cli::{mount, upper_dir};
 use slayerfs_snapshotter::fusemount;
 use slayerfs_snapshotter::image::converted::ConvertedImage;
@@ -75,6 +76,9 @@ enum Command {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// The closing summary as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Pull an image into containerd, lazily for converted images (what
     /// nerdctl pull does): then `ctr run --snapshotter slayerfs REF …`.
@@ -107,6 +111,10 @@ enum Command {
         /// Only the closing line.
         #[arg(short, long)]
         quiet: bool,
+        /// The closing summary as one JSON object on stdout (progress
+        /// lines go to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Show the layers of a converted image, and with --tree every entry.
     Inspect {
@@ -128,6 +136,9 @@ enum Command {
         save_trace: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
+        /// Everything shown as one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a converted image as a directory (read-only unless --rw).
     ///
@@ -301,6 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             prefetch_list,
             quiet,
+            json,
         } => {
             let mut config = load_config(cli.config.as_ref(), Some(&store))?;
             let prefetch = match &prefetch_list {
@@ -349,28 +361,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let s = convert_image(&src_ref, &dst_ref, store, &how, progress, &registry)
                 .await
                 .with_context(|| format!("converting {src}"))?;
-            println!("converted {src} -> {dst}");
-            println!("  manifest  {}", s.manifest_digest);
-            println!("  store     {location}");
-            println!("  layers    {}", s.layers);
-            println!("  entries   {}", s.entries);
-            println!(
-                "  bytes in  {} ({} uncompressed)",
-                human_bytes(s.bytes_in),
-                human_bytes(s.tar_bytes)
-            );
-            println!(
-                "  blocks    {} written, {} already present ({} stored)",
-                s.blocks_written,
-                s.blocks_present,
-                human_bytes(s.stored_bytes)
-            );
-            println!("  indexes   {}", human_bytes(s.index_bytes));
-            println!(
-                "  speed     {:.1} MB/s over {:.2} s",
-                s.mb_per_s(),
-                s.elapsed.as_secs_f64()
-            );
+            Converted::new(&src, &dst, location.to_string(), &s)
+                .print(json, &mut std::io::stdout().lock())?;
         }
         Command::Inspect {
             src,
@@ -379,40 +371,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             prefetch,
             save_trace,
             store,
+            json,
         } => {
             let img = ConvertedImage::open(&ImageRef::parse(&src)?)?;
-            let mut out = std::io::stdout().lock();
-            print_layers(&img, &mut out)?;
-            let layers = img.manifest.layers();
-            if let Some(n) = layer {
-                if n == 0 || n > layers.len() {
-                    anyhow::bail!("--layer {n}: the image has layers 1 to {}", layers.len());
+            let prefetch = match prefetch || save_trace.is_some() {
+                true => {
+                    let config = load_config(cli.config.as_ref(), Some(&store))?;
+                    Some(open_store(&config.store_location(), &config).await?)
                 }
-            }
-            if tree || layer.is_some() {
-                for (i, d) in layers.iter().enumerate() {
-                    if layer.is_some_and(|n| n != i + 1) {
-                        continue;
-                    }
-                    let index = img.layer_index(d)?;
-                    use std::io::Write;
-                    writeln!(
-                        out,
-                        "\nlayer {} {} ({} inodes, {} blocks, {}, {} files to fetch first)",
-                        i + 1,
-                        d.digest(),
-                        index.inodes.len(),
-                        index.blocks.len(),
-                        parts_summary(&index),
-                        index.prefetch.len()
-                    )?;
-                    print_tree(&index, &mut out)?;
-                }
-            }
-            if prefetch || save_trace.is_some() {
-                inspect_prefetch(&img, &cli.config, &store, save_trace.as_deref(), &mut out)
-                    .await?;
-            }
+                false => None,
+            };
+            let opts = InspectOptions {
+                tree,
+                layer,
+                prefetch,
+                save_trace: save_trace.as_deref(),
+                json,
+            };
+            inspect(&img, &opts, &mut std::io::stdout().lock()).await?;
         }
         Command::Pull {
             reference,
@@ -423,6 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             insecure,
             creds,
             quiet,
+            json,
         } => {
             let config = load_config(cli.config.as_ref(), None)?;
             let opts = PullOptions {
@@ -436,30 +413,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     config: config.registry,
                 },
             };
-            let report = pull(&reference, &opts, |line| {
-                if !quiet {
-                    println!("{line}");
-                }
+            let report = pull(&reference, &opts, |line| match (quiet, json) {
+                (true, _) => {}
+                (false, false) => println!("{line}"),
+                (false, true) => eprintln!("{line}"),
             })
             .await?;
-            let lazy = report
-                .layers
-                .iter()
-                .filter(|o| **o == LayerOutcome::Lazy)
-                .count();
-            let unpacked = report
-                .layers
-                .iter()
-                .filter(|o| **o == LayerOutcome::Unpacked)
-                .count();
-            println!(
-                "pulled {} ({} layers: {lazy} lazily, {unpacked} unpacked, {} present); {} from the registry in {:.2} s",
-                report.image,
-                report.layers.len(),
-                report.layers.len() - lazy - unpacked,
-                human_bytes(report.registry_bytes),
-                report.seconds
-            );
+            Pulled::new(&report).print(json, &mut std::io::stdout().lock())?;
         }
         Command::Mount {
             src,
@@ -567,37 +527,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// How a layer's blocks can be read in parts.
-fn parts_summary(index: &slayerfs_proto::index::LayerIndex) -> String {
-    let with = index.part_digests.iter().filter(|d| !d.is_empty()).count();
-    match index.part_size {
-        0 => "read in whole blocks: no part digests".to_string(),
-        size => format!("parts of {} KiB, digests for {with} blocks", size >> 10),
-    }
-}
-
-/// `inspect --prefetch`: the layers' prefetch lists and the image's traces.
-async fn inspect_prefetch(
-    img: &ConvertedImage,
-    config: &Option<PathBuf>,
-    store: &StoreArgs,
-    save: Option<&std::path::Path>,
-    out: &mut dyn std::io::Write,
-) -> anyhow::Result<()> {
-    use slayerfs_snapshotter::cli::inspect_prefetch::{print_lists, print_traces, LayerFiles};
-    let mut layers = Vec::new();
-    for d in img.manifest.layers() {
-        layers.push(LayerFiles::new(img.layer_index(d)?));
-    }
-    writeln!(out)?;
-    print_lists(&layers, out)?;
-    let chain: slayerfs_chunkstore::ChainDigest =
-        img.chain_id()?.parse().context("the image's chain id")?;
-    let config = load_config(config.as_ref(), Some(store))?;
-    let store = open_store(&config.store_location(), &config).await?;
-    print_traces(store.as_ref(), &chain, &layers, save, out).await
 }
 
 /// The prefetch list at `path`, read within its size limit.

@@ -120,8 +120,18 @@ fn entry_line(path: &str, ino: u64, inode: &Inode) -> String {
     line
 }
 
-/// Prints every entry of an index, depth first in name order.
-pub fn print_tree(index: &LayerIndex, out: &mut dyn Write) -> std::io::Result<()> {
+/// One entry of an index, as [`walk`] finds it.
+pub enum Entry<'a> {
+    Node { ino: u64, inode: &'a Inode },
+    Whiteout,
+}
+
+/// Calls `f` on every entry of an index with its path, depth first in name
+/// order (the index is validated: every child's inode is in the table).
+pub fn walk<E>(
+    index: &LayerIndex,
+    mut f: impl FnMut(&str, Entry<'_>) -> Result<(), E>,
+) -> Result<(), E> {
     enum Item {
         Entry(String, u64),
         Whiteout(String),
@@ -130,13 +140,18 @@ pub fn print_tree(index: &LayerIndex, out: &mut dyn Write) -> std::io::Result<()
     while let Some(item) = stack.pop() {
         let (path, ino) = match item {
             Item::Whiteout(path) => {
-                writeln!(out, "{:<51} {path}", "whiteout")?;
+                f(&path, Entry::Whiteout)?;
                 continue;
             }
             Item::Entry(path, ino) => (path, ino),
         };
-        let inode = &index.inodes[(ino - 1) as usize];
-        writeln!(out, "{}", entry_line(&path, ino, inode))?;
+        let Some(inode) = (ino as usize)
+            .checked_sub(1)
+            .and_then(|i| index.inodes.get(i))
+        else {
+            continue;
+        };
+        f(&path, Entry::Node { ino, inode })?;
         let base = if path == "/" { "" } else { path.as_str() };
         for d in inode.children.iter().rev() {
             let child = format!("{base}/{}", String::from_utf8_lossy(&d.name));
@@ -148,4 +163,73 @@ pub fn print_tree(index: &LayerIndex, out: &mut dyn Write) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// Prints every entry of an index, depth first in name order.
+pub fn print_tree(index: &LayerIndex, out: &mut dyn Write) -> std::io::Result<()> {
+    walk(index, |path, entry| match entry {
+        Entry::Whiteout => writeln!(out, "{:<51} {path}", "whiteout"),
+        Entry::Node { ino, inode } => writeln!(out, "{}", entry_line(path, ino, inode)),
+    })
+}
+
+/// An entry as JSON: its path, kind, metadata and what it records.
+pub fn entry_json(path: &str, entry: Entry<'_>) -> serde_json::Value {
+    let (ino, inode) = match entry {
+        Entry::Whiteout => return serde_json::json!({ "path": path, "whiteout": true }),
+        Entry::Node { ino, inode } => (ino, inode),
+    };
+    let kind = match InodeKind::from_i32(inode.kind) {
+        Some(InodeKind::Directory) => "directory",
+        Some(InodeKind::Regular) => "file",
+        Some(InodeKind::Symlink) => "symlink",
+        Some(InodeKind::CharDevice) => "char_device",
+        Some(InodeKind::BlockDevice) => "block_device",
+        Some(InodeKind::Fifo) => "fifo",
+        Some(InodeKind::Socket) => "socket",
+        _ => "unknown",
+    };
+    let mut v = serde_json::json!({
+        "path": path,
+        "ino": ino,
+        "kind": kind,
+        "mode": inode.mode,
+        "uid": inode.uid,
+        "gid": inode.gid,
+        "size": inode.size,
+        "mtime_sec": inode.mtime_sec,
+        "mtime_nsec": inode.mtime_nsec,
+    });
+    if matches!(
+        InodeKind::from_i32(inode.kind),
+        Some(InodeKind::CharDevice | InodeKind::BlockDevice)
+    ) {
+        v["rdev"] = serde_json::json!([inode.rdev_major, inode.rdev_minor]);
+    }
+    if !inode.symlink_target.is_empty() {
+        v["target"] = String::from_utf8_lossy(&inode.symlink_target).into();
+    }
+    if inode.opaque {
+        v["opaque"] = true.into();
+    }
+    if inode.implicit {
+        v["implicit"] = true.into();
+    }
+    if !inode.slices.is_empty() {
+        v["slices"] = inode.slices.len().into();
+    }
+    if !inode.xattrs.is_empty() {
+        v["xattrs"] = inode
+            .xattrs
+            .iter()
+            .map(|x| {
+                (
+                    String::from_utf8_lossy(&x.name).into_owned(),
+                    serde_json::Value::from(String::from_utf8_lossy(&x.value).into_owned()),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    v
 }
