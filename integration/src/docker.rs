@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon::{run_text, Proc};
-use crate::runtime::{docker_bin, Containerd};
+use crate::runtime::{docker_bin, readme_block, Containerd};
 
 pub struct Dockerd {
     pub socket: PathBuf,
@@ -25,15 +25,12 @@ impl Dockerd {
         let home = dir.join("docker");
         std::fs::create_dir_all(&home).expect("docker directory");
         let config = home.join("daemon.json");
-        std::fs::write(
-            &config,
-            r#"{
-  "features": { "containerd-snapshotter": true },
-  "storage-driver": "slayerfs"
-}
-"#,
-        )
-        .expect("daemon.json");
+        // The README's daemon.json, as written.
+        let json = readme_block(
+            "### Docker Engine (28 and later, containerd image store)",
+            "json",
+        );
+        std::fs::write(&config, json).expect("daemon.json");
         let socket = home.join("docker.sock");
         let log = home.join("dockerd.log");
         let child = Command::new(docker_bin("dockerd"))

@@ -43,6 +43,69 @@ pub fn docker_bin(name: &str) -> PathBuf {
     })
 }
 
+/// The first fenced block of `lang` under `heading` in the README; panics
+/// when the README has none (a test then says which section moved).
+pub fn readme_block(heading: &str, lang: &str) -> String {
+    const README: &str = include_str!("../../README.md");
+    let section = README
+        .split_once(&format!("\n{heading}\n"))
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("the README has no section {heading:?}"));
+    // Up to the next heading (a TOML comment has one `#` and a space).
+    let end = ["\n## ", "\n### "]
+        .iter()
+        .filter_map(|h| section.find(h))
+        .min()
+        .unwrap_or(section.len());
+    let section = &section[..end];
+    let fence = format!("```{lang}\n");
+    section
+        .split_once(&fence)
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(block, _)| format!("{block}\n"))
+        .unwrap_or_else(|| panic!("no {lang} block under {heading:?} in the README"))
+}
+
+/// A TOML text edited by lines, keeping every line of the original.
+struct Toml(String);
+
+impl Toml {
+    /// Adds `keys` at the top level: after the `version` line, before any
+    /// table.
+    fn top(&mut self, keys: &[&str]) {
+        let at = self
+            .0
+            .find("\n")
+            .filter(|_| self.0.starts_with("version"))
+            .map_or(0, |i| i + 1);
+        self.0.insert_str(at, &(keys.join("\n") + "\n"));
+    }
+
+    /// Adds `keys` to the table `header`: right under its header when the
+    /// text has it, else in a new table at the end.
+    fn set(&mut self, header: &str, keys: &[&str]) {
+        let lines = keys.iter().map(|k| format!("  {k}\n")).collect::<String>();
+        let mut at = None;
+        let mut offset = 0;
+        for line in self.0.split_inclusive('\n') {
+            offset += line.len();
+            if line.trim() == header {
+                at = Some(offset);
+                break;
+            }
+        }
+        match at {
+            Some(at) => self.0.insert_str(at, &lines),
+            None => {
+                if !self.0.ends_with('\n') {
+                    self.0.push('\n');
+                }
+                self.0.push_str(&format!("{header}\n{lines}"));
+            }
+        }
+    }
+}
+
 /// How the CRI plugin is set up, if at all.
 pub struct Cri<'a> {
     /// The registry (host:port, plain HTTP) images are pulled from.
@@ -93,96 +156,89 @@ impl Containerd {
         self == Containerd::V2
     }
 
-    /// The configuration this version wants: root, state and socket under
-    /// `dir`, our snapshotter as the `slayerfs` proxy plugin at `socket`,
-    /// the CRI plugin as `cri` says (disabled when `None`), and on 2.x the
-    /// transfer service unpacking onto our snapshotter with the remote
-    /// snapshot labels exported (the lazy `ctr image pull`).
+    /// The README's section of this version's configuration, whose TOML
+    /// block every test starts from: what the README says runs.
+    pub fn readme_heading(self) -> &'static str {
+        if self.is_2x() {
+            "### containerd 2.1 and later (config version 3)"
+        } else {
+            "### containerd 1.6 and 1.7 (config version 2)"
+        }
+    }
+
+    /// The configuration the tests run: the README's block for this
+    /// version as written (our socket for `/run/slayerfs/snapshotter.sock`)
+    /// plus what only a test needs: root, state and socket under `dir`, the
+    /// registry's `hosts.toml`, the CRI plugin as `cri` says (disabled
+    /// when `None`), pods' OOM scores kept within the tests' own.
     pub fn config(self, dir: &Path, socket: &Path, cri: Option<&Cri>) -> String {
         let d = dir.display();
-        let s = socket.display();
-        let hosts = dir.join("certs.d");
-        let mut text;
+        let h = dir.join("certs.d");
+        let h = h.display();
+        let block = readme_block(self.readme_heading(), "toml");
+        let mut text = Toml(block.replace(
+            "/run/slayerfs/snapshotter.sock",
+            &socket.display().to_string(),
+        ));
+        text.top(&[
+            &format!("root = \"{d}/root\""),
+            &format!("state = \"{d}/state-containerd\""),
+        ]);
+        text.set("[grpc]", &[&format!("address = \"{d}/containerd.sock\"")]);
+        // Pods ask for an OOM score below the tests' own, which a process
+        // without CAP_SYS_RESOURCE (a node inside a container) may not set.
+        let oom = "restrict_oom_score_adj = true";
         if self.is_2x() {
-            text = format!(
-                r#"version = 3
-root = "{d}/root"
-state = "{d}/state-containerd"
-[grpc]
-  address = "{d}/containerd.sock"
-[proxy_plugins.slayerfs]
-  type = "snapshot"
-  address = "{s}"
-  [proxy_plugins.slayerfs.exports]
-    enable_remote_snapshot_annotations = "true"
-[plugins."io.containerd.transfer.v1.local"]
-  config_path = "{h}"
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = "linux/amd64"
-    snapshotter = "slayerfs"
-"#,
-                h = hosts.display()
-            );
-            match cri {
-                None => text.push_str(
-                    "[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n\
-                     [plugins.\"io.containerd.cri.v1.images\"]\n  disable = true\n\
-                     [plugins.\"io.containerd.cri.v1.runtime\"]\n  disable = true\n",
-                ),
-                Some(c) => text.push_str(&format!(
-                    r#"[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "slayerfs"
-  disable_snapshot_annotations = {annotations}
-  [plugins."io.containerd.cri.v1.images".registry]
-    config_path = "{h}"
-[plugins."io.containerd.cri.v1.runtime"]
-  # Pods ask for an OOM score below the tests' own, which a process
-  # without CAP_SYS_RESOURCE (a node inside a container) may not set.
-  restrict_oom_score_adj = true
-"#,
-                    annotations = !c.local_pull,
-                    h = hosts.display()
-                )),
-            }
-            if let Some(image) = cri.and_then(|c| c.sandbox_image) {
-                text.push_str(&format!(
-                    "[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{image}\"\n"
-                ));
-            }
-        } else {
-            text = format!(
-                r#"version = 2
-root = "{d}/root"
-state = "{d}/state-containerd"
-[grpc]
-  address = "{d}/containerd.sock"
-[proxy_plugins.slayerfs]
-  type = "snapshot"
-  address = "{s}"
-"#
+            const IMAGES: &str = "[plugins.\"io.containerd.cri.v1.images\"]";
+            const RUNTIME: &str = "[plugins.\"io.containerd.cri.v1.runtime\"]";
+            text.set(
+                "[plugins.\"io.containerd.transfer.v1.local\"]",
+                &[&format!("config_path = \"{h}\"")],
             );
             match cri {
                 None => {
-                    text.push_str("[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n")
+                    text.set(
+                        "[plugins.\"io.containerd.grpc.v1.cri\"]",
+                        &["disable = true"],
+                    );
+                    text.set(IMAGES, &["disable = true"]);
+                    text.set(RUNTIME, &["disable = true"]);
                 }
-                Some(c) => text.push_str(&format!(
-                    r#"[plugins."io.containerd.grpc.v1.cri"]
-{sandbox}  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "slayerfs"
-    disable_snapshot_annotations = {annotations}
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{h}"
-"#,
-                    annotations = !c.local_pull,
-                    h = hosts.display(),
-                    sandbox = c
-                        .sandbox_image
-                        .map_or(String::new(), |i| format!("  sandbox_image = \"{i}\"\n")),
-                )),
+                Some(c) => {
+                    if c.local_pull {
+                        text.set(IMAGES, &["disable_snapshot_annotations = false"]);
+                    }
+                    text.set(
+                        "[plugins.\"io.containerd.cri.v1.images\".registry]",
+                        &[&format!("config_path = \"{h}\"")],
+                    );
+                    text.set(RUNTIME, &[oom]);
+                    if let Some(image) = c.sandbox_image {
+                        text.set(
+                            "[plugins.\"io.containerd.cri.v1.images\".pinned_images]",
+                            &[&format!("sandbox = \"{image}\"")],
+                        );
+                    }
+                }
+            }
+        } else {
+            const CRI: &str = "[plugins.\"io.containerd.grpc.v1.cri\"]";
+            match cri {
+                None => text.set(CRI, &["disable = true"]),
+                Some(c) => {
+                    assert!(c.local_pull, "CRI on containerd 1.x pulls locally");
+                    text.set(CRI, &[oom]);
+                    if let Some(image) = c.sandbox_image {
+                        text.set(CRI, &[&format!("sandbox_image = \"{image}\"")]);
+                    }
+                    text.set(
+                        "[plugins.\"io.containerd.grpc.v1.cri\".registry]",
+                        &[&format!("config_path = \"{h}\"")],
+                    );
+                }
             }
         }
-        text
+        text.0
     }
 
     /// Starts this containerd with [`Self::config`] (and a `hosts.toml`
@@ -241,4 +297,36 @@ pub fn write_hosts(dir: &Path, registry: &str) -> PathBuf {
     )
     .expect("hosts.toml");
     hosts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every version's config as the tests run it: the README's block, each
+    /// of its lines kept, with the tests' additions.
+    #[test]
+    fn configs_start_from_the_readme() {
+        let cri = Cri {
+            registry: "127.0.0.1:5000",
+            local_pull: true,
+            sandbox_image: Some("127.0.0.1:5000/pause:1"),
+        };
+        for v in Containerd::ALL {
+            let block = readme_block(v.readme_heading(), "toml");
+            for cri in [None, Some(&cri)] {
+                let text = v.config(Path::new("/t"), Path::new("/t/snap.sock"), cri);
+                eprintln!("{v:?} {}:\n{text}", cri.is_some());
+                let mut lines = text.lines();
+                for want in block.lines() {
+                    let want = want.replace("/run/slayerfs/snapshotter.sock", "/t/snap.sock");
+                    assert!(
+                        lines.any(|l| l == want),
+                        "{v:?}: the README's line {want:?} is not in order in\n{text}"
+                    );
+                }
+                assert!(text.contains("address = \"/t/containerd.sock\""), "{text}");
+            }
+        }
+    }
 }
