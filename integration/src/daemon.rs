@@ -247,9 +247,25 @@ pub fn start_containerd(dir: &Path, snapshotter_socket: &Path, cri: &str) -> Pro
         ),
     )
     .expect("containerd config");
-    let child = Command::new("containerd")
+    spawn_containerd(Path::new("containerd"), &config, dir, None)
+}
+
+/// Runs `binary` (a containerd) with `config`, logging to
+/// `dir/containerd.log`, with `path` as its PATH if given (where it finds
+/// its shims and runc); returns once `dir/containerd.sock` is there.
+pub fn spawn_containerd(
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    path: Option<&std::ffi::OsStr>,
+) -> Proc {
+    let mut cmd = Command::new(binary);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let child = cmd
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("containerd.log")).expect("containerd log"))
         .spawn()

@@ -5,9 +5,9 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::daemon::{run_text, wait_for, Proc};
+use crate::daemon::{run_text, spawn_containerd, Proc};
 
 /// A containerd line the tests know how to configure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,17 +253,7 @@ impl Containerd {
         let binary = self
             .bin_dir()
             .map_or(PathBuf::from("containerd"), |d| d.join("containerd"));
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", self.path_env())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("containerd log"))
-            .spawn()
-            .expect("starting containerd");
-        let proc = Proc(child);
-        wait_for(&dir.join("containerd.sock"), "containerd");
-        proc
+        spawn_containerd(&binary, &config, dir, Some(&self.path_env()))
     }
 
     /// This version's `ctr` against the containerd at `dir`, in `namespace`

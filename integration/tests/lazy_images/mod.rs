@@ -148,6 +148,19 @@ pub fn publish_images(dir: &Path) -> Images {
     }
 }
 
+impl Images {
+    /// The blobs the registry served since `mark` that a lazy pull should
+    /// not have asked for: anything but the converted image's config and
+    /// indexes (the original layers above all).
+    pub fn blobs_beyond_indexes_since(&self, mark: usize) -> Vec<String> {
+        self.registry
+            .blobs_served_since(mark)
+            .into_iter()
+            .filter(|b| *b != self.config_digest && !self.index_digests.contains(b))
+            .collect()
+    }
+}
+
 /// `ctr` in the default namespace.
 pub fn ctr_default(dir: &Path, args: &[&str]) -> (bool, String) {
     ctr_in(dir, None, args)

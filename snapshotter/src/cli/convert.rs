@@ -57,19 +57,28 @@ impl From<RegistryError> for ConvertError {
     }
 }
 
-/// What a conversion did.
-#[derive(Debug, Clone, Default)]
+/// What a conversion did (as `convert --json` shows it: bytes, seconds).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConvertSummary {
     pub layers: usize,
     pub entries: u64,
+    /// Bytes of the source's layer blobs, as stored (compressed).
     pub bytes_in: u64,
+    /// The same, uncompressed.
     pub tar_bytes: u64,
     pub blocks_written: u64,
     pub blocks_present: u64,
+    /// Bytes of the blocks written, as stored.
     pub stored_bytes: u64,
     pub index_bytes: u64,
+    #[serde(rename = "seconds", serialize_with = "as_seconds")]
     pub elapsed: Duration,
+    #[serde(rename = "manifest")]
     pub manifest_digest: String,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 impl ConvertSummary {

@@ -10,25 +10,14 @@ use super::convert::ConvertSummary;
 use super::progress::human_bytes;
 use super::pull::{LayerOutcome, PullReport};
 
-/// What `convert --json` prints.
+/// What `convert --json` prints: where from and to, and the figures.
 #[derive(Serialize)]
 pub struct Converted<'a> {
     pub source: &'a str,
     pub destination: &'a str,
-    pub manifest: &'a str,
     pub store: String,
-    pub layers: usize,
-    pub entries: u64,
-    /// Bytes of the source's layer blobs, as stored (compressed).
-    pub bytes_in: u64,
-    /// The same, uncompressed.
-    pub tar_bytes: u64,
-    pub blocks_written: u64,
-    pub blocks_present: u64,
-    /// Bytes of the blocks written, as stored.
-    pub stored_bytes: u64,
-    pub index_bytes: u64,
-    pub seconds: f64,
+    #[serde(flatten)]
+    pub summary: &'a ConvertSummary,
 }
 
 impl<'a> Converted<'a> {
@@ -41,17 +30,8 @@ impl<'a> Converted<'a> {
         Converted {
             source,
             destination,
-            manifest: &s.manifest_digest,
             store,
-            layers: s.layers,
-            entries: s.entries,
-            bytes_in: s.bytes_in,
-            tar_bytes: s.tar_bytes,
-            blocks_written: s.blocks_written,
-            blocks_present: s.blocks_present,
-            stored_bytes: s.stored_bytes,
-            index_bytes: s.index_bytes,
-            seconds: s.elapsed.as_secs_f64(),
+            summary: s,
         }
     }
 
@@ -59,30 +39,31 @@ impl<'a> Converted<'a> {
         if json {
             return json_line(self, out);
         }
+        let s = self.summary;
         writeln!(out, "converted {} -> {}", self.source, self.destination)?;
-        writeln!(out, "  manifest  {}", self.manifest)?;
+        writeln!(out, "  manifest  {}", s.manifest_digest)?;
         writeln!(out, "  store     {}", self.store)?;
-        writeln!(out, "  layers    {}", self.layers)?;
-        writeln!(out, "  entries   {}", self.entries)?;
+        writeln!(out, "  layers    {}", s.layers)?;
+        writeln!(out, "  entries   {}", s.entries)?;
         writeln!(
             out,
             "  bytes in  {} ({} uncompressed)",
-            human_bytes(self.bytes_in),
-            human_bytes(self.tar_bytes)
+            human_bytes(s.bytes_in),
+            human_bytes(s.tar_bytes)
         )?;
         writeln!(
             out,
             "  blocks    {} written, {} already present ({} stored)",
-            self.blocks_written,
-            self.blocks_present,
-            human_bytes(self.stored_bytes)
+            s.blocks_written,
+            s.blocks_present,
+            human_bytes(s.stored_bytes)
         )?;
-        writeln!(out, "  indexes   {}", human_bytes(self.index_bytes))?;
+        writeln!(out, "  indexes   {}", human_bytes(s.index_bytes))?;
         writeln!(
             out,
             "  speed     {:.1} MB/s over {:.2} s",
-            self.tar_bytes as f64 / 1e6 / self.seconds.max(1e-9),
-            self.seconds
+            s.mb_per_s(),
+            s.elapsed.as_secs_f64()
         )
     }
 }
