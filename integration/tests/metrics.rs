@@ -24,9 +24,12 @@ const READ_MIB: u64 = 24;
 
 #[test]
 fn prometheus_sees_a_lazy_pull_and_a_container_run() {
+    let t0 = Instant::now();
+    let stage = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let images = publish_images(dir);
+    stage("images published");
     let paths = SnapshotterPaths::in_dir(dir);
     let metrics = format!("127.0.0.1:{}", free_port());
     let _snapshotter = start_snapshotter_binary(
@@ -70,6 +73,7 @@ fn prometheus_sees_a_lazy_pull_and_a_container_run() {
     assert_eq!(http_get(&metrics, "/nothing").unwrap().0, 404);
 
     let prometheus = Prometheus::start(dir, &[&metrics]);
+    stage("prometheus ready");
     let log = || {
         format!(
             "snapshotter log:\n{}\nprometheus log:\n{}",
@@ -90,6 +94,7 @@ fn prometheus_sees_a_lazy_pull_and_a_container_run() {
         }
     };
     wait_for("the first scrape", r#"up{job="slayerfs"}"#, &|v| v == 1.0);
+    stage("first scrape");
 
     let v = Containerd::V1_6;
     let _containerd = v.start(dir, &paths.socket, None);
@@ -106,6 +111,7 @@ fn prometheus_sees_a_lazy_pull_and_a_container_run() {
     assert!(ok && out.contains("a small file"), "{out}\n{}", log());
     assert!(out.contains(&(READ_MIB << 20).to_string()), "{out}");
     let sent = (s3_sent() - sent_before) as f64;
+    stage("pulled and ran");
 
     // Both layers were pulled lazily, and nothing fell back to unpacking.
     wait_for(
@@ -122,6 +128,7 @@ fn prometheus_sees_a_lazy_pull_and_a_container_run() {
     // The bytes fetched are what S3 sent (to within the health probes and
     // a scrape's lag), at least what was read, far less than the file.
     let read = (READ_MIB << 20) as f64;
+    stage("lazy layers scraped");
     let fetched = wait_for(
         "bytes fetched",
         "slayerfs_store_bytes_fetched_total",
@@ -201,6 +208,7 @@ fn prometheus_sees_a_lazy_pull_and_a_container_run() {
         body.starts_with("store: ") && !body.contains("grpc"),
         "{body}"
     );
+    stage("S3 down: 503");
     let _s3 = S3Server::start_at(&s3_root, &["images"], s3_addr).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
