@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use lazy_images::{publish_images, run, slayerfs_pull, BIG_MIB};
 use slayerfs_integration::bins::bin;
-use slayerfs_integration::daemon::{free_port, start_snapshotter_binary, SnapshotterPaths};
+use slayerfs_integration::daemon::{
+    free_port, local_store, start_snapshotter_binary, write_config, SnapshotterPaths,
+};
 use slayerfs_integration::prometheus::{http_get, Prometheus};
 use slayerfs_integration::runtime::Containerd;
 use slayerfs_integration::s3::S3Server;
@@ -220,4 +222,34 @@ fn prometheus_sees_a_lazy_pull_and_a_container_run() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!paths.log_text().contains("panicked"), "{}", log());
+}
+
+/// An address that cannot be served stops the start with a message naming
+/// it, before anything is started: no socket, no fd holder.
+#[test]
+fn a_metrics_address_in_use_stops_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = write_config(dir, &local_store(&dir.join("store")));
+    let paths = SnapshotterPaths::in_dir(dir);
+    let out = std::process::Command::new(bin("slayerfs-snapshotter"))
+        .arg("--root")
+        .arg(&paths.root)
+        .arg("--address")
+        .arg(&paths.socket)
+        .args(["--metrics-address", &addr])
+        .env("SLAYERFS_CONFIG", &config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("serving metrics on {addr}")), "{err}");
+    assert!(!paths.socket.exists(), "the socket was published: {err}");
+    assert!(
+        !paths.root.join("fdholder.sock").exists(),
+        "an fd holder was started: {err}"
+    );
+    drop(taken);
 }

@@ -87,6 +87,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.metrics.address = Some(a);
     }
     config.validate().context("invalid settings")?;
+    // Bound first: an address that cannot be served stops the start before
+    // anything is opened or started (the fd holder above all).
+    let metrics_listener = match config.metrics.address {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let root = std::path::absolute(&cli.root).context("the root directory")?;
     let shared = MeteredStore::wrap(
         open_shared(&config)
@@ -107,6 +117,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let sn = SlayerSnapshotter::open(&root, &config, shared.clone(), fds)
         .await
         .with_context(|| format!("opening the snapshotter state in {}", root.display()))?;
+    if let Some(listener) = metrics_listener {
+        let health = Health {
+            socket: cli.address.clone(),
+            store: shared.clone(),
+        };
+        let bound = metrics::server::serve(listener, metrics::registry(sn.metric_levels()), health)
+            .context("serving metrics")?;
+        tracing::info!(address = %bound, "metrics at /metrics, health at /healthz");
+    }
     if let Some(dir) = cli.address.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -135,16 +154,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("publishing the socket {}", cli.address.display()))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tracing::info!(address = %cli.address.display(), root = %root.display(), "serving");
-    if let Some(addr) = config.metrics.address {
-        let health = Health {
-            socket: cli.address.clone(),
-            store: shared.clone(),
-        };
-        let bound = metrics::server::serve(addr, metrics::registry(sn.metric_levels()), health)
-            .await
-            .with_context(|| format!("serving metrics on {addr}"))?;
-        tracing::info!(address = %bound, "metrics at /metrics, health at /healthz");
-    }
     let signalled = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -32,14 +32,14 @@ struct State {
     health: Health,
 }
 
-/// Binds `addr` and serves until the runtime ends; the bound address
-/// (a port 0 resolved) is returned once listening.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves on `listener` (bound early, so that an address in use stops a
+/// start before anything else is opened) until the runtime ends; returns
+/// the address it serves on.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     registry: Registry,
     health: Health,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let state = Arc::new(State { registry, health });
     tokio::spawn(async move {
